@@ -1,0 +1,93 @@
+"""Pretrained checkpoints on disk: `config.json` + Orbax parameters, written atomically.
+
+Layout of a checkpoint folder:
+    config.json      the Fast3RConfig
+    params/          Orbax PyTree checkpoint of the parameters (float32)
+    manifest.json    parameter paths and shapes (checked before restoring), plus conversion notes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import uuid
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from fast3r_jax.config import Fast3RConfig
+from fast3r_jax.params import abstract_params, check_params, flat_params
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing, incomplete or does not match its config."""
+
+
+def save_pretrained(directory: str | os.PathLike, config: Fast3RConfig, params: Mapping,
+                    notes: Mapping[str, Any] | None = None, overwrite: bool = False) -> pathlib.Path:
+    """Writes config + params into `directory`. The folder appears only once complete (rename of a temp folder)."""
+    check_params(params, config)
+    target = pathlib.Path(directory).absolute()
+    if target.exists() and not overwrite:
+        raise CheckpointError(f"{target} already exists (pass overwrite=True to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        params = jax.tree.map(lambda x: np.asarray(x, np.float32), dict(params))
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "params", params)
+            ckptr.wait_until_finished()
+        (tmp / "config.json").write_text(config.to_json())
+        manifest = {"params": {k: list(np.shape(v)) for k, v in flat_params(params).items()}, "notes": dict(notes or {})}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_config(directory: str | os.PathLike) -> Fast3RConfig:
+    path = pathlib.Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: not a fast3r-jax checkpoint folder")
+    return Fast3RConfig.from_json(path.read_text())
+
+
+def load_pretrained(directory: str | os.PathLike,
+                    sharding: jax.sharding.Sharding | Mapping | None = None) -> tuple[Fast3RConfig, dict]:
+    """Restores (config, params) from a folder written by `save_pretrained` or `python -m fast3r_jax.convert`.
+
+    sharding: one Sharding for every parameter, or a tree of Shardings shaped like the parameters; by default
+    the parameters land on the first device.
+    """
+    directory = pathlib.Path(directory).absolute()
+    config = load_config(directory)
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file() or not (directory / "params").is_dir():
+        raise CheckpointError(f"{directory} is incomplete: expected config.json, manifest.json and params/")
+    stored = json.loads(manifest_path.read_text())["params"]
+    expected = {k: list(v.shape) for k, v in flat_params(abstract_params(config)).items()}
+    problems = [f"missing: {k}" for k in sorted(set(expected) - set(stored))]
+    problems += [f"unexpected: {k}" for k in sorted(set(stored) - set(expected))]
+    problems += [f"mis-shaped: {k}: {stored[k]} vs {expected[k]}" for k in sorted(set(stored) & set(expected))
+                 if stored[k] != expected[k]]
+    if problems:
+        raise CheckpointError(f"{directory} does not match its config.json:\n  " + "\n  ".join(problems))
+
+    abstract = abstract_params(config)
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if isinstance(sharding, jax.sharding.Sharding):
+        sharding = jax.tree.map(lambda _: sharding, abstract)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sharding)
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(directory / "params", target)
+    return config, params

@@ -1,0 +1,77 @@
+"""`predict`: the model on inputs and outputs in upstream's layout, for parity with the PyTorch reference."""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fast3r_jax.config import Fast3RConfig
+from fast3r_jax.model import View
+from fast3r_jax.params import build_model
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+OUTPUT_KEYS = ("pts3d_in_other_view", "conf", "pts3d_local", "conf_local")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "train_attention_scale"))
+def _forward(graphdef, state, views: list[View], image_ids: jax.Array, train_attention_scale: bool):
+    return nnx.merge(graphdef, state)(views, image_ids, train_attention_scale=train_attention_scale)
+
+
+def orientation_of(true_shape: np.ndarray) -> str:
+    portrait = true_shape[:, 1] < true_shape[:, 0]
+    return "portrait" if portrait.all() else "landscape" if not portrait.any() else "mixed"
+
+
+def predict(config: Fast3RConfig, params: Mapping, views: Sequence[Mapping], image_ids=None,
+            train_attention_scale: bool = False, dtype: str = "float32") -> list[dict[str, np.ndarray]]:
+    """Runs the model on views in upstream's input format and returns upstream's outputs as numpy arrays.
+
+    views: dicts with `img` (B, 3, h, w) in [-1, 1] (a portrait view stored transposed to landscape) and
+    `true_shape` (B, 2) (height, width). image_ids: one id per view (default 0..N-1). train_attention_scale: use
+    the training-time attention scale in the fusion transformer instead of upstream's inference scale.
+    Returns per view pts3d_in_other_view (B, h, w, 3), conf (B, h, w), pts3d_local, conf_local, in the same
+    layout as the input image (portrait views transposed, as upstream returns them).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    batch_views = []
+    for i, view in enumerate(views):
+        missing = {"img", "true_shape"} - set(view)
+        if missing:
+            raise ValueError(f"view {i} is missing {sorted(missing)}")
+        img = np.asarray(view["img"], np.float32)
+        true_shape = np.asarray(view["true_shape"]).astype(np.int32)
+        if img.ndim != 4 or true_shape.shape != (img.shape[0], 2):
+            raise ValueError(f"view {i}: expected img (B, 3, h, w) and true_shape (B, 2), got {img.shape} and "
+                             f"{true_shape.shape}")
+        expected = np.where((true_shape[:, 1] < true_shape[:, 0])[:, None], true_shape[:, ::-1], true_shape)
+        if not (expected == np.array(img.shape[2:])).all():
+            raise ValueError(f"view {i}: image tensor {img.shape[2:]} does not match true_shape {true_shape.tolist()} "
+                             "(portrait views must be stored transposed to landscape)")
+        batch_views.append(View(jnp.asarray(img), jnp.asarray(true_shape), orientation_of(true_shape)))
+    if not batch_views:
+        raise ValueError("at least one view is required")
+    batch = batch_views[0].img.shape[0]
+    ids = np.arange(len(views)) if image_ids is None else np.asarray(image_ids)
+    if ids.shape != (len(views),):
+        raise ValueError(f"image_ids must hold one id per view ({len(views)}), got shape {ids.shape}")
+    if np.issubdtype(ids.dtype, np.integer):
+        if ids.min() < 0 or ids.max() >= config.fusion.num_image_ids:
+            raise ValueError(f"integer image ids must lie in [0, {config.fusion.num_image_ids}), got {ids.tolist()}")
+        ids = ids.astype(np.int32)
+    else:
+        ids = ids.astype(np.float32)
+    ids = jnp.asarray(np.broadcast_to(ids, (batch, len(views))))
+
+    model = build_model(config, params, DTYPES[dtype])
+    graphdef, state = nnx.split(model)
+    precision = "highest" if dtype == "float32" else "default"
+    with jax.default_matmul_precision(precision):
+        outputs = _forward(graphdef, state, batch_views, ids, train_attention_scale)
+    return [{k: np.asarray(out[k], np.float32) for k in OUTPUT_KEYS} for out in outputs]

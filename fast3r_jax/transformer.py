@@ -1,0 +1,132 @@
+"""Pre-norm ViT blocks and a layer stack scanned over stacked parameters.
+
+The encoder and the fusion transformer share the block; they differ in RoPE (encoder only), LayerNorm epsilon and
+the attention temperature. Blocks are stored stacked along a leading layer axis and run with `jax.lax.scan`, which
+keeps compile time flat in depth; only the outputs the DPT heads read (the hooks) are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fast3r_jax.attention import dot_product_attention
+from fast3r_jax.rope2d import apply_rope2d
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    dim: int
+    num_heads: int
+    mlp_ratio: float
+    norm_eps: float
+    qkv_bias: bool = True
+    rope_base: float | None = None  # None: no positional rotation (fusion transformer)
+
+
+def layer_norm(dim: int, eps: float, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm with the two-pass variance (as PyTorch), statistics in float32."""
+    return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention; q/k/v and the output projection keep an explicit heads axis for sharding."""
+
+    def __init__(self, cfg: BlockConfig, *, dtype, rngs: nnx.Rngs):
+        head_dim = cfg.dim // cfg.num_heads
+        self.num_heads = cfg.num_heads
+        self.rope_base = cfg.rope_base
+        init = nnx.initializers.xavier_uniform()
+        self.qkv = nnx.LinearGeneral(cfg.dim, (3, cfg.num_heads, head_dim), use_bias=cfg.qkv_bias,
+                                     kernel_init=lambda k, s, d: init(k, (s[0], int(np.prod(s[1:]))), d).reshape(s),
+                                     dtype=dtype, rngs=rngs)
+        self.proj = nnx.LinearGeneral((cfg.num_heads, head_dim), cfg.dim, axis=(-2, -1),
+                                      kernel_init=lambda k, s, d: init(k, (int(np.prod(s[:-1])), s[-1]), d).reshape(s),
+                                      dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array | None, *, scale: float, attention: str) -> jax.Array:
+        qkv = self.qkv(x)  # (B, N, 3, H, Dh)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.rope_base is not None:
+            q = apply_rope2d(q, positions, self.rope_base)
+            k = apply_rope2d(k, positions, self.rope_base)
+        out = dot_product_attention(q, k, v, scale=scale, implementation=attention)  # (B, N, H, Dh)
+        return self.proj(out)
+
+
+class Mlp(nnx.Module):
+    def __init__(self, dim: int, hidden: int, *, dtype, rngs: nnx.Rngs):
+        init = nnx.initializers.xavier_uniform()
+        self.fc1 = nnx.Linear(dim, hidden, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, dim, kernel_init=init, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class Block(nnx.Module):
+    """x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, cfg: BlockConfig, *, dtype, rngs: nnx.Rngs):
+        self.norm1 = layer_norm(cfg.dim, cfg.norm_eps, dtype, rngs)
+        self.attn = SelfAttention(cfg, dtype=dtype, rngs=rngs)
+        self.norm2 = layer_norm(cfg.dim, cfg.norm_eps, dtype, rngs)
+        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array | None, *, scale: float, attention: str) -> jax.Array:
+        x = x + self.attn(self.norm1(x), positions, scale=scale, attention=attention)
+        return x + self.mlp(self.norm2(x))
+
+
+class BlockStack(nnx.Module):
+    """`depth` blocks with parameters stacked on a leading axis, applied with lax.scan."""
+
+    def __init__(self, cfg: BlockConfig, depth: int, *, dtype, remat: bool, rngs: nnx.Rngs):
+        self.depth = depth
+        self.remat = remat
+
+        @nnx.split_rngs(splits=depth)
+        @nnx.vmap(in_axes=0, out_axes=0)
+        def make(rngs: nnx.Rngs) -> Block:
+            return Block(cfg, dtype=dtype, rngs=rngs)
+
+        self.layers = make(rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array | None, *, scale: float, attention: str,
+                 keep: Sequence[int] = ()) -> tuple[jax.Array, list[jax.Array]]:
+        """Runs all blocks. Returns the final output and the outputs after the blocks counted in `keep`.
+
+        keep: 1-based block counts (e.g. (12, 18) keeps the outputs of the 12th and 18th blocks).
+        """
+        if any(not 1 <= n <= self.depth for n in keep):
+            raise ValueError(f"keep={tuple(keep)} must lie in 1..{self.depth}")
+        graphdef, state = nnx.split(self.layers)
+
+        def apply(h, layer_state):
+            return nnx.merge(graphdef, layer_state)(h, positions, scale=scale, attention=attention)
+
+        if self.remat:
+            apply = jax.checkpoint(apply, prevent_cse=False)
+        if not keep:
+            x, _ = jax.lax.scan(lambda h, layer_state: (apply(h, layer_state), None), x, state)
+            return x, []
+
+        # slot[i] = where the output of block i goes; the last slot collects blocks nobody reads.
+        slot = np.full(self.depth, len(keep), np.int32)
+        for j, n in enumerate(keep):
+            slot[n - 1] = j
+
+        def body(carry, layer):
+            h, kept = carry
+            layer_state, layer_slot = layer
+            h = apply(h, layer_state)
+            return (h, jax.lax.dynamic_update_index_in_dim(kept, h, layer_slot, axis=0)), None
+
+        kept = jnp.zeros((len(keep) + 1,) + x.shape, x.dtype)  # (K+1, B, N, D)
+        (x, kept), _ = jax.lax.scan(body, (x, kept), (state, jnp.asarray(slot)))
+        return x, [kept[j] for j in range(len(keep))]

@@ -1,0 +1,306 @@
+"""Tests of the evaluation metrics against the upstream goldens and closed forms."""
+
+import math
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from fast3r_jax import metrics
+
+DATA = pathlib.Path(__file__).parent / "data"
+POSE_KEYS = ("RRA_at_5", "RRA_at_15", "RRA_at_30", "RTA_at_5", "RTA_at_15", "RTA_at_30", "mAA_30")
+
+ANGLE_ATOL_DEG = 1e-5  # float32 angles, op by op: measured 0 (rotation) and 7.6e-6 (translation)
+JIT_ROT_ATOL_DEG = 1e-4  # jitted: FMA contraction, measured 1.7e-5
+JIT_TRANS_ATOL_DEG = 0.05  # jitted: a few-ulp cosine error near 0 is ~0.03 degrees; measured 0.028
+FRACTION_ATOL = 1e-7  # RRA / RTA are k / 10 in float32
+MAA_ATOL = 1e-6  # measured 6e-8 (float32 summation order)
+RECON_ATOL = 1e-10  # float64, measured 0
+ALIGN_ATOL = 1e-5  # float32 aligned points, measured 2.7e-7
+CLOSED_FORM_ATOL_DEG = 1e-6  # float64 closed forms
+
+# Angle reported for identical rotations: tangent line of acos at 1 - 1e-4, evaluated at cosine 1.
+_BOUND = 1.0 - 1e-4
+ROTATION_FLOOR_DEG = math.degrees(math.acos(_BOUND) - (1.0 - _BOUND) / math.sqrt(1.0 - _BOUND**2))
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return dict(np.load(DATA / "metric_goldens.npz"))
+
+
+def _rot_z(deg):
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _rotation(axis, deg):
+    """Rodrigues rotation about a unit axis."""
+    axis = np.asarray(axis, np.float64) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rad = math.radians(deg)
+    return np.eye(3) + math.sin(rad) * k + (1 - math.cos(rad)) * k @ k
+
+
+def _poses(rotations, centers):
+    c2w = np.tile(np.eye(4), (len(rotations), 1, 1))
+    c2w[:, :3, :3] = rotations
+    c2w[:, :3, 3] = centers
+    return c2w
+
+
+def _random_poses(rng, n):
+    rotations = [_rotation(rng.standard_normal(3), rng.uniform(10, 170)) for _ in range(n)]
+    return _poses(np.stack(rotations), rng.standard_normal((n, 3)) * 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Goldens
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["cams5", "synthpnp"])
+def test_relative_pose_errors_match_golden(golden, case):
+    r_err, t_err = metrics.relative_pose_errors(golden[f"{case}_pred_c2w"], golden[f"{case}_gt_c2w"])
+    assert r_err.dtype == np.float32 and r_err.shape == golden[f"{case}_rel_rangle_deg"].shape
+    np.testing.assert_allclose(r_err, golden[f"{case}_rel_rangle_deg"], rtol=0, atol=ANGLE_ATOL_DEG)
+    np.testing.assert_allclose(t_err, golden[f"{case}_rel_tangle_deg"], rtol=0, atol=ANGLE_ATOL_DEG)
+
+
+@pytest.mark.parametrize("case", ["cams5", "synthpnp"])
+def test_relative_pose_errors_jitted_close_to_golden(golden, case):
+    r_err, t_err = jax.jit(metrics.relative_pose_errors)(golden[f"{case}_pred_c2w"], golden[f"{case}_gt_c2w"])
+    np.testing.assert_allclose(r_err, golden[f"{case}_rel_rangle_deg"], rtol=0, atol=JIT_ROT_ATOL_DEG)
+    np.testing.assert_allclose(t_err, golden[f"{case}_rel_tangle_deg"], rtol=0, atol=JIT_TRANS_ATOL_DEG)
+
+
+@pytest.mark.parametrize("case", ["cams5", "synthpnp"])
+def test_camera_pose_metrics_match_golden(golden, case):
+    result = metrics.camera_pose_metrics(golden[f"{case}_pred_c2w"], golden[f"{case}_gt_c2w"])
+    assert tuple(result) == POSE_KEYS
+    for key in POSE_KEYS:
+        atol = MAA_ATOL if key.startswith("mAA") else FRACTION_ATOL
+        np.testing.assert_allclose(result[key], golden[f"{case}_{key}"], rtol=0, atol=atol, err_msg=key)
+
+
+def test_mean_average_accuracy_golden_from_golden_errors(golden):
+    maa = metrics.mean_average_accuracy(golden["cams5_rel_rangle_deg"], golden["cams5_rel_tangle_deg"])
+    np.testing.assert_allclose(maa, golden["cams5_mAA_30"], rtol=0, atol=MAA_ATOL)
+    # Closed form: max errors 3.0, 8.0, 20.0, 8.66, 21.3, 27.2 fall in bins 3, 8, 20, 8, 22, 28 of 31; the other
+    # four pairs exceed 30 degrees. mAA = sum(31 - bin) / (31 * 10).
+    np.testing.assert_allclose(maa, 97 / 310, rtol=0, atol=MAA_ATOL)
+
+
+def test_recon_metrics_match_golden(golden):
+    gt, rec = golden["recon_gt_points"], golden["recon_rec_points"]
+    gt_n, rec_n = golden["recon_gt_normals"], golden["recon_rec_normals"]
+    np.testing.assert_allclose(metrics.accuracy(gt, rec, gt_n, rec_n), golden["recon_accuracy"], rtol=0, atol=RECON_ATOL)
+    np.testing.assert_allclose(
+        metrics.completion(gt, rec, gt_n, rec_n), golden["recon_completion"], rtol=0, atol=RECON_ATOL)
+    np.testing.assert_allclose(metrics.accuracy(gt, rec), golden["recon_accuracy"][:2], rtol=0, atol=RECON_ATOL)
+    np.testing.assert_allclose(metrics.completion(gt, rec), golden["recon_completion"][:2], rtol=0, atol=RECON_ATOL)
+
+
+@pytest.mark.parametrize("view", [0, 1, 2])
+def test_align_similarity_matches_reference_registration(view):
+    # Upstream's align_local_pts3d_to_global (roma.rigid_points_registration with scale, all pixels): views 0 and 1
+    # need the reflection fix (det(U V^T) < 0), view 2 does not.
+    pose = np.load(DATA / "pose_goldens.npz")
+    local = pose[f"tiny_pred_v{view}_pts3d_local"].reshape(-1, 3)
+    glob = pose[f"tiny_pred_v{view}_pts3d_in_other_view"].reshape(-1, 3)
+    scale, rot, trans = metrics.align_similarity(local, glob)
+    aligned = scale * local @ np.asarray(rot).T + trans
+    np.testing.assert_allclose(aligned, pose[f"tiny_v{view}_pts3d_local_aligned_to_global"].reshape(-1, 3),
+                               rtol=0, atol=ALIGN_ATOL)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Camera-pose closed forms
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_pair_order_is_torch_combinations():
+    first, second = metrics.pair_indices(4)
+    assert list(zip(first.tolist(), second.tolist())) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+
+
+def test_identical_poses_float64():
+    poses = _random_poses(np.random.default_rng(0), 5)
+    with jax.enable_x64(True):
+        r_err, t_err = metrics.relative_pose_errors(poses, poses)
+        assert r_err.dtype == np.float64
+        # Identical rotations sit on the linear extension of acos: the floor, not 0.
+        np.testing.assert_allclose(r_err, ROTATION_FLOOR_DEG, rtol=0, atol=CLOSED_FORM_ATOL_DEG)
+        # acos(sqrt(1 - 1e-15)) = 3.2e-8 rad is the translation floor.
+        np.testing.assert_allclose(t_err, 0.0, rtol=0, atol=1e-5)
+        assert metrics.camera_pose_metrics(poses, poses) == dict.fromkeys(POSE_KEYS, 1.0)
+
+
+def test_identical_poses_float32():
+    poses = _random_poses(np.random.default_rng(1), 6).astype(np.float32)
+    r_err, t_err = metrics.relative_pose_errors(poses, poses)
+    np.testing.assert_allclose(r_err, ROTATION_FLOOR_DEG, rtol=0, atol=1e-3)  # cosine 1 +- a few ulp, slope 70.7
+    assert np.all(np.asarray(t_err) < JIT_TRANS_ATOL_DEG)  # cosine 1 - a few ulp
+    assert metrics.camera_pose_metrics(poses, poses) == dict.fromkeys(POSE_KEYS, 1.0)
+
+
+def test_one_camera_rotated_by_ten_degrees():
+    # Camera 0 turns 10 degrees about its z axis in the prediction. Pairs (0, j) then have a 10-degree relative
+    # rotation error; their translation inv(R_0) (c_j - c_0) keeps its direction along z (camera 1) and turns by
+    # 10 degrees in the xy plane (camera 2). Pair (1, 2) is untouched.
+    gt = _poses(np.stack([np.eye(3)] * 3), [[0.0, 0.0, 0.0], [0.0, 0.0, 2.0], [4.0, 0.0, 0.0]])
+    pred = gt.copy()
+    pred[0, :3, :3] = _rot_z(10.0)
+    with jax.enable_x64(True):
+        r_err, t_err = metrics.relative_pose_errors(pred, gt)
+        result = metrics.camera_pose_metrics(pred, gt)
+    np.testing.assert_allclose(r_err, [10.0, 10.0, ROTATION_FLOOR_DEG], rtol=0, atol=CLOSED_FORM_ATOL_DEG)
+    np.testing.assert_allclose(t_err, [0.0, 10.0, 0.0], rtol=0, atol=CLOSED_FORM_ATOL_DEG)
+    # mAA: max errors 10, 10, 0.405 fall in bins 10, 10, 0 -> (21 + 21 + 31) / (31 * 3).
+    expected = {"RRA_at_5": 1 / 3, "RRA_at_15": 1.0, "RRA_at_30": 1.0,
+                "RTA_at_5": 2 / 3, "RTA_at_15": 1.0, "RTA_at_30": 1.0, "mAA_30": 73 / 93}
+    assert result.keys() == expected.keys()
+    np.testing.assert_allclose([result[k] for k in expected], list(expected.values()), rtol=0, atol=1e-12)
+
+
+def test_rotation_angle_about_arbitrary_axis():
+    rng = np.random.default_rng(2)
+    base = np.stack([_rotation(rng.standard_normal(3), 40.0) for _ in range(4)])
+    degrees = np.array([1.0, 25.0, 120.0, 179.0])
+    turned = np.stack([b @ _rotation(rng.standard_normal(3), d) for b, d in zip(base, degrees)])
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(metrics.rotation_angle_deg(base, turned), degrees, rtol=0, atol=1e-6)
+
+
+def test_translation_angle_is_sign_blind_and_handles_nan():
+    t = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [np.nan, 0.0, 0.0]])
+    other = np.array([[-3.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 5.0], [1.0, 0.0, 0.0]])
+    with jax.enable_x64(True):
+        angles = metrics.translation_angle_deg(t, other)
+    np.testing.assert_allclose(angles, [0.0, 45.0, 90.0, math.degrees(1e6)], rtol=1e-12, atol=1e-5)
+
+
+def test_accuracy_at_is_strict():
+    errors = np.array([5.0, 4.999, 15.0, 30.0], np.float32)
+    np.testing.assert_allclose(metrics.accuracy_at(errors, (5, 15, 30)), [0.25, 0.5, 0.75], rtol=0, atol=0)
+
+
+def test_mean_average_accuracy_histc_edges():
+    # 31 bins of width 30/31 over [0, 30]: 0 -> bin 0, 29.5 -> bin 30, exactly 30 -> last bin (30), above 30,
+    # below 0 and NaN are not counted but still divide: (31 + 1 + 1) / (31 * 6).
+    errors = np.array([0.0, 29.5, 30.0, 30.001, -1.0, np.nan], np.float32)
+    maa = metrics.mean_average_accuracy(errors, errors)
+    np.testing.assert_allclose(maa, 33 / 186, rtol=0, atol=MAA_ATOL)
+    # The larger of the two errors decides: rotation 1 with translation 40 is not counted.
+    np.testing.assert_allclose(metrics.mean_average_accuracy(np.float32([1.0]), np.float32([40.0])), 0.0, atol=0)
+    np.testing.assert_allclose(metrics.mean_average_accuracy(np.float32([40.0]), np.float32([1.0])), 0.0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Alignment and reconstruction closed forms
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_align_similarity_recovers_known_similarity():
+    rng = np.random.default_rng(3)
+    src = rng.standard_normal((50, 3))
+    rot = _rotation([1.0, -2.0, 0.5], 73.0)
+    scale, trans = 2.5, np.array([0.3, -1.0, 4.0])
+    dst = scale * src @ rot.T + trans
+    # Zero-weight outliers must not move the fit.
+    src_all = np.concatenate([src, rng.standard_normal((10, 3))])
+    dst_all = np.concatenate([dst, rng.standard_normal((10, 3)) * 100])
+    weights = np.concatenate([rng.uniform(0.5, 2.0, 50), np.zeros(10)])
+    with jax.enable_x64(True):
+        for got in (metrics.align_similarity(src, dst), metrics.align_similarity(src_all, dst_all, weights)):
+            np.testing.assert_allclose(got[0], scale, rtol=0, atol=1e-10)
+            np.testing.assert_allclose(got[1], rot, rtol=0, atol=1e-10)
+            np.testing.assert_allclose(got[2], trans, rtol=0, atol=1e-10)
+
+
+def test_align_similarity_returns_a_rotation_for_mirrored_points():
+    src = np.random.default_rng(4).standard_normal((30, 3))
+    with jax.enable_x64(True):
+        _, rot, _ = metrics.align_similarity(src, src * np.array([1.0, 1.0, -1.0]))
+    np.testing.assert_allclose(np.linalg.det(rot), 1.0, rtol=0, atol=1e-10)
+
+
+def _grid(spacing=1.0, size=6):
+    axis = np.arange(size) * spacing
+    return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)  # (size^3, 3)
+
+
+def test_shifted_grid_distances_equal_offset_norm():
+    gt = _grid()
+    offset = np.array([0.1, -0.2, 0.15])  # every component below half the spacing: the source point stays nearest
+    rec = gt + offset
+    normals = np.random.default_rng(5).standard_normal(gt.shape)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    expected = [np.linalg.norm(offset)] * 2 + [1.0, 1.0]
+    np.testing.assert_allclose(metrics.accuracy(gt, rec, normals, normals), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(metrics.completion(gt, rec, normals, -normals), expected, rtol=0, atol=1e-12)
+    assert metrics.completion_ratio(gt, rec, dist_th=0.3) == 1.0  # |offset| = 0.269
+    assert metrics.completion_ratio(gt, rec, dist_th=0.25) == 0.0
+
+
+def test_normal_consistency_of_orthogonal_normals_is_zero():
+    gt = _grid(size=3)
+    up = np.tile([0.0, 0.0, 1.0], (len(gt), 1))
+    side = np.tile([1.0, 0.0, 0.0], (len(gt), 1))
+    np.testing.assert_allclose(metrics.accuracy(gt, gt, up, side), [0.0, 0.0, 0.0, 0.0], rtol=0, atol=0)
+
+
+def test_accuracy_and_completion_are_directional():
+    # GT has an extra far point: it hurts completion (GT -> rec) but not accuracy (rec -> GT).
+    rec = _grid(size=2)
+    gt = np.concatenate([rec, [[10.0, 0.0, 0.0]]])
+    assert metrics.accuracy(gt, rec) == (0.0, 0.0)
+    np.testing.assert_allclose(metrics.completion(gt, rec), [9.0 / 9, 0.0], rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_bad_pose_inputs():
+    poses = np.tile(np.eye(4), (3, 1, 1))
+    with pytest.raises(ValueError, match=r"pred_c2w must have shape \(N, 4, 4\)"):
+        metrics.relative_pose_errors(poses[:, :3], poses)
+    with pytest.raises(ValueError, match=r"gt_c2w must have shape \(N, 4, 4\)"):
+        metrics.camera_pose_metrics(poses, poses[0])
+    with pytest.raises(ValueError, match="different numbers of cameras: 3 vs 2"):
+        metrics.relative_pose_errors(poses, poses[:2])
+    with pytest.raises(ValueError, match="at least 2 cameras"):
+        metrics.camera_pose_metrics(poses[:1], poses[:1])
+    scaled = poses.copy()
+    scaled[1, :3, :3] *= 2.0
+    with pytest.raises(ValueError, match=r"not rotations.*\(0, 1\), \(1, 2\)"):
+        metrics.camera_pose_metrics(scaled, poses)
+
+
+def test_bad_error_inputs():
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        metrics.accuracy_at(np.zeros((2, 2)), (5,))
+    with pytest.raises(ValueError, match="equal length"):
+        metrics.mean_average_accuracy(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match=r"rotations must both have shape \(\.\.\., 3, 3\)"):
+        metrics.rotation_angle_deg(np.zeros((2, 3, 3)), np.zeros((3, 3, 3)))
+    with pytest.raises(ValueError, match=r"translations must both have shape \(\.\.\., 3\)"):
+        metrics.translation_angle_deg(np.zeros((2, 2)), np.zeros((2, 2)))
+
+
+def test_bad_cloud_inputs():
+    points = _grid(size=2)
+    with pytest.raises(ValueError, match=r"gt_points must have shape \(N, 3\)"):
+        metrics.accuracy(points[:, :2], points)
+    with pytest.raises(ValueError, match=r"rec_points must have shape \(N, 3\) with N > 0"):
+        metrics.completion(points, np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="rec_normals shape"):
+        metrics.accuracy(points, points, points, points[:-1])
+    with pytest.raises(ValueError, match=r"src and dst must both have shape \(N, 3\)"):
+        metrics.align_similarity(points, points[:-1])
+    with pytest.raises(ValueError, match=r"weights must have shape \(8,\)"):
+        metrics.align_similarity(points, points, np.ones(7))
