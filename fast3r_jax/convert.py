@@ -19,8 +19,8 @@ import numpy as np
 
 from fast3r_jax import config as config_lib
 from fast3r_jax.checkpoint import save_pretrained
-from fast3r_jax.params import init_params, params_from_torch, params_to_torch
-from fast3r_jax.torch_checkpoint import load_state_dict
+from fast3r_jax.params import fold_aliases, init_params, params_from_torch, params_to_torch
+from fast3r_jax.torch_checkpoint import UnsafeCheckpointError, load_state_dict
 
 # DUSt3R prefixes -> Fast3R prefixes for the parts upstream initialises from a DUSt3R checkpoint.
 _DUST3R_ENCODER = (("patch_embed.", "encoder.patch_embed."), ("enc_blocks.", "encoder.enc_blocks."),
@@ -57,7 +57,7 @@ def _rename(state_dict: dict, prefixes) -> dict:
 def from_dust3r(state_dict: dict[str, np.ndarray], cfg: config_lib.Fast3RConfig,
                 seed: int) -> tuple[dict, dict[str, Any]]:
     """Fast3R params with the encoder (and the global head if every shape matches) taken from DUSt3R."""
-    full = params_to_torch(init_params(cfg, seed), cfg)
+    full = fold_aliases(params_to_torch(init_params(cfg, seed), cfg))
     encoder = _rename(state_dict, _DUST3R_ENCODER)
     bad = sorted(k for k in encoder if k not in full or full[k].shape != encoder[k].shape)
     missing = sorted(k for k in full if k.startswith("encoder.") and k not in encoder)
@@ -65,7 +65,7 @@ def from_dust3r(state_dict: dict[str, np.ndarray], cfg: config_lib.Fast3RConfig,
         raise ValueError("DUSt3R encoder does not match the config: "
                          f"mismatched {bad[:10]}, missing {missing[:10]}")
     full.update(encoder)
-    head = _rename(state_dict, _DUST3R_HEAD)
+    head = fold_aliases(_rename(state_dict, _DUST3R_HEAD))
     head_ok = bool(head) and all(k in full and full[k].shape == v.shape for k, v in head.items()) \
         and all(k in head for k in full if k.startswith("downstream_head."))
     if head_ok:
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = convert(args.src, args.out, args.config, args.seed, args.overwrite)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, UnsafeCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=1))

@@ -8,14 +8,15 @@ accuracy curve of max(rotation, translation) error).
 Point clouds are compared through nearest neighbours: accuracy (reconstruction -> GT), completion (GT ->
 reconstruction) and normal consistency |n_a . n_b| of the matched points.
 
-The pose functions use jax.numpy and follow the reference's float32 operation order: run op by op (not under jit)
-they reproduce its angles to the last bit or two. The acos of a cosine near 1 amplifies rounding, so a jitted call
-(where XLA fuses multiply-adds into FMAs) can differ by up to ~0.03 degrees for near-zero translation angles and by
-~1e-5 degrees elsewhere. The point-cloud functions are float64 numpy with a scipy KD-tree, as in the reference.
+The pose functions are jitted jax.numpy that follow the reference's float32 operation order and rounding (no FMA
+contraction), reproducing its angles to an ulp or two. This matters: the acos of a cosine near 1 amplifies
+rounding, and a one-ulp cosine difference moves a near-zero translation angle by ~0.02 degrees. The point-cloud
+functions are float64 numpy with a scipy KD-tree, as in the reference.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -60,9 +61,27 @@ def pair_indices(num_cameras: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(num_cameras, k=1)
 
 
+def _rounded(x: jax.Array) -> jax.Array:
+    """x, rounded on its own before it is added to anything.
+
+    Under jit, XLA's CPU and GPU compilers contract a multiply that feeds an add into one FMA (a single rounding),
+    which the reference does not do. A select between the two (that keeps NaN as NaN) blocks the contraction.
+    """
+    return jnp.where(jnp.isnan(x), jnp.nan, x)
+
+
+def _true_divide(num: jax.Array, den: jax.Array | float) -> jax.Array:
+    """num / den with one IEEE division per element (den broadcasts to num).
+
+    XLA rewrites a division by a constant or broadcast divisor into a multiplication by its reciprocal, which can be
+    an ulp off; the barrier hides the divisor so the division stays exact, as in the reference.
+    """
+    return num / jax.lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(den, num.dtype), num.shape))
+
+
 def _sequential_dot(a: jax.Array, b: jax.Array) -> jax.Array:
     """sum(a * b, axis=-1) accumulated left to right: the order of the reference's small float32 kernels."""
-    products = a * b
+    products = _rounded(a * b)
     total = products[..., 0]
     for k in range(1, products.shape[-1]):
         total = total + products[..., k]
@@ -100,12 +119,13 @@ def rotation_cosine(rot_a: jax.Array, rot_b: jax.Array) -> jax.Array:
 def _acos_linear_extension(cos: jax.Array, bound: float) -> jax.Array:
     """acos on [-bound, bound] and its tangent lines at +-bound outside (finite for any cosine)."""
     slope = -1.0 / math.sqrt(1.0 - bound * bound)
-    upper = (cos - bound) * slope + math.acos(bound)
-    lower = (cos + bound) * slope + math.acos(-bound)
+    upper = _rounded((cos - bound) * slope) + math.acos(bound)
+    lower = _rounded((cos + bound) * slope) + math.acos(-bound)
     inside = jnp.arccos(jnp.clip(cos, -bound, bound))
     return jnp.where(cos >= bound, upper, jnp.where(cos <= -bound, lower, inside))
 
 
+@jax.jit
 def rotation_angle_deg(rot_a: jax.Array, rot_b: jax.Array) -> jax.Array:
     """Angle in degrees between (..., 3, 3) rotations.
 
@@ -117,19 +137,16 @@ def rotation_angle_deg(rot_a: jax.Array, rot_b: jax.Array) -> jax.Array:
         raise ValueError(
             f"rotations must both have shape (..., 3, 3), got {tuple(rot_a.shape)} and {tuple(rot_b.shape)}")
     angle = _acos_linear_extension(rotation_cosine(rot_a, rot_b), 1.0 - _COS_BOUND)
-    return angle * 180 / math.pi
+    return _true_divide(angle * 180, math.pi)
 
 
 def _unit_directions(t: jax.Array) -> jax.Array:
-    """t / (|t| + 1e-15) for (..., 3) vectors, with a true division.
-
-    XLA turns a division by a broadcast operand into a multiplication by its reciprocal (off by an ulp); the barrier
-    hides the broadcast so the division stays exact.
-    """
+    """t / (|t| + 1e-15) for (..., 3) vectors."""
     norm = jnp.sqrt(_sequential_dot(t, t)) + _TRANSLATION_EPS  # (...,)
-    return t / jax.lax.optimization_barrier(jnp.broadcast_to(norm[..., None], t.shape))
+    return _true_divide(t, norm[..., None])
 
 
+@jax.jit
 def translation_angle_deg(t_a: jax.Array, t_b: jax.Array) -> jax.Array:
     """Angle in degrees between the directions of (..., 3) translations, blind to their sign.
 
@@ -142,12 +159,13 @@ def translation_angle_deg(t_a: jax.Array, t_b: jax.Array) -> jax.Array:
         raise ValueError(
             f"translations must both have shape (..., 3), got {tuple(t_a.shape)} and {tuple(t_b.shape)}")
     unit_a, unit_b = _unit_directions(t_a), _unit_directions(t_b)
-    sin_sq = jnp.maximum(1.0 - _sequential_dot(unit_b, unit_a) ** 2, _TRANSLATION_EPS)
+    sin_sq = jnp.maximum(1.0 - _rounded(_sequential_dot(unit_b, unit_a) ** 2), _TRANSLATION_EPS)
     angle = jnp.arccos(jnp.sqrt(1.0 - sin_sq))
     angle = jnp.where(jnp.isfinite(angle), angle, _INVALID_TRANSLATION_ANGLE)
-    return angle * 180.0 / math.pi
+    return _true_divide(angle * 180.0, math.pi)
 
 
+@jax.jit
 def relative_pose_errors(pred_c2w: jax.Array, gt_c2w: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Rotation and translation-direction errors in degrees of the relative poses of all camera pairs i < j.
 
@@ -181,11 +199,12 @@ def _histc(values: jax.Array, bins: int, low: float, high: float) -> jax.Array:
     are not counted.
     """
     inside = (values >= low) & (values <= high)
-    index = jnp.floor((values - low) * bins / (high - low)).astype(jnp.int32)
+    index = jnp.floor(_true_divide((values - low) * bins, high - low)).astype(jnp.int32)
     index = jnp.where(inside, jnp.minimum(index, bins - 1), bins)  # extra bin `bins` takes the rejects
     return jnp.zeros(bins + 1, values.dtype).at[index].add(1)[:bins]
 
 
+@functools.partial(jax.jit, static_argnames="max_threshold")
 def mean_average_accuracy(r_err: jax.Array, t_err: jax.Array, max_threshold: int = MAA_MAX_THRESHOLD_DEG) -> jax.Array:
     """mAA(max_threshold): accuracy of max(r_err, t_err) averaged over a grid of thresholds.
 
@@ -199,13 +218,18 @@ def mean_average_accuracy(r_err: jax.Array, t_err: jax.Array, max_threshold: int
             f"{tuple(t_err.shape)}")
     max_errors = jnp.maximum(r_err, t_err)  # (P,)
     histogram = _histc(max_errors, max_threshold + 1, 0.0, float(max_threshold))
-    return jnp.mean(jnp.cumsum(histogram / max_errors.shape[0]))
+    return jnp.mean(jnp.cumsum(_true_divide(histogram, max_errors.shape[0])))
+
+
+@jax.jit
+def _relative_rotation_traces(pred_c2w: jax.Array, gt_c2w: jax.Array) -> jax.Array:
+    """Traces of the (P,) rotations compared by `relative_pose_errors`."""
+    return 2.0 * rotation_cosine(_pairwise_relative(gt_c2w)[0], _pairwise_relative(pred_c2w)[0]) + 1.0
 
 
 def _check_relative_traces(pred_c2w: jax.Array, gt_c2w: jax.Array) -> None:
     """Rejects poses whose relative rotations have a trace outside [-1 - eps, 3 + eps] (not rotations)."""
-    cos = rotation_cosine(_pairwise_relative(gt_c2w)[0], _pairwise_relative(pred_c2w)[0])
-    trace = np.asarray(2.0 * cos + 1.0)  # (P,)
+    trace = np.asarray(_relative_rotation_traces(pred_c2w, gt_c2w))  # (P,)
     bad = np.flatnonzero(~((trace >= -1.0 - _TRACE_EPS) & (trace <= 3.0 + _TRACE_EPS)))
     if bad.size:
         first, second = pair_indices(pred_c2w.shape[0])
@@ -233,6 +257,7 @@ def camera_pose_metrics(pred_c2w: jax.Array, gt_c2w: jax.Array) -> dict[str, flo
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@jax.jit
 def align_similarity(
     src: jax.Array, dst: jax.Array, weights: Optional[jax.Array] = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -150,7 +150,7 @@ def upstream_shapes(cfg: Fast3RConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in tree.items()}
 
 
-def _resolve_aliases(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def fold_aliases(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Folds `scratch.layer_rn.<j>` into `scratch.layer<j+1>_rn` (either or both may be present; both must agree)."""
     out: dict[str, np.ndarray] = {}
     for key, value in state_dict.items():
@@ -166,7 +166,7 @@ def _resolve_aliases(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
 
 def check_state_dict(state_dict: Mapping[str, np.ndarray], cfg: Fast3RConfig) -> dict[str, np.ndarray]:
     """Returns the state dict with aliases folded, or raises one error listing every mismatch."""
-    sd = _resolve_aliases(state_dict)
+    sd = fold_aliases(state_dict)
     expected = upstream_shapes(cfg)
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))

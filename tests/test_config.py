@@ -1,0 +1,50 @@
+import pytest
+
+from fast3r_jax import config as config_lib
+from fast3r_jax import config_from_upstream
+from upstream_configs import LARGE, TINY, upstream_config
+
+
+def test_upstream_tiny_and_large_configs_map_to_presets():
+    assert config_from_upstream(TINY) == config_lib.tiny()
+    assert config_from_upstream(LARGE) == config_lib.large()
+
+
+def test_other_upstream_config_is_built_from_its_args():
+    cfg = config_from_upstream(upstream_config(enc_dim=128, enc_heads=4, enc_depth=3, dec_dim=96, dec_heads=6,
+                                               dec_depth=12))
+    assert (cfg.encoder.embed_dim, cfg.encoder.num_heads, cfg.encoder.depth) == (128, 4, 3)
+    assert (cfg.fusion.embed_dim, cfg.fusion.num_heads, cfg.fusion.depth) == (96, 6, 12)
+    assert cfg.hooks == (0, 6, 9, 12)
+
+
+def test_json_roundtrip_keeps_infinite_modes():
+    cfg = config_lib.large()
+    again = config_lib.Fast3RConfig.from_json(cfg.to_json())
+    assert again == cfg
+    assert again.head.depth_mode == ("exp", float("-inf"), float("inf"))
+
+
+@pytest.mark.parametrize("section,key,value,match", [
+    ("encoder_args", "encoder_type", "dino_v2", "encoder_type"),
+    ("decoder_args", "decoder_type", "llama", "decoder_type"),
+    ("decoder_args", "drop", 0.1, "drop"),
+    ("head_args", "with_local_head", False, "with_local_head"),
+    ("head_args", "depth_mode", ["exp", 0.0, 10.0], "bounded"),
+    ("encoder_args", "new_knob", 3, "new_knob"),
+    ("decoder_args", "enc_embed_dim", 768, "enc_embed_dim"),
+])
+def test_unsupported_upstream_settings_raise(section, key, value, match):
+    d = upstream_config()
+    d[section] = {**d[section], key: value}
+    with pytest.raises(ValueError, match=match):
+        config_from_upstream(d)
+
+
+def test_invalid_configs_raise():
+    with pytest.raises(ValueError, match="attention"):
+        config_lib.tiny().replace(attention="flash")
+    with pytest.raises(ValueError, match="divisible"):
+        config_lib.Fast3RConfig(encoder=config_lib.EncoderConfig(embed_dim=100, num_heads=3))
+    with pytest.raises(ValueError, match="unknown"):
+        config_lib.Fast3RConfig.from_dict({"encoder": {"embed_dim": 96, "bogus": 1}})
