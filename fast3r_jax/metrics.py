@@ -64,8 +64,8 @@ def pair_indices(num_cameras: int) -> tuple[np.ndarray, np.ndarray]:
 def _rounded(x: jax.Array) -> jax.Array:
     """x, rounded on its own before it is added to anything.
 
-    Under jit, XLA's CPU and GPU compilers contract a multiply that feeds an add into one FMA (a single rounding),
-    which the reference does not do. A select between the two (that keeps NaN as NaN) blocks the contraction.
+    Under jit, XLA contracts a multiply that feeds an add into one FMA with a single rounding (its CPU backend always
+    allows this), which the reference does not do. A select in between (that keeps NaN as NaN) blocks it.
     """
     return jnp.where(jnp.isnan(x), jnp.nan, x)
 
@@ -189,7 +189,8 @@ def accuracy_at(errors: jax.Array, thresholds: Sequence[float]) -> jax.Array:
     if errors.ndim != 1 or errors.shape[0] == 0:
         raise ValueError(f"errors must be a non-empty 1-D array, got shape {tuple(errors.shape)}")
     taus = jnp.asarray(thresholds, errors.dtype)  # (T,)
-    return jnp.mean(errors[None, :] < taus[:, None], axis=1, dtype=errors.dtype)
+    below = jnp.sum(errors[None, :] < taus[:, None], axis=1, dtype=errors.dtype)  # (T,)
+    return _true_divide(below, errors.shape[0])
 
 
 def _histc(values: jax.Array, bins: int, low: float, high: float) -> jax.Array:
@@ -218,7 +219,8 @@ def mean_average_accuracy(r_err: jax.Array, t_err: jax.Array, max_threshold: int
             f"{tuple(t_err.shape)}")
     max_errors = jnp.maximum(r_err, t_err)  # (P,)
     histogram = _histc(max_errors, max_threshold + 1, 0.0, float(max_threshold))
-    return jnp.mean(jnp.cumsum(_true_divide(histogram, max_errors.shape[0])))
+    accuracies = jnp.cumsum(_true_divide(histogram, max_errors.shape[0]))  # (max_threshold + 1,)
+    return _true_divide(jnp.sum(accuracies), accuracies.shape[0])
 
 
 @jax.jit
@@ -230,7 +232,7 @@ def _relative_rotation_traces(pred_c2w: jax.Array, gt_c2w: jax.Array) -> jax.Arr
 def _check_relative_traces(pred_c2w: jax.Array, gt_c2w: jax.Array) -> None:
     """Rejects poses whose relative rotations have a trace outside [-1 - eps, 3 + eps] (not rotations)."""
     trace = np.asarray(_relative_rotation_traces(pred_c2w, gt_c2w))  # (P,)
-    bad = np.flatnonzero(~((trace >= -1.0 - _TRACE_EPS) & (trace <= 3.0 + _TRACE_EPS)))
+    bad = np.flatnonzero((trace < -1.0 - _TRACE_EPS) | (trace > 3.0 + _TRACE_EPS))  # NaN passes, as in the reference
     if bad.size:
         first, second = pair_indices(pred_c2w.shape[0])
         pairs = [(int(first[p]), int(second[p])) for p in bad]
@@ -298,7 +300,9 @@ def _as_cloud(name: str, points: np.ndarray) -> np.ndarray:
     return points
 
 
-def _checked_clouds(gt_points, rec_points, gt_normals, rec_normals):
+def _checked_clouds(
+    gt_points: np.ndarray, rec_points: np.ndarray, gt_normals: Optional[np.ndarray], rec_normals: Optional[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
     """Validated float64 copies; normals are kept only when both are given (as in the reference)."""
     gt_points, rec_points = _as_cloud("gt_points", gt_points), _as_cloud("rec_points", rec_points)
     if gt_normals is None or rec_normals is None:
@@ -312,7 +316,10 @@ def _checked_clouds(gt_points, rec_points, gt_normals, rec_normals):
 
 
 def _nearest_neighbour_stats(
-    query: np.ndarray, reference: np.ndarray, query_normals: Optional[np.ndarray], reference_normals: Optional[np.ndarray]
+    query: np.ndarray,
+    reference: np.ndarray,
+    query_normals: Optional[np.ndarray],
+    reference_normals: Optional[np.ndarray],
 ) -> tuple[float, ...]:
     """Mean and median distance from each query point to its nearest reference point, then (with normals) mean and
     median |n_query . n_nearest|."""

@@ -1,6 +1,9 @@
+import pathlib
+
 import pytest
 
 from fast3r_jax import config as config_lib
+from fast3r_jax import configs
 from fast3r_jax import config_from_upstream
 from upstream_configs import LARGE, TINY, upstream_config
 
@@ -48,3 +51,14 @@ def test_invalid_configs_raise():
         config_lib.Fast3RConfig(encoder=config_lib.EncoderConfig(embed_dim=100, num_heads=3))
     with pytest.raises(ValueError, match="unknown"):
         config_lib.Fast3RConfig.from_dict({"encoder": {"embed_dim": 96, "bogus": 1}})
+
+
+def test_experiment_config_files_load(tmp_path):
+    root = pathlib.Path(__file__).parents[1]
+    assert configs.load(str(root / "configs/fast3r_tiny.py")) == config_lib.tiny()
+    assert configs.load(str(root / "configs/fast3r_large.py")) == config_lib.large()
+    (tmp_path / "bad.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="get_config"):
+        configs.load(str(tmp_path / "bad.py"))
+    with pytest.raises(ValueError, match="preset"):
+        configs.load("huge")
