@@ -1,0 +1,159 @@
+"""Grain input pipeline: shuffled, sharded, augmented, batched multi-view samples.
+
+Order. Each epoch is a permutation of the source (grain's index shuffle, seeded by seed + epoch), cut
+to a multiple of batch_size * shard_count; shard s takes the s-th contiguous block of it. Record
+position p of an epoch draws its randomness (view sampling, crop, jitter) from
+`default_rng((seed, 0, epoch, p))`, and batch b its aspect-ratio bucket from
+`default_rng((seed, 1, epoch, b))`, so every sample of a batch (and every view of a sample) shares one
+bucket, and the data do not depend on worker_count or on how far the iterator ran before.
+
+Batch structure: a list of V dicts (one per view), each holding stacked numpy arrays
+  img                (B, 3, H, W) float32 in [-1, 1]
+  true_shape         (B, 2) int32, (height, width) of the view in its true orientation
+  pts3d              (B, H, W, 3) float32 world points
+  valid_mask         (B, H, W) bool
+  depthmap           (B, H, W) float32
+  camera_pose        (B, 4, 4) float32 camera-to-world
+  camera_intrinsics  (B, 3, 3) float32
+in landscape layout (H <= W): portrait views are transposed (pixel maps swap their two image axes and
+the intrinsics swap their first two rows, so they project camera points to landscape pixel (x, y) =
+true (row, column)), while true_shape keeps the portrait (H, W). String fields are dropped.
+
+Checkpointing: `it = iter(loader)`; `state = it.get_state()` (a small JSON-serialisable dict); later
+`it = iter(loader); it.set_state(state)` resumes with exactly the next batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import grain
+import numpy as np
+from absl import flags
+
+from fast3r_jax.data.augment import BUCKETS, augment_views
+from fast3r_jax.data.mixture import Mixture
+from fast3r_jax.data.readers import Source, View, load_sample
+from fast3r_jax.images import normalize
+
+BATCH_KEYS = ("img", "true_shape", "pts3d", "valid_mask", "depthmap", "camera_pose", "camera_intrinsics")
+Batch = list[dict[str, np.ndarray]]
+
+
+def to_model_layout(view: View) -> dict[str, np.ndarray]:
+    """Sample-format view -> numeric arrays in the model's landscape layout (see module docstring)."""
+    height, width = view["img"].shape[:2]
+    out = {
+        "img": normalize(view["img"]),  # (3, H, W)
+        "true_shape": np.array((height, width), np.int32),
+        "pts3d": np.asarray(view["pts3d"], np.float32),
+        "valid_mask": np.asarray(view["valid_mask"], bool),
+        "depthmap": np.asarray(view["depthmap"], np.float32),
+        "camera_pose": np.asarray(view["camera_pose"], np.float32),
+        "camera_intrinsics": np.asarray(view["camera_intrinsics"], np.float32),
+    }
+    if width < height:
+        out["img"] = out["img"].swapaxes(1, 2)
+        for key in ("pts3d", "valid_mask", "depthmap"):
+            out[key] = out[key].swapaxes(0, 1)
+        out["camera_intrinsics"] = out["camera_intrinsics"][[1, 0, 2]]
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def collate(samples: Sequence[Sequence[dict[str, np.ndarray]]]) -> Batch:
+    """Stacks B samples of V views into V dicts of (B, ...) arrays."""
+    num_views = len(samples[0])
+    if any(len(s) != num_views for s in samples):
+        raise ValueError(f"samples of one batch have different view counts: {[len(s) for s in samples]}")
+    batch = []
+    for v in range(num_views):
+        stacked = {}
+        for key in BATCH_KEYS:
+            arrays = [s[v][key] for s in samples]
+            if any(a.shape != arrays[0].shape for a in arrays):
+                raise ValueError(f"view {v} {key}: shapes differ within the batch: {[a.shape for a in arrays]}")
+            stacked[key] = np.stack(arrays)
+        batch.append(stacked)
+    return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleTransform:
+    """(position in this shard's stream, source index) -> one sample in model layout."""
+
+    source: Source
+    seed: int
+    batch_size: int
+    shard_index: int
+    records_per_shard: int  # per epoch, a multiple of batch_size
+    resolutions: tuple[tuple[int, int], ...] | None
+    augment: bool
+    aug_crop: int | None
+
+    def __call__(self, position: int, index: int) -> list[dict[str, np.ndarray]]:
+        epoch, offset = divmod(position, self.records_per_shard)
+        record = self.shard_index * self.records_per_shard + offset  # position in the global epoch order
+        if isinstance(self.source, Mixture):
+            source, index = self.source.locate(index, epoch)
+        else:
+            source = self.source
+        rng = np.random.default_rng((self.seed, 0, epoch, record))
+        views = load_sample(source, int(index), rng)
+        if self.resolutions or self.augment:
+            resolution = None
+            if self.resolutions:
+                bucket_rng = np.random.default_rng((self.seed, 1, epoch, record // self.batch_size))
+                resolution = self.resolutions[int(bucket_rng.integers(len(self.resolutions)))]
+            aug_crop = self.aug_crop if self.aug_crop is not None else getattr(source, "aug_crop", 0)
+            views = augment_views(views, resolution, rng, aug_crop if self.augment else 0, jitter=self.augment)
+        return [to_model_layout(v) for v in views]
+
+
+def make_loader(source: Source, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
+                worker_count: int = 0, augment: bool = True, num_epochs: int | None = None, *,
+                resolutions: Sequence[tuple[int, int]] | None = BUCKETS, aug_crop: int | None = None,
+                read_threads: int = 2, prefetch_batches: int = 4) -> grain.IterDataset:
+    """Iterable of batches (see the module docstring for structure, order and checkpointing).
+
+    Args:
+        source: a reader, `Mixture` or any object with `__len__` and `__getitem__(index[, rng])`.
+        batch_size: samples per batch on this shard; incomplete batches are dropped.
+        seed: shuffling and augmentation seed, in [0, 2**32).
+        shard_index, shard_count: this process's shard, e.g. (jax.process_index(), jax.process_count()).
+        worker_count: grain worker processes (0: load in this process).
+        augment: random zoom (aug_crop) and colour jitter; crop/resize to buckets happens regardless.
+        num_epochs: number of passes, None for an endless stream.
+        resolutions: landscape (W, H) buckets, one drawn per batch; None keeps the source's resolution
+            (all samples must then share it).
+        aug_crop: random zoom margin in pixels for every source; None takes each source's own
+            `aug_crop` attribute (readers carry the reference per-dataset value), else 0.
+        read_threads, prefetch_batches: threads and buffered batches per process.
+    """
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    records_per_shard = len(source) // (batch_size * shard_count) * batch_size
+    if records_per_shard == 0:
+        raise ValueError(f"source has {len(source)} samples, fewer than batch_size * shard_count = "
+                         f"{batch_size * shard_count}")
+    transform = SampleTransform(source, seed, batch_size, shard_index, records_per_shard,
+                                None if resolutions is None else tuple(tuple(r) for r in resolutions),
+                                augment, aug_crop)
+    start = shard_index * records_per_shard
+    ds = grain.MapDataset.range(len(source)).shuffle(seed=seed)[start:start + records_per_shard]
+    ds = ds.repeat(num_epochs).map_with_index(transform)
+    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches))
+    if worker_count > 0:
+        _mark_absl_flags_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return it
+
+
+def _mark_absl_flags_parsed() -> None:
+    """grain's multiprocessing reads absl flags, which programs not started by absl.app never parse."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+

@@ -1,0 +1,12 @@
+"""Test session setup: 8 host CPU devices, so sharding layouts run for real on a single machine.
+
+XLA:CPU's concurrency-optimised scheduler can start two collectives of one program at once; with few cores their
+rendezvous starve each other and the step deadlocks, so it is switched off for multi-device CPU runs.
+"""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
+                                    "--xla_cpu_enable_concurrency_optimized_scheduler=false"]).strip()
+sys.path.insert(0, os.path.dirname(__file__))  # shared test helpers (parity, reference_weights, ...)

@@ -1,0 +1,436 @@
+"""Dataset readers on tiny fixtures written in each dataset's preprocessed layout, and mixtures.
+
+Every fixture frame is a 32x24 view of the world plane Z = 4 from a known pose, with a flat colour that
+encodes the frame. Readers must return the stored poses/intrinsics and world points on that plane
+(tolerances = the depth encoding's quantisation), and sample views the way the reference does.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import cv2
+
+from fast3r_jax.data import readers  # also enables OpenCV's EXR codec used by the fixtures
+from fast3r_jax.data.mixture import Mixture, parse_mixture
+
+W, H = 32, 24
+PLANE_Z = 4.0
+KEYS = {"img", "depthmap", "camera_intrinsics", "camera_pose", "pts3d", "valid_mask", "true_shape",
+        "dataset", "label", "instance"}
+
+
+def intrinsics(frame: int) -> np.ndarray:
+    return np.array([[30.0 + frame, 0, 15.5], [0, 29.0 + frame, 11.0], [0, 0, 1]])
+
+
+def pose(scene: int, frame: int) -> np.ndarray:
+    a, b = 0.03 * frame + 0.1 * scene, -0.02 * frame
+    ry = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    c2w = np.eye(4)
+    c2w[:3, :3] = ry @ rx
+    c2w[:3, 3] = (0.1 * frame, -0.05 * frame + scene, 0.2 * scene)
+    return c2w
+
+
+def plane_view(K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact z-depth (H, W) of the plane Z = PLANE_Z and its world points (H, W, 3), float64."""
+    u, v = np.meshgrid(np.arange(W), np.arange(H))
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u, float)], -1)
+    dirs = rays @ c2w[:3, :3].T  # (H, W, 3)
+    depth = (PLANE_Z - c2w[2, 3]) / dirs[..., 2]
+    return depth, c2w[:3, 3] + depth[..., None] * dirs
+
+
+def colour(scene: int, frame: int) -> np.ndarray:
+    return np.array([40 + 20 * frame, 60 + 50 * scene, 200], np.uint8)
+
+
+class Truth(dict):
+    """(label, instance) -> (K, c2w, scene, frame) of every fixture frame."""
+
+    def add(self, label, instance, scene, frame, K, c2w) -> np.ndarray:
+        """Registers a frame; returns its exact depth map."""
+        self[label, instance] = (K, c2w, scene, frame)
+        return plane_view(K, c2w)[0]
+
+
+def write_rgb(path: str, scene: int, frame: int) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rgb = np.broadcast_to(colour(scene, frame), (H, W, 3))
+    assert cv2.imwrite(path, np.ascontiguousarray(rgb[..., ::-1]))
+
+
+def write_depth(path: str, depth: np.ndarray, half: bool = False) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    params = [cv2.IMWRITE_EXR_TYPE, cv2.IMWRITE_EXR_TYPE_HALF] if half else []
+    assert cv2.imwrite(path, depth, params)
+
+
+def check_sample(views, truth: Truth, num_views: int, depth_tol: float, dataset: str):
+    """Sample format, stored geometry returned, points on the plane; returns [(scene, frame)]."""
+    assert len(views) == num_views
+    ids = []
+    for view in views:
+        assert set(view) == KEYS and view["dataset"] == dataset
+        K, c2w, scene, frame = truth[view["label"], view["instance"]]
+        assert view["img"].shape == (H, W, 3) and view["img"].dtype == np.uint8
+        assert view["true_shape"].tolist() == [H, W] and view["true_shape"].dtype == np.int32
+        assert view["depthmap"].dtype == np.float32 and view["pts3d"].dtype == np.float32
+        assert view["camera_pose"].dtype == np.float32 and view["camera_intrinsics"].dtype == np.float32
+        np.testing.assert_allclose(view["camera_pose"], c2w, atol=1e-6)
+        np.testing.assert_allclose(view["camera_intrinsics"], K, atol=1e-6)
+        # colour encodes the frame: checks the image <-> metadata pairing and the RGB channel order
+        np.testing.assert_allclose(view["img"].reshape(-1, 3).mean(0), colour(scene, frame), atol=3)
+        depth, pts = plane_view(K, c2w)
+        valid = view["valid_mask"]
+        assert valid.any()
+        np.testing.assert_allclose(view["depthmap"][valid], depth[valid], rtol=depth_tol)
+        np.testing.assert_allclose(view["pts3d"][valid], pts[valid], atol=depth_tol * 10)
+        np.testing.assert_allclose(view["pts3d"][valid][:, 2], PLANE_Z, atol=depth_tol * 10)
+        ids.append((scene, frame))
+    return ids
+
+
+# ----------------------------------------------------------------------------
+# Fixture writers, one per layout.
+# ----------------------------------------------------------------------------
+
+
+def write_co3d(root, frames_per_seq=6) -> Truth:
+    truth = Truth()
+    selected = {"apple": {"110_1": list(range(1, frames_per_seq + 1))}, "ball": {"220_2": [3, 5, 7, 9]}}
+    for scene, (cat, seqs) in enumerate(selected.items()):
+        for seq, numbers in seqs.items():
+            for n in numbers:
+                stem = f"frame{n:06d}"
+                base = os.path.join(root, cat, seq)
+                K, c2w = intrinsics(n), pose(scene, n)
+                depth = truth.add(f"{cat}/{seq}", stem, scene, n, K, c2w)
+                write_rgb(os.path.join(base, "images", stem + ".jpg"), scene, n)
+                np.savez(os.path.join(base, "images", stem + ".npz"), camera_intrinsics=K.astype(np.float32),
+                         camera_pose=c2w.astype(np.float32), maximum_depth=np.float32(depth.max()))
+                write_depth(os.path.join(base, "depths", stem + ".jpg.geometric.png"),
+                            np.round(depth / depth.max() * 65535).astype(np.uint16))
+                mask = np.full((H, W), 255, np.uint8)
+                mask[:, :5] = 0  # background: first 5 columns
+                write_depth(os.path.join(base, "masks", stem + ".png"), mask)
+    with open(os.path.join(root, "selected_seqs_train.json"), "w") as f:
+        json.dump(selected, f)
+    return truth
+
+
+def _metadata_frames(root, scenes: dict[str, list[str]], depth_dir, rgb_dir, rgb_ext) -> Truth:
+    """Frames of ScanNet++/ARKitScenes-style all_metadata.npz layouts (uint16 millimetre depth)."""
+    truth, names, sceneids, Ks, poses = Truth(), [], [], [], []
+    for scene, (scene_name, frame_names) in enumerate(scenes.items()):
+        for frame, name in enumerate(frame_names):
+            K, c2w = intrinsics(frame), pose(scene, frame)
+            stem = os.path.splitext(name)[0]
+            depth = truth.add(scene_name, stem, scene, frame, K, c2w)
+            write_rgb(os.path.join(root, scene_name, rgb_dir, stem + rgb_ext), scene, frame)
+            depth_name = name if name.endswith(".png") else name + ".png"
+            write_depth(os.path.join(root, scene_name, depth_dir, depth_name),
+                        np.round(depth * 1000).astype(np.uint16))
+            names.append(name)
+            sceneids.append(scene)
+            Ks.append(K)
+            poses.append(c2w)
+    np.savez(os.path.join(root, "all_metadata.npz"), scenes=np.array(list(scenes)), sceneids=np.array(sceneids),
+             images=np.array(names), intrinsics=np.array(Ks), trajectories=np.array(poses))
+    return truth
+
+
+def write_scannetpp(root) -> Truth:
+    scenes = {"0a5c013435": [f"frame_{i:06d}" for i in (0, 10, 20, 30, 40)] + ["DSC00012", "DSC00015",
+                                                                                "DSC00019", "DSC00023"],
+              "1b2d3f4e5a": [f"frame_{i:06d}" for i in range(5)]}
+    return _metadata_frames(root, scenes, "depth", "images", ".jpg")
+
+
+def write_arkitscenes(root) -> Truth:
+    scenes = {"41069021": [f"41069021_{t:.3f}.png" for t in (100.5, 101.0, 101.5, 102.0, 102.5, 103.0)],
+              "42445991": [f"42445991_{t:.3f}.png" for t in (7.0, 7.5, 8.0, 8.5)]}
+    return _metadata_frames(os.path.join(root, "Training"), scenes, "lowres_depth", "vga_wide", ".jpg")
+
+
+def write_habitat(root, size=1000, drop=None) -> Truth:
+    truth, lines = Truth(), []
+    for scene, line in enumerate(["scene_a/00001", "scene_b/sub/00042"]):
+        data_path, key = os.path.split(os.path.join(root, line))
+        lines.append(line)
+        for i in range(1, 6):
+            if drop == (scene, i):
+                continue
+            K, c2w = intrinsics(i), pose(scene, i)
+            stem = os.path.join(data_path, f"{key}_{i}")
+            depth = truth.add(os.path.relpath(data_path, root), f"{key}_{i}", scene, i, K, c2w)
+            write_rgb(stem + ".jpeg", scene, i)
+            write_depth(stem + "_depth.exr", depth.astype(np.float32), half=True)
+            with open(stem + "_camera_params.json", "w") as f:
+                json.dump(dict(camera_intrinsics=K.tolist(), R_cam2world=c2w[:3, :3].tolist(),
+                               t_cam2world=c2w[:3, 3].tolist()), f)
+    with open(os.path.join(root, f"Habitat_{size}_scenes_train.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return truth
+
+
+def write_blendedmvs(root) -> Truth:
+    truth = Truth()
+    scenes = {(0x5a3c, 21): [0, 1, 2, 3, 4], (0x5b00, 30): [2, 4, 6, 8]}  # seq_low 30 -> 'val'
+    rows = []
+    for scene, ((high, low), imgs) in enumerate(scenes.items()):
+        name = f"{high:08x}{low:016x}"
+        rows += [(high, low, a, b, 1.0) for a, b in zip(imgs[:-1], imgs[1:])]
+        for i in imgs:
+            K, c2w = intrinsics(i), pose(scene, i)
+            stem = os.path.join(root, name, f"{i:08d}")
+            depth = truth.add(name, f"{i:08d}", scene, i, K, c2w)
+            write_rgb(stem + ".jpg", scene, i)
+            write_depth(stem + ".exr", depth.astype(np.float32))
+            np.savez(stem + ".npz", intrinsics=K.astype(np.float32), R_cam2world=c2w[:3, :3].astype(np.float32),
+                     t_cam2world=c2w[:3, 3].astype(np.float32))
+    dtype = [("seq_high", "<u4"), ("seq_low", "<u8"), ("img1", "<u4"), ("img2", "<u4"), ("score", "<f4")]
+    np.save(os.path.join(root, "blendedmvs_pairs.npy"), np.array(rows, dtype=dtype))
+    return truth
+
+
+def write_megadepth(root) -> Truth:
+    truth = Truth()
+    scenes = {"0001/0": ["1021_a", "1022_b", "1023_c", "1024_d", "1025_e"], "0015/1": ["7_x", "8_y", "9_z"]}
+    sceneids, images = [], []
+    for scene, (scene_name, names) in enumerate(scenes.items()):
+        for frame, name in enumerate(names):
+            K, c2w = intrinsics(frame), pose(scene, frame)
+            stem = os.path.join(root, scene_name, name)
+            depth = truth.add(scene_name, name, scene, frame, K, c2w)
+            write_rgb(stem + ".jpg", scene, frame)
+            write_depth(stem + ".exr", depth.astype(np.float32))
+            np.savez(stem + ".npz", intrinsics=K.astype(np.float32), cam2world=c2w.astype(np.float32))
+            sceneids.append(scene)
+            images.append(name)
+    np.savez(os.path.join(root, "all_metadata_for_multiview.npz"), scenes=np.array(list(scenes)),
+             sceneids=np.array(sceneids), images=np.array(images))
+    return truth
+
+
+# ----------------------------------------------------------------------------
+# Per-dataset tests.
+# ----------------------------------------------------------------------------
+
+QUANT_PNG16 = 2e-5  # relative depth error of depth / max * 65535 in uint16
+QUANT_MM = 2e-4  # 0.5 mm at ~3-5 m
+QUANT_HALF = 1e-3  # float16 EXR
+
+
+def _samples(reader, count=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return [reader.__getitem__(int(i), np.random.default_rng(seed + k))
+            for k, i in enumerate(rng.integers(len(reader), size=count))]
+
+
+def test_co3d(tmp_path):
+    truth = write_co3d(str(tmp_path))
+    reader = readers.Co3d(str(tmp_path), "train", num_views=3, window_degree_range=36,
+                          num_samples_per_window=20, mask_bg=True)
+    # combinations: 3 of the slots [i - 5, i + 5) of 100 slots; len = sequences x combinations
+    combos = reader.combinations
+    assert combos.shape[1] == 3 and len(np.unique(combos, axis=0)) == len(combos)
+    assert (combos.max(1) - combos.min(1)).max() <= 9 and len(reader) == 2 * len(combos)
+    seq_frames = {0: set(range(1, 7)), 1: {3, 5, 7, 9}}
+    for index in (0, len(combos) - 1, len(combos), len(reader) - 1):
+        views = reader.__getitem__(index, np.random.default_rng(index))
+        ids = check_sample(views, truth, 3, QUANT_PNG16, "Co3d_v2")
+        scene = index // len(combos)
+        assert {s for s, _ in ids} == {scene} and {f for _, f in ids} <= seq_frames[scene]
+        slots = combos[index % len(combos)]
+        numbers = sorted(seq_frames[scene])
+        # each frame is the combination slot moved by at most 4, clipped to the sequence
+        lo = [numbers[int(np.clip(s - 4, 0, len(numbers) - 1))] for s in slots]
+        hi = [numbers[int(np.clip(s + 4, 0, len(numbers) - 1))] for s in slots]
+        assert all(a <= f <= b for (_, f), a, b in zip(ids, lo, hi))
+        for view in views:  # object mask: the first 5 columns are background
+            assert not view["valid_mask"][:, :5].any() and view["valid_mask"][:, 5:].all()
+    unmasked = readers.Co3d(str(tmp_path), "train", num_views=3, window_degree_range=36,
+                            num_samples_per_window=20, mask_bg=False)
+    assert all(v["valid_mask"].all() for v in unmasked.__getitem__(5, np.random.default_rng(0)))
+    assert reader.aug_crop == 16
+
+
+def test_co3d_replaces_frames_without_depth(tmp_path):
+    write_co3d(str(tmp_path))
+    for n in (1, 2, 3, 4):  # only frames 5 and 6 of the first sequence keep an object
+        cv2.imwrite(str(tmp_path / "apple/110_1/masks" / f"frame{n:06d}.png"), np.zeros((H, W), np.uint8))
+    reader = readers.Co3d(str(tmp_path), "train", num_views=4, window_degree_range=36, num_samples_per_window=5)
+    for index in range(0, len(reader.combinations), 7):
+        views = reader.__getitem__(index, np.random.default_rng(index))
+        assert len(views) == 4 and all(v["valid_mask"].any() for v in views)
+        assert len({v["label"] for v in views}) == 1
+        assert {v["instance"] for v in views} <= {"frame000005", "frame000006", "frame000003", "frame000007",
+                                                  "frame000009"}
+
+
+def test_scannetpp(tmp_path):
+    truth = write_scannetpp(str(tmp_path))
+    reader = readers.ScanNetpp(str(tmp_path), "train", num_views=3, window_size=4, num_samples_per_window=10)
+    names = np.load(tmp_path / "all_metadata.npz")["images"]
+    for combo in reader.combinations:  # one scene and one device per combination, within a window of 4
+        assert len({str(names[i]).startswith("frame_") for i in combo}) == 1
+        assert combo.max() - combo.min() <= 3
+    for views in _samples(reader):
+        ids = check_sample(views, truth, 3, QUANT_MM, "ScanNet++")
+        assert len({s for s, _ in ids}) == 1
+        assert len({v["instance"].startswith("frame_") for v in views}) == 1
+    with pytest.raises(ValueError, match="train"):
+        readers.ScanNetpp(str(tmp_path), "val")
+    assert reader.aug_crop == 256
+
+
+def test_arkitscenes(tmp_path):
+    truth = write_arkitscenes(str(tmp_path))
+    reader = readers.ARKitScenes(str(tmp_path), "train", num_views=2)
+    # window 6 -> frames [i - 3, i + 3): all 2-frame tuples within 5 consecutive frames, no jitter
+    frames = np.load(tmp_path / "Training/all_metadata.npz")["sceneids"]
+    expected = {(a, b) for s in (0, 1) for a in np.flatnonzero(frames == s) for b in np.flatnonzero(frames == s)
+                if a != b and abs(a - b) <= 5}
+    assert {tuple(c) for c in reader.combinations} <= expected
+    for index in range(0, len(reader), 5):
+        views = reader.__getitem__(index, np.random.default_rng(index))
+        check_sample(views, truth, 2, QUANT_MM, "arkitscenes")
+        assert [v["instance"] for v in views] == [
+            os.path.splitext(str(np.load(tmp_path / "Training/all_metadata.npz")["images"][i]))[0]
+            for i in reader.combinations[index]]
+
+
+def test_habitat(tmp_path):
+    truth = write_habitat(str(tmp_path), drop=(1, 3))
+    reader = readers.Habitat(str(tmp_path), "train", num_views=4, size=1000)
+    assert len(reader) == 2
+    for seed in range(8):
+        for index in range(2):
+            views = reader.__getitem__(index, np.random.default_rng(seed))
+            ids = check_sample(views, truth, 4, QUANT_HALF, "Habitat")
+            assert ids[0][1] == 1 and len({s for s, _ in ids}) == 1  # view 1 first
+            if index == 0:
+                assert len({f for _, f in ids}) == 4  # distinct views
+            else:
+                assert 3 not in {f for _, f in ids}  # missing view 3 replaced by view 4
+    many = readers.Habitat(str(tmp_path), "train", num_views=7, size=1000)
+    assert len(many.__getitem__(0, np.random.default_rng(0))) == 7  # repeats beyond 5 views
+
+
+def test_blendedmvs(tmp_path):
+    truth = write_blendedmvs(str(tmp_path))
+    train = readers.BlendedMVS(str(tmp_path), "train", num_views=3, window_size=6, num_samples_per_window=10)
+    val = readers.BlendedMVS(str(tmp_path), "val", num_views=3)
+    assert {f[0] for f in train.frames} == {f"{0x5a3c:08x}{21:016x}"}
+    assert {f[0] for f in val.frames} == {f"{0x5b00:08x}{30:016x}"}
+    assert len(readers.BlendedMVS(str(tmp_path), None, num_views=3).frames) == 9
+    for reader, scene in ((train, 0), (val, 1)):
+        for views in _samples(reader, 4):
+            assert {s for s, _ in check_sample(views, truth, 3, 1e-6, "BlendedMVS")} == {scene}
+
+
+def test_megadepth(tmp_path):
+    truth = write_megadepth(str(tmp_path))
+    train = readers.MegaDepth(str(tmp_path), "train", num_views=3, window_size=8, num_samples_per_window=20)
+    val = readers.MegaDepth(str(tmp_path), "val", num_views=3)
+    for reader, scene in ((train, 0), (val, 1)):
+        for views in _samples(reader, 4):
+            assert {s for s, _ in check_sample(views, truth, 3, 1e-6, "MegaDepth")} == {scene}
+    with pytest.raises(ValueError, match="split"):
+        readers.MegaDepth(str(tmp_path), "test")
+
+
+def test_readers_are_deterministic_given_the_rng(tmp_path):
+    write_scannetpp(str(tmp_path))
+    a = readers.ScanNetpp(str(tmp_path), num_views=3, window_size=4, num_samples_per_window=10, seed=5)
+    b = readers.ScanNetpp(str(tmp_path), num_views=3, window_size=4, num_samples_per_window=10, seed=5)
+    np.testing.assert_array_equal(a.combinations, b.combinations)
+    va, vb = a.__getitem__(3, np.random.default_rng(1)), b.__getitem__(3, np.random.default_rng(1))
+    assert [v["instance"] for v in va] == [v["instance"] for v in vb]
+    assert [v["instance"] for v in a[3]] == [v["instance"] for v in b[3]]  # default rng from (seed, index)
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset root not found: .*nowhere"):
+        readers.Co3d(str(tmp_path / "nowhere"), "train")
+    with pytest.raises(FileNotFoundError, match="selected_seqs_test.json"):
+        readers.Co3d(str(tmp_path), "test")
+    with pytest.raises(FileNotFoundError, match="all_metadata_for_multiview.npz"):
+        readers.MegaDepth(str(tmp_path), "train")
+    with pytest.raises(FileNotFoundError, match="Habitat_1000000_scenes_train.txt"):
+        readers.Habitat(str(tmp_path), "train")
+    write_blendedmvs(str(tmp_path))
+    scene = f"{0x5a3c:08x}{21:016x}"
+    os.remove(tmp_path / scene / "00000002.exr")
+    reader = readers.BlendedMVS(str(tmp_path), "train", num_views=5)  # every sample uses all 5 frames
+    with pytest.raises(FileNotFoundError, match=rf"depth map not found: .*{scene}/00000002\.exr"):
+        reader[0]
+
+
+def test_index_out_of_range(tmp_path):
+    write_habitat(str(tmp_path))
+    reader = readers.Habitat(str(tmp_path), "train", size=1000)
+    with pytest.raises(IndexError, match="out of range"):
+        reader[2]
+
+
+# ----------------------------------------------------------------------------
+# Mixtures.
+# ----------------------------------------------------------------------------
+
+
+class Numbered:
+    def __init__(self, n, name):
+        self.n, self.name = n, name
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return [{"label": self.name, "instance": str(index)}]
+
+
+def test_mixture_resamples_each_source_to_its_size():
+    small, large = Numbered(3, "small"), Numbered(10, "large")
+    mix = Mixture([(5, small), (7, large)])
+    assert len(mix) == 12
+    for epoch in (0, 1):
+        picks = [mix.locate(i, epoch) for i in range(12)]
+        assert all(src is small for src, _ in picks[:5]) and all(src is large for src, _ in picks[5:])
+        # the reference rule: permutation seeded by epoch + 777, repeated, cut to size
+        np.testing.assert_array_equal([j for _, j in picks[:5]],
+                                      np.tile(np.random.default_rng(epoch + 777).permutation(3), 2)[:5])
+        np.testing.assert_array_equal([j for _, j in picks[5:]],
+                                      np.random.default_rng(epoch + 777).permutation(10)[:7])
+    assert [mix.locate(i, 0) for i in range(5, 12)] != [mix.locate(i, 1) for i in range(5, 12)]
+    assert mix[6] == large[mix.locate(6)[1]]
+    with pytest.raises(IndexError):
+        mix.locate(12)
+    with pytest.raises(ValueError, match="positive"):
+        Mixture([(0, small)])
+
+
+def test_parse_mixture(tmp_path):
+    write_habitat(str(tmp_path / "habitat"))
+    write_megadepth(str(tmp_path / "megadepth"))
+    mix = parse_mixture(f"8 @ habitat(root={str(tmp_path / 'habitat')!r}, split='train', size=1_000, num_views=2)"
+                        f" + 1_0 @ megadepth(root={str(tmp_path / 'megadepth')!r}, split='train', num_views=2,"
+                        f" window_size=4, num_samples_per_window=3)")
+    assert [size for size, _ in mix.entries] == [8, 10]
+    assert isinstance(mix.entries[0][1], readers.Habitat) and mix.entries[0][1].num_views == 2
+    assert isinstance(mix.entries[1][1], readers.MegaDepth) and mix.entries[1][1].num_views == 2
+    whole = parse_mixture([f"habitat({str(tmp_path / 'habitat')!r}, 'train', size=1000)"])
+    assert whole.entries[0][0] == 2  # no 'N @': the source's own length
+    with pytest.raises(ValueError, match="unknown data source 'os'"):
+        parse_mixture("10 @ os(root='/')")
+    with pytest.raises(ValueError, match="literals"):
+        parse_mixture("10 @ habitat(root=__import__('os').getcwd(), split='train')")
+    with pytest.raises(ValueError, match="integer"):
+        parse_mixture("1.5 @ habitat(root='/x', split='train')")
+    with pytest.raises(ValueError, match="expected"):
+        parse_mixture("10 @ habitat")
