@@ -1,23 +1,55 @@
-"""Training entry point.
+"""Train Fast3R in JAX.
 
-    python train.py --config configs/fast3r_tiny.py
+    python train.py                                   # tiny model, synthetic scenes, CPU, a few minutes
+    python train.py --config configs/train_large.py --set data.batch_size=16 --set workdir=runs/large
 
-This version resolves and prints the model config; the training loop is not part of this release yet.
+--config names a Python file whose get_config() returns a TrainConfig (default: configs/train_tiny.py);
+every field can be overridden with --set dotted.name=value (Python literals; bare words are strings).
+Re-running with the same workdir resumes from its latest checkpoint.
 """
 
 import argparse
+import importlib.util
+import pathlib
 import sys
 
-from fast3r_jax import configs
+from fast3r_jax.trainer import NonFiniteLossError, TrainConfig, override, train
+
+DEFAULT_CONFIG = pathlib.Path(__file__).parent / "configs" / "train_tiny.py"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="Train Fast3R in JAX")
-    parser.add_argument("--config", default="tiny", help="preset name or configs/<name>.py")
-    args = parser.parse_args()
-    print(configs.load(args.config).to_json())
-    print("error: the training loop is not available in this version", file=sys.stderr)
-    return 2
+def load_config(path: pathlib.Path) -> TrainConfig:
+    if not path.is_file():
+        raise ValueError(f"config file {path} not found")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"{path}: get_config() must return a TrainConfig, got {type(cfg).__name__}")
+    return cfg
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=pathlib.Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a config field, e.g. --set optimizer.lr=3e-4 (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        for item in args.set:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set expects NAME=VALUE, got {item!r}")
+            cfg = override(cfg, name.strip(), value.strip())
+        metrics = train(cfg)
+    except (ValueError, NonFiniteLossError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(" ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    print(f"run written to {pathlib.Path(cfg.workdir).absolute()}")
+    return 0
 
 
 if __name__ == "__main__":

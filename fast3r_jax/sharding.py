@@ -37,8 +37,11 @@ TENSOR_RULES: dict[str, str] = {"heads": "tensor", "mlp": "tensor"}
 
 
 def make_mesh(data: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ('data', 'tensor') mesh; data=-1 takes every device not used by the tensor axis."""
-    devices = list(devices if devices is not None else jax.devices())
+    """A ('data', 'tensor') mesh over `devices` (default: the first data*tensor devices, or all of them when
+    data=-1, which takes every device not used by the tensor axis)."""
+    if devices is None:
+        devices = jax.devices() if data == -1 else jax.devices()[:data * tensor]
+    devices = list(devices)
     if data == -1:
         if len(devices) % tensor:
             raise ValueError(f"{len(devices)} devices cannot be split into tensor groups of {tensor}")

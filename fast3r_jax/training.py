@@ -128,6 +128,8 @@ def make_eval_step(cfg: Fast3RConfig, mesh: Mesh, *, dtype=jnp.bfloat16, alpha: 
 
 
 def device_batch(batch: Sequence[Mapping[str, np.ndarray]], mesh: Mesh) -> list[dict[str, jax.Array]]:
-    """Host batch -> global arrays split over the data axis (single process: the whole batch is local)."""
+    """This process's part of a batch -> global arrays split over the data axis (with one process the local
+    part is the whole batch)."""
     data = sharding_lib.batch_sharding(mesh)
-    return [{k: jax.device_put(np.asarray(v[k]), data) for k in MODEL_KEYS + TARGET_KEYS} for v in batch]
+    return [{k: jax.make_array_from_process_local_data(data, np.asarray(v[k])) for k in MODEL_KEYS + TARGET_KEYS}
+            for v in batch]

@@ -1,0 +1,238 @@
+"""Many-view inference: N views (1 to thousands, mixed shapes) through Fast3R with bounded memory.
+
+The encoder and the two DPT heads run in fixed-size chunks of views, jitted once per (image shape, orientation,
+chunk size); the last chunk of a shape is padded so that its shape repeats. The fusion transformer sees the tokens
+of all views at once and is compiled per shape set (the count of views of each shape): padding views there would
+change the attention of the real tokens, so view counts are not bucketed for it. Its tokens are ordered by shape
+group (first-seen order, views in input order within a group); attention has no notion of token order, so this is
+the same function as the model's view order, with the image ids following their views.
+
+Per-view results stay on the device until the caller takes them; they are returned in TRUE orientation (portrait
+views are not transposed, unlike `predict`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from fast3r_jax.attention import resolve_implementation
+from fast3r_jax.config import Fast3RConfig
+from fast3r_jax.image_index_embedding import sample_image_ids
+from fast3r_jax.params import build_model
+from fast3r_jax.predict import DTYPES, OUTPUT_KEYS
+
+IMAGE_ID_POLICIES = ("random", "sequential")
+
+
+# ----------------------------------------------------------------------------
+# Image ids.
+# ----------------------------------------------------------------------------
+
+
+def make_image_ids(num_views: int, policy: str = "random", seed: int = 0, num_ids: int = 1000) -> np.ndarray:
+    """One image id per view.
+
+    Up to `num_ids` views: int32 ids; 'random' as upstream draws them (view 0 gets 0, the others distinct ids from
+    1..num_ids-1) but from `jax.random.key(seed)`, 'sequential' gives 0..N-1. More views than ids: float32 ids
+    spread evenly over [0, num_ids - 1] (position interpolation of the sinusoidal table); 'sequential' assigns
+    them in view order, 'random' keeps 0 for view 0 and shuffles the others among the remaining views.
+    """
+    if policy not in IMAGE_ID_POLICIES:
+        raise ValueError(f"image id policy must be one of {IMAGE_ID_POLICIES}, got {policy!r}")
+    if num_views < 1:
+        raise ValueError(f"need at least one view, got {num_views}")
+    if num_views <= num_ids:
+        if policy == "sequential":
+            return np.arange(num_views, dtype=np.int32)
+        return np.asarray(sample_image_ids(jax.random.key(seed), 1, num_views, num_ids)[0])
+    grid = np.linspace(0.0, num_ids - 1, num_views, dtype=np.float64).astype(np.float32)  # (N,) grid[0] = 0
+    if policy == "random":
+        order = np.asarray(jax.random.permutation(jax.random.key(seed), num_views - 1)) + 1
+        grid = np.concatenate([grid[:1], grid[order]])
+    return grid
+
+
+def check_image_ids(ids, num_views: int, num_ids: int) -> np.ndarray:
+    """(N,) int32 table rows in [0, num_ids) or float32 interpolated positions; raises on anything else."""
+    ids = np.asarray(ids)
+    if ids.shape != (num_views,):
+        raise ValueError(f"image_ids must hold one id per view ({num_views}), got shape {ids.shape}")
+    if np.issubdtype(ids.dtype, np.integer):
+        if ids.min() < 0 or ids.max() >= num_ids:
+            raise ValueError(f"integer image ids must lie in [0, {num_ids}), got range [{ids.min()}, {ids.max()}]")
+        return ids.astype(np.int32)
+    if not np.issubdtype(ids.dtype, np.floating) or not np.isfinite(ids).all():
+        raise ValueError(f"image ids must be integers or finite floats, got dtype {ids.dtype}")
+    return ids.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------
+# Jitted pieces of the model.
+# ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "orientation", "attention"))
+def _encode(graphdef, state, img: jax.Array, true_shape: jax.Array, orientation: str, attention: str) -> jax.Array:
+    """(C, 3, h, w) landscape-layout images -> (C, n, D_enc) tokens."""
+    model = nnx.merge(graphdef, state)
+    return model.encoder(img.astype(model.dtype), true_shape, orientation, attention=attention)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "counts", "head_chunks", "attention"))
+def _fuse(graphdef, state, enc_chunks: list[list[jax.Array]], image_ids: jax.Array, counts: tuple[int, ...],
+          head_chunks: tuple[tuple[int, ...], ...], attention: str) -> list[list[list[jax.Array]]]:
+    """Fuses the tokens of all views; returns per group, per head chunk, the four hooks (C, n, C_k).
+
+    enc_chunks: per shape group, its encoder chunks (C, n, D_enc) (the last one padded); counts: real views per
+    group; head_chunks: per group, the sizes of its head chunks; image_ids: (1, V) in group order.
+    """
+    model = nnx.merge(graphdef, state)
+    tokens, lengths = [], []
+    for chunks, count in zip(enc_chunks, counts):
+        group = jnp.concatenate(chunks, axis=0)[:count]  # (G, n, D_enc)
+        tokens.append(group.reshape(-1, group.shape[-1]))
+        lengths += [group.shape[1]] * count
+    hooks = model.fusion(jnp.concatenate(tokens)[None], tuple(lengths), image_ids, hooks=model.cfg.hooks,
+                         train_attention_scale=False, attention=attention)  # 4 x (1, N, C_k)
+    out, start = [], 0
+    for chunks, count, sizes in zip(enc_chunks, counts, head_chunks):
+        n = chunks[0].shape[1]
+        group_hooks = []
+        for h in hooks:
+            g = h[0, start:start + count * n].reshape(count, n, h.shape[-1])  # (G, n, C_k)
+            group_hooks.append(jnp.pad(g, ((0, sum(sizes) - count), (0, 0), (0, 0))))
+        ends = np.cumsum(sizes)
+        out.append([[g[end - size:end] for g in group_hooks] for size, end in zip(sizes, ends)])
+        start += count * n
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "hw", "orientation"))
+def _decode(graphdef, state, hooks: list[jax.Array], true_shape: jax.Array, hw: tuple[int, int],
+            orientation: str) -> list[dict[str, jax.Array]]:
+    """Both heads on one chunk of hooks; per view dicts of maps (H, W[, 3]) in true orientation."""
+    out = nnx.merge(graphdef, state)._decode(hooks, hw, orientation, true_shape)  # landscape layout
+    if orientation == "portrait":
+        out = {k: jnp.swapaxes(v, 1, 2) for k, v in out.items()}
+    return [{k: out[k][i] for k in OUTPUT_KEYS} for i in range(true_shape.shape[0])]
+
+
+# ----------------------------------------------------------------------------
+# Engine.
+# ----------------------------------------------------------------------------
+
+
+def chunk_views(members: list[int], size: int) -> list[list[int]]:
+    """Splits view indices into chunks of `size`; a smaller last chunk is padded (repeating the group's first view)
+    to the next power of two, so that chunk shapes repeat across runs without computing a full chunk of padding."""
+    full, rest = divmod(len(members), size)
+    batches = [members[i * size:(i + 1) * size] for i in range(full)]
+    if rest:
+        bucket = min(size, 1 << (rest - 1).bit_length())
+        batches.append(members[full * size:] + [members[0]] * (bucket - rest))
+    return batches
+
+
+def _prepare(view: Mapping, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """A view in true orientation (img (1, 3, H, W) or (3, H, W)) -> (landscape-layout (3, h, w), (H, W))."""
+    img = np.asarray(view["img"], np.float32)
+    if img.ndim == 4 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise ValueError(f"view {index}: img must have shape (1, 3, H, W) or (3, H, W), got {np.shape(view['img'])}")
+    height, width = img.shape[1:]
+    if "true_shape" in view and tuple(np.asarray(view["true_shape"]).reshape(-1)) != (height, width):
+        raise ValueError(f"view {index}: true_shape {np.asarray(view['true_shape']).tolist()} does not match the "
+                         f"image {(height, width)} (the engine takes images in their true orientation)")
+    return (img.swapaxes(1, 2) if height > width else img), (height, width)
+
+
+class Engine:
+    """Runs Fast3R on any number of views; see the module docstring for how the work is split.
+
+    config, params: the model (params as `load_pretrained` returns them). dtype: 'bfloat16' or 'float32' (the
+    latter with full-precision matmuls). encoder_chunk / head_chunk: views per encoder / head call (memory bound).
+    """
+
+    def __init__(self, config: Fast3RConfig, params: Mapping, dtype: str = "bfloat16", encoder_chunk: int = 16,
+                 head_chunk: int = 8):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        for name, value in (("encoder_chunk", encoder_chunk), ("head_chunk", head_chunk)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.config = config
+        self.dtype = dtype
+        self.encoder_chunk = encoder_chunk
+        self.head_chunk = head_chunk
+        self.attention = resolve_implementation(config.attention, DTYPES[dtype])
+        self._graphdef, self._state = nnx.split(build_model(config, params, DTYPES[dtype]))
+        self._precision = "highest" if dtype == "float32" else "default"
+
+    def image_ids(self, num_views: int, policy: str | None = None, seed: int = 0) -> np.ndarray:
+        """`make_image_ids` with the model's table size; policy None follows the config (random as upstream)."""
+        if policy is None:
+            policy = "random" if self.config.fusion.random_image_ids else "sequential"
+        return make_image_ids(num_views, policy, seed, self.config.fusion.num_image_ids)
+
+    def __call__(self, views: Sequence[Mapping], image_ids=None, *, seed: int = 0,
+                 progress: bool | None = False) -> list[dict[str, jax.Array]]:
+        """Predicts every view.
+
+        views: dicts with `img` (1, 3, H, W) in [-1, 1] in true orientation (as `images.load_images` gives them),
+        any mix of shapes. image_ids: one per view (int table rows or float positions); None uses `image_ids` with
+        `seed`. progress: show a progress bar (None: only on a terminal).
+        Returns per view a dict of device arrays pts3d_in_other_view (H, W, 3), conf (H, W), pts3d_local
+        (H, W, 3), conf_local (H, W), float32, in the view's true orientation.
+        """
+        if not views:
+            raise ValueError("at least one view is required")
+        prepared = [_prepare(v, i) for i, v in enumerate(views)]
+        ids = self.image_ids(len(views), seed=seed) if image_ids is None else image_ids
+        ids = check_image_ids(ids, len(views), self.config.fusion.num_image_ids)
+        groups: dict[tuple, list[int]] = {}
+        for i, (img, (height, width)) in enumerate(prepared):
+            groups.setdefault((img.shape[1:], "portrait" if height > width else "landscape"), []).append(i)
+        order = [i for members in groups.values() for i in members]
+
+        enc_plan = [chunk_views(m, self.encoder_chunk) for m in groups.values()]
+        head_plan = [chunk_views(m, self.head_chunk) for m in groups.values()]
+        total = sum(map(len, enc_plan)) + 1 + sum(map(len, head_plan))
+        bar = tqdm(total=total, desc="inference", unit="step", disable=(None if progress is None else not progress))
+        sync = jax.block_until_ready if not bar.disable else (lambda x: x)
+
+        def shapes(batch: list[int]) -> np.ndarray:
+            return np.asarray([prepared[i][1] for i in batch], np.int32)  # (C, 2)
+
+        outputs: list = [None] * len(views)
+        with bar, jax.default_matmul_precision(self._precision):
+            enc_chunks = []
+            for (_, orientation), plan in zip(groups, enc_plan):
+                enc_chunks.append([])
+                for batch in plan:
+                    img = np.stack([prepared[i][0] for i in batch])  # (C, 3, h, w)
+                    enc_chunks[-1].append(sync(_encode(self._graphdef, self._state, img, shapes(batch),
+                                                       orientation, self.attention)))
+                    bar.update()
+            counts = tuple(len(m) for m in groups.values())
+            head_sizes = tuple(tuple(len(batch) for batch in plan) for plan in head_plan)
+            fused = sync(_fuse(self._graphdef, self._state, enc_chunks, jnp.asarray(ids[order])[None], counts,
+                               head_sizes, self.attention))
+            bar.update()
+            del enc_chunks  # free the encoder tokens before the heads run
+            for (hw, orientation), plan, group_hooks in zip(groups, head_plan, fused):
+                for j, batch in enumerate(plan):
+                    hooks, group_hooks[j] = group_hooks[j], None  # each chunk's hooks are freed once decoded
+                    result = sync(_decode(self._graphdef, self._state, hooks, shapes(batch), hw, orientation))
+                    for i, out in zip(batch, result):
+                        if outputs[i] is None:  # padding repeats a view already decoded
+                            outputs[i] = out
+                    bar.update()
+        return outputs

@@ -1,0 +1,151 @@
+"""The training run: falling loss, TensorBoard, checkpoints, kill-and-resume, bad input, gradient goldens."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from fast3r_jax import config as config_lib
+from fast3r_jax import load_pretrained
+from fast3r_jax.losses import multiview_loss
+from fast3r_jax.model import View
+from fast3r_jax.params import build_model, params_from_torch, params_to_torch
+from fast3r_jax.trainer import NonFiniteLossError, TrainConfig, export_params, override, train
+from parity import golden_views
+from reference_weights import DATA, tiny_state_dict
+
+ROOT = pathlib.Path(__file__).parents[1]
+SMALL = config_lib.tiny().replace(head=config_lib.HeadConfig(feature_dim=32, last_dim=16, layer_dims=(8, 16, 32, 64)))
+QUICK = ["--set", "data.batch_size=2", "--set", "val_batches=0", "--set", "log_every=1",
+         "--set", "data.train=\"64 @ synthetic(num_scenes=64, num_views=2, resolution=(32, 32), split='train')\"",
+         "--set", "data.resolutions=((32, 32),)", "--set", "dtype='float32'"]
+
+
+def _quick_config(workdir, **kw) -> TrainConfig:
+    cfg = TrainConfig(model=SMALL, workdir=str(workdir), steps=kw.pop("steps", 6), log_every=1, val_every=3,
+                      val_batches=1, ckpt_every=3, dtype="float32", mesh_data=1)
+    for name, value in [("data.batch_size", "2"), ("data.resolutions", "((32, 32),)"),
+                        ("data.train", "\"64 @ synthetic(num_scenes=64, num_views=2, resolution=(32, 32))\""),
+                        ("data.val", "\"4 @ synthetic(num_scenes=4, num_views=2, resolution=(32, 32), split='val')\""),
+                        *kw.items()]:
+        cfg = override(cfg, name, value)
+    return cfg
+
+
+def _losses(workdir) -> dict[int, float]:
+    """Last logged loss per step (a resumed run logs the steps after its checkpoint again)."""
+    out = {}
+    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        out[row["step"]] = row["loss"]
+    return out
+
+
+def test_run_writes_tensorboard_checkpoints_and_exports(tmp_path):
+    cfg = _quick_config(tmp_path / "run")
+    metrics = train(cfg)
+    assert np.isfinite(metrics["loss"]) and "val/loss" in metrics and metrics["images_per_s"] > 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 6
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/images_per_s", "train/tokens_per_s",
+                "train/tflops_per_s", "train/step_s", "train/conf_loss_global/00", "val/loss"):
+        assert tag in scalars, tag
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert {"val/depth_local", "val/conf"} <= set(acc.Tags()["images"])
+    out = export_params(tmp_path / "run", tmp_path / "exported")
+    model_cfg, params = load_pretrained(out)
+    assert model_cfg == SMALL
+    with pytest.raises(ValueError, match="different config"):
+        train(override(cfg, "optimizer.lr", "0.5"))
+
+
+def test_loss_falls_on_synthetic_scenes(tmp_path):
+    cfg = _quick_config(tmp_path / "run", steps=40)
+    cfg = override(override(cfg, "val_batches", "0"), "ckpt_every", "40")
+    train(cfg)
+    losses = _losses(tmp_path / "run")
+    assert np.mean([losses[s] for s in range(31, 41)]) < 0.8 * np.mean([losses[s] for s in range(1, 6)])
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    cfg = override(override(_quick_config(tmp_path / "run", steps=6), "optimizer.lr", "1e12"),
+                   "optimizer.grad_clip_norm", "None")
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        train(cfg)
+
+
+def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
+    """SIGKILL a training process mid-run; the resumed run's losses equal an uninterrupted run's, step for step."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user would run it
+    common = [sys.executable, str(ROOT / "train.py"), *QUICK, "--set", "steps=60", "--set", "ckpt_every=10"]
+    subprocess.run(common + ["--set", f"workdir={tmp_path / 'a'}"], check=True, env=env, capture_output=True)
+
+    run_b = common + ["--set", f"workdir={tmp_path / 'b'}"]
+    proc = subprocess.Popen(run_b, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (tmp_path / "b" / "checkpoints" / "10").is_dir() and metrics.exists():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(_losses(tmp_path / "b"))
+    assert 10 <= killed_at < 60
+    subprocess.run(run_b, check=True, env=env, capture_output=True)
+
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, 61))
+    for step in range(1, 61):
+        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
+
+
+def test_overrides_and_bad_values():
+    cfg = override(TrainConfig(), "optimizer.lr", "3e-4")
+    assert cfg.optimizer.lr == 3e-4
+    assert override(cfg, "workdir", "runs/x").workdir == "runs/x"
+    with pytest.raises(ValueError, match="unknown config field"):
+        override(cfg, "optimizer.learning_rate", "1")
+    with pytest.raises(ValueError, match="layout"):
+        override(cfg, "layout", "zero3")
+
+
+def test_gradient_norms_match_golden():
+    """d loss / d params through the tiny model (eval-mode forward, ids 0..2, inference scale), as the golden."""
+    z = np.load(DATA / "tiny_loss.npz")
+    cfg = config_lib.tiny()
+    params = params_from_torch(tiny_state_dict(), cfg)
+    model = build_model(cfg, params)
+    from flax import nnx  # noqa: PLC0415
+
+    graphdef, _ = nnx.split(model)
+    views = [View(jnp.asarray(v["img"]), jnp.asarray(v["true_shape"])) for v in golden_views(
+        np.load(DATA / "tiny_caseA.npz"))]
+    gts = [{k: jnp.asarray(z[f"gt_v{i}_{k}"]) for k in ("pts3d", "valid_mask", "camera_pose")} for i in range(3)]
+
+    def loss_fn(p):
+        preds = nnx.merge(graphdef, p)(views, jnp.arange(3)[None])
+        return multiview_loss(gts, preds)[0]
+
+    state = nnx.state(model, nnx.Param)
+    with jax.default_matmul_precision("highest"):
+        loss, grads = jax.value_and_grad(loss_fn)(state)
+    assert float(loss) == pytest.approx(float(z["loss"]), rel=1e-5)
+    torch_grads = params_to_torch(grads.to_pure_dict(), cfg)
+    names = [k.split("/", 1)[1] for k in z.files if k.startswith("grad_norm/")]
+    assert len(names) == 9
+    for name in names:
+        assert np.linalg.norm(torch_grads[name]) == pytest.approx(float(z[f"grad_norm/{name}"]), rel=1e-4), name
