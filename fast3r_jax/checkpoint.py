@@ -16,6 +16,7 @@ import uuid
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -27,9 +28,18 @@ class CheckpointError(ValueError):
     """A checkpoint folder is missing, incomplete or does not match its config."""
 
 
+STORAGE_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
+
+
 def save_pretrained(directory: str | os.PathLike, config: Fast3RConfig, params: Mapping,
-                    notes: Mapping[str, Any] | None = None, overwrite: bool = False) -> pathlib.Path:
-    """Writes config + params into `directory`. The folder appears only once complete (rename of a temp folder)."""
+                    notes: Mapping[str, Any] | None = None, overwrite: bool = False,
+                    storage_dtype: str = "float32") -> pathlib.Path:
+    """Writes config + params into `directory`. The folder appears only once complete (rename of a temp folder).
+
+    storage_dtype 'bfloat16' halves the size on disk; `load_pretrained` always returns float32.
+    """
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}")
     check_params(params, config)
     target = pathlib.Path(directory).absolute()
     if target.exists() and not overwrite:
@@ -38,12 +48,14 @@ def save_pretrained(directory: str | os.PathLike, config: Fast3RConfig, params: 
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir()
-        params = jax.tree.map(lambda x: np.asarray(x, np.float32), dict(params))
+        params = jax.tree.map(lambda x: np.asarray(x, np.float32).astype(STORAGE_DTYPES[storage_dtype]),
+                              dict(params))
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", params)
             ckptr.wait_until_finished()
         (tmp / "config.json").write_text(config.to_json())
-        manifest = {"params": {k: list(np.shape(v)) for k, v in flat_params(params).items()}, "notes": dict(notes or {})}
+        manifest = {"params": {k: list(np.shape(v)) for k, v in flat_params(params).items()},
+                    "storage_dtype": storage_dtype, "notes": dict(notes or {})}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if target.exists():
             shutil.rmtree(target)
@@ -90,4 +102,4 @@ def load_pretrained(directory: str | os.PathLike,
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sharding)
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(directory / "params", target)
-    return config, params
+    return config, jax.tree.map(lambda x: x.astype(np.float32), params)

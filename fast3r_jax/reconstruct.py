@@ -45,7 +45,7 @@ from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.data.synthetic import CAMERAS_FILE, read_example_cameras
 from fast3r_jax.inference import Engine
 
-DEFAULT_CHECKPOINT = pathlib.Path(__file__).parent / "assets" / "default"
+DEFAULT_CHECKPOINT = pathlib.Path(__file__).parent / "assets" / "builtin"  # trained by configs/train_builtin.py
 POSE_SOLVERS = ("pnp", "procrustes")
 BAD_IMAGE_POLICIES = ("fail", "skip")
 FOCAL_CONF_PERCENTILE = 10.0  # upstream's confidence percentile for the focal fit
@@ -130,7 +130,7 @@ def _sources(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
 def load_inputs(inputs: Sequence[str | os.PathLike], size: int = 512, on_bad_image: str = "fail",
                 max_views: int | None = None, video_fps: float | None = None, video_frames: int | None = None,
                 progress: bool | None = None, notify: Callable[[str], None] = log.warning) -> list[dict]:
-    """Loads every image (and sampled video frames) as views, each with `path` (None for video frames).
+    """Loads every image and sampled video frame as a view, with `path` (image file) or `video` and `frame_index`.
 
     on_bad_image: 'fail' raises on an unreadable, truncated or too small image; 'skip' leaves it out and says so.
     max_views: keep at most this many views, evenly spread over the inputs. Videos give one frame per second by
@@ -150,7 +150,7 @@ def load_inputs(inputs: Sequence[str | os.PathLike], size: int = 512, on_bad_ima
         try:
             if kind == "video":
                 frames = images.load_video_frames(path, video_frames, None if video_frames else video_fps, size)
-                views += [dict(frame, path=None) for frame in frames]
+                views += [dict(frame, path=None, video=path) for frame in frames]
             else:
                 views.append(dict(images.load_image(path, size), path=path))
         except ValueError as err:
@@ -176,10 +176,10 @@ def image_names(views: Sequence[Mapping]) -> list[str]:
     """Unique whitespace-free names per view: file names when they are unique, else index-prefixed."""
     names = []
     for view in views:
-        name = os.path.basename(view["path"]) if view.get("path") else None
-        if name is None:  # a video frame: "<video stem>_frame<index>.png"
-            video, _, index = str(view["name"]).rpartition("#")
-            name = f"{pathlib.Path(video).stem}_frame{int(index):06d}.png"
+        if view.get("path"):
+            name = os.path.basename(view["path"])
+        else:
+            name = f"{pathlib.Path(view['video']).stem}_frame{view['frame_index']:06d}.png"
         names.append("_".join(name.split()))
     if len(set(names)) != len(names):
         names = [f"{i:04d}_{n}" for i, n in enumerate(names)]
@@ -433,11 +433,12 @@ def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     start = time.perf_counter()
     engine = Engine(config, params, dtype, encoder_chunk=encoder_chunk, head_chunk=head_chunk)
     ids = engine.image_ids(len(views), image_ids, seed)
-    outputs = jax.block_until_ready(engine(views, ids, progress=progress))
+    outputs = engine(views, ids, progress=progress)
+    host_outputs = jax.device_get(outputs)
     timings["inference_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    cams = estimate_cameras(outputs, pose_solver)
+    cams = estimate_cameras(outputs if pose_solver == "procrustes" else host_outputs, pose_solver)
     timings["cameras_s"] = time.perf_counter() - start
     if cams.failed:
         notify(f"camera estimation failed for views {list(cams.failed)}: identity pose and/or a 60-degree "
@@ -454,7 +455,6 @@ def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         summary["pose_errors"] = dict(pose_errors(cams.c2w[idx], gt_c2w), num_views=len(idx))
 
     start = time.perf_counter()
-    host_outputs = jax.device_get(outputs)
     with staged_folder(out, overwrite) as folder:
         summary |= write_outputs(folder, views, host_outputs, cams, names, conf_percentile, conf_threshold)
         timings["export_s"] = time.perf_counter() - start

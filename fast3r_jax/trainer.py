@@ -71,6 +71,7 @@ class TrainConfig:
     val_batches: int = 2  # 0 disables validation
     ckpt_every: int = 100
     keep: int = 3  # checkpoints kept
+    time_limit_s: float | None = None  # stop (with a checkpoint) once this much wall time has passed
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -187,7 +188,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         if writer is not None and start == 0:
             writer.text("config", "```\n" + cfg.to_json() + "\n```")
         pending: list[tuple[int, Any]] = []
-        tick = time.perf_counter()
+        tick = started = time.perf_counter()
         progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not lead, desc="train")
         for step in progress:
             batch = next(iterator)
@@ -216,9 +217,13 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                 last |= val
                 if writer is not None:
                     writer.scalars(val, done)
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            out_of_time = cfg.time_limit_s is not None and time.perf_counter() - started > cfg.time_limit_s
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time:
                 mgr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                        data=ocp.args.JsonSave(iterator.get_state())))
+            if out_of_time:
+                progress.write(f"time limit of {cfg.time_limit_s} s reached at step {done}; checkpoint saved")
+                break
         mgr.wait_until_finished()
     if writer is not None:
         writer.close()
