@@ -21,6 +21,7 @@ DEFAULT_CONFIG = pathlib.Path(__file__).parent / "configs" / "train_tiny.py"
 def load_config(path: pathlib.Path) -> TrainConfig:
     if not path.is_file():
         raise ValueError(f"config file {path} not found")
+    sys.path.insert(0, str(path.parent.absolute()))  # configs may import each other
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

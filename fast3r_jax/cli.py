@@ -45,8 +45,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint", default=None,
                    help="checkpoint folder (save_pretrained / python -m fast3r_jax.convert); default: the "
                         "built-in checkpoint")
-    r.add_argument("--size", type=int, choices=(512, 224), default=512,
-                   help="512: long side 512, crop to multiples of 16; 224: 224x224 centre crop (default 512)")
+    r.add_argument("--size", type=int, default=None,
+                   help="long side of the resized images, cropped to multiples of 16 (512 for upstream's model), or "
+                        "224 for a 224x224 centre crop (default: 128 with the built-in checkpoint, else 512)")
     r.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                    help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     r.add_argument("--max-views", type=_positive_int, default=None,

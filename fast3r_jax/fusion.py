@@ -42,9 +42,15 @@ class FusionTransformer(nnx.Module):
             raise ValueError(f"image_ids must have shape (B, V)={(tokens.shape[0], len(view_lengths))}, "
                              f"got {image_ids.shape}")
         x = self.embed(tokens)  # (B, N, D)
-        emb = image_index_embedding(image_ids, self.cfg.embed_dim, self.cfg.num_image_ids)  # (B, V, D)
-        emb = jnp.repeat(emb, jnp.asarray(view_lengths), axis=1, total_repeat_length=tokens.shape[1])  # (B, N, D)
-        x = x + emb.astype(x.dtype)
+        emb = image_index_embedding(image_ids, self.cfg.embed_dim, self.cfg.num_image_ids).astype(x.dtype)  # (B, V, D)
+        batch, dim = emb.shape[0], emb.shape[-1]
+        if len(set(view_lengths)) == 1:  # one broadcast; no gather for XLA to constant-fold
+            emb = jnp.broadcast_to(emb[:, :, None], (batch, len(view_lengths), view_lengths[0], dim))
+            emb = emb.reshape(batch, -1, dim)  # (B, N, D)
+        else:
+            emb = jnp.concatenate([jnp.broadcast_to(emb[:, i:i + 1], (batch, n, dim))
+                                   for i, n in enumerate(view_lengths)], axis=1)  # (B, N, D)
+        x = x + emb
         x, kept = self.blocks(x, None, scale=self.attention_scale(train_attention_scale), attention=attention,
                               keep=hooks[1:3])
         return [tokens, *kept, self.norm(x)]

@@ -1,11 +1,12 @@
 """Many-view inference: N views (1 to thousands, mixed shapes) through Fast3R with bounded memory.
 
 The encoder and the two DPT heads run in fixed-size chunks of views, jitted once per (image shape, orientation,
-chunk size); the last chunk of a shape is padded so that its shape repeats. The fusion transformer sees the tokens
-of all views at once and is compiled per shape set (the count of views of each shape): padding views there would
-change the attention of the real tokens, so view counts are not bucketed for it. Its tokens are ordered by shape
-group (first-seen order, views in input order within a group); attention has no notion of token order, so this is
-the same function as the model's view order, with the image ids following their views.
+chunk size); a smaller last chunk is padded to the next power of two, so a new view count reuses compiled chunk
+shapes without computing a full chunk of padding. The fusion transformer sees the tokens of all views at once and
+is compiled per shape set (the count of views of each shape): padding views there would change the attention of
+the real tokens, so view counts are not bucketed for it. Its tokens are ordered by shape group (first-seen order,
+views in input order within a group); attention has no notion of token order, so this is the same function as the
+model's view order, with the image ids following their views.
 
 Per-view results stay on the device until the caller takes them; they are returned in TRUE orientation (portrait
 views are not transposed, unlike `predict`).

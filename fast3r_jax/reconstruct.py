@@ -46,6 +46,8 @@ from fast3r_jax.data.synthetic import CAMERAS_FILE, read_example_cameras
 from fast3r_jax.inference import Engine
 
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).parent / "assets" / "builtin"  # trained by configs/train_builtin.py
+BUILTIN_IMAGE_SIZE = 128  # long side of the images the built-in model was trained on (128x96)
+UPSTREAM_IMAGE_SIZE = 512  # long side of the released upstream model's inputs
 POSE_SOLVERS = ("pnp", "procrustes")
 BAD_IMAGE_POLICIES = ("fail", "skip")
 FOCAL_CONF_PERCENTILE = 10.0  # upstream's confidence percentile for the focal fit
@@ -104,6 +106,14 @@ def load_model(checkpoint: pathlib.Path) -> tuple[Fast3RConfig, dict]:
 # ----------------------------------------------------------------------------
 
 
+def check_size(size: int) -> int:
+    """Image size: 224 (224x224 centre crop, as upstream) or the long side, a multiple of 16 of at least 32."""
+    if size != images.SHORT_SIDE_SIZE and (size < 2 * images.PATCH_SIZE or size % images.PATCH_SIZE):
+        raise ReconstructError(f"--size must be 224 or a multiple of {images.PATCH_SIZE} of at least "
+                               f"{2 * images.PATCH_SIZE}, got {size}")
+    return size
+
+
 def _evenly(num: int, keep: int) -> list[int]:
     """`keep` indices evenly spread over range(num), first and last included (all of them if keep >= num)."""
     if keep >= num:
@@ -127,7 +137,7 @@ def _sources(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
     return sources
 
 
-def load_inputs(inputs: Sequence[str | os.PathLike], size: int = 512, on_bad_image: str = "fail",
+def load_inputs(inputs: Sequence[str | os.PathLike], size: int = UPSTREAM_IMAGE_SIZE, on_bad_image: str = "fail",
                 max_views: int | None = None, video_fps: float | None = None, video_frames: int | None = None,
                 progress: bool | None = None, notify: Callable[[str], None] = log.warning) -> list[dict]:
     """Loads every image and sampled video frame as a view, with `path` (image file) or `video` and `frame_index`.
@@ -400,7 +410,7 @@ def default_dtype() -> str:
 
 
 def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                checkpoint: str | os.PathLike | None = None, size: int = 512, dtype: str | None = None,
+                checkpoint: str | os.PathLike | None = None, size: int | None = None, dtype: str | None = None,
                 max_views: int | None = None, conf_percentile: float | None = 10.0,
                 conf_threshold: float | None = None, pose_solver: str = "pnp", seed: int = 0,
                 image_ids: str | None = None, on_bad_image: str = "fail", overwrite: bool = False,
@@ -409,8 +419,9 @@ def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                 notify: Callable[[str], None] = log.warning) -> dict[str, Any]:
     """Images -> model -> cameras -> output folder `out`. Returns the summary also written to summary.json.
 
-    image_ids: 'random' (upstream's draw, seeded by `seed`), 'sequential', or None to follow the checkpoint's
-    config. notify receives notes for the user (default checkpoint in use, skipped images, failed cameras).
+    size: see `check_size`; None uses the resolution of the checkpoint's training: BUILTIN_IMAGE_SIZE for the
+    built-in checkpoint, UPSTREAM_IMAGE_SIZE otherwise. image_ids: 'random' (upstream's draw, seeded by `seed`),
+    'sequential', or None to follow the checkpoint's config. notify receives notes for the user (default checkpoint in use, skipped images, failed cameras).
     """
     out = pathlib.Path(out)
     if out.exists() and not overwrite:
@@ -422,6 +433,7 @@ def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     ckpt, is_default = resolve_checkpoint(checkpoint)
     if is_default:
         notify(f"no --checkpoint given: using the built-in default checkpoint {ckpt}")
+    size = check_size(size or (BUILTIN_IMAGE_SIZE if is_default else UPSTREAM_IMAGE_SIZE))
     dtype = dtype or default_dtype()
     timings = {}
 

@@ -103,13 +103,15 @@ def test_default_checkpoint_procrustes_and_overwrite(tmp_path, capsys, monkeypat
     monkeypatch.setattr(reconstruct, "DEFAULT_CHECKPOINT", checkpoint)
     out.mkdir()
     (out / "stale.txt").write_text("old run")
-    code, stdout, stderr = _run(capsys, "reconstruct", scene, "--out", out, "--size", SIZE, "--overwrite",
-                                "--pose-solver", "procrustes", "--image-ids", "sequential", "--max-views", 3)
+    code, stdout, stderr = _run(capsys, "reconstruct", scene, "--out", out, "--overwrite", "--pose-solver",
+                                "procrustes", "--image-ids", "sequential", "--max-views", 3)
     assert code == 0, stderr
     assert f"using the built-in default checkpoint {checkpoint}" in stderr
     assert "pose errors vs ground truth (3 views, procrustes)" in stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["default_checkpoint"] and summary["image_ids"] == [0, 1, 2]
+    assert summary["size"] == reconstruct.BUILTIN_IMAGE_SIZE  # the built-in model's training resolution
+    assert json.loads((out / "cameras.json").read_text())["cameras"][0]["width"] == 128
     assert summary["images"] == ["view_000.png", "view_002.png", "view_003.png"]  # spread over the 4 inputs
     assert not (out / "stale.txt").exists() and (out / "points.ply").is_file()
 
@@ -143,6 +145,7 @@ def _incompatible(tmp_path, checkpoint):
     ("missing_checkpoint", "checkpoint folder not found"),
     ("not_a_checkpoint", "config.json not found"),
     ("incompatible_checkpoint", "does not match its config.json"),
+    ("bad_size", "--size must be 224 or a multiple of 16"),
     ("missing_input", "image path not found"),
     ("empty_folder", "no image files"),
     ("truncated_image", "truncated.png"),
@@ -159,6 +162,8 @@ def test_errors_give_one_clear_message(tmp_path, capsys, checkpoint, scene, case
         ckpt = tmp_path
     elif case == "incompatible_checkpoint":
         ckpt = _incompatible(tmp_path, checkpoint)
+    elif case == "bad_size":
+        extra = ["--size", "100"]
     elif case == "missing_input":
         inputs = [tmp_path / "nothing.png"]
     elif case == "empty_folder":

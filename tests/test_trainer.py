@@ -149,3 +149,17 @@ def test_gradient_norms_match_golden():
     assert len(names) == 9
     for name in names:
         assert np.linalg.norm(torch_grads[name]) == pytest.approx(float(z[f"grad_norm/{name}"]), rel=1e-4), name
+
+
+@pytest.mark.parametrize("name", ["train_tiny", "train_builtin", "train_large", "finetune_fast3r"])
+def test_shipped_training_configs_load_and_name_known_sources(name):
+    import re  # noqa: PLC0415
+
+    import train as train_entry  # noqa: PLC0415
+    from fast3r_jax.data.mixture import source_class  # noqa: PLC0415
+
+    cfg = train_entry.load_config(ROOT / "configs" / f"{name}.py")
+    assert isinstance(cfg, TrainConfig)
+    for spec in (cfg.data.train, cfg.data.val):
+        for source in re.findall(r"@\s*(\w+)\(", spec):
+            source_class(source)

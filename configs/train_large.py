@@ -1,0 +1,46 @@
+"""Fast3R ViT-L training as upstream's long run: 20 views per sample, six datasets, aspect-ratio buckets.
+
+    FAST3R_DATA_ROOT=/data python train.py --config configs/train_large.py --set mesh_tensor=1
+
+Datasets in upstream's preprocessed layouts under $FAST3R_DATA_ROOT (see fast3r_jax/data/readers.py); 80,000
+samples of each per epoch; batch 1 per device in upstream (here: the global batch below, split over the mesh).
+The encoder and global head start from DUSt3R as upstream does: convert DUSt3R first
+(python -m fast3r_jax.convert DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth ckpt/dust3r_init --config large) and pass
+--set init=ckpt/dust3r_init.
+"""
+
+import os
+
+from fast3r_jax import config
+from fast3r_jax.optimizer import OptimizerConfig
+from fast3r_jax.trainer import DataConfig, TrainConfig
+
+BUCKETS = ((512, 384), (512, 336), (512, 288), (512, 256), (512, 160))
+
+
+def mixture(root: str, views: int = 20) -> str:
+    return " + ".join([
+        f"80_000 @ co3d(root='{root}/co3d_all_seqs_per_category_subset_processed', split='train', "
+        f"num_views={views}, window_degree_range=360, num_samples_per_window=100, mask_bg='rand')",
+        f"80_000 @ scannetpp(root='{root}/scannetpp_processed', split='train', num_views={views}, "
+        f"window_size={2 * views}, num_samples_per_window=5)",
+        f"80_000 @ arkitscenes(root='{root}/arkitscenes_processed', split='train', num_views={views}, "
+        f"window_size={5 * views}, num_samples_per_window=5)",
+        f"80_000 @ habitat(root='{root}/habitat_processed', split='train', num_views={views}, size=1_000)",
+        f"80_000 @ blendedmvs(root='{root}/datasets_raw/BlendedMVS', split='train', num_views={views})",
+        f"80_000 @ megadepth(root='{root}/megadepth_processed', split='train', num_views={views}, "
+        f"window_size={2 * views}, num_samples_per_window=5)",
+    ])
+
+
+def get_config() -> TrainConfig:
+    root = os.environ.get("FAST3R_DATA_ROOT", "data")
+    steps = 100_000
+    return TrainConfig(
+        model=config.large().replace(remat=True),
+        optimizer=OptimizerConfig(lr=1e-4, min_lr=1e-6, warmup_steps=2_000, total_steps=steps),
+        data=DataConfig(train=mixture(root), val=mixture(root, views=10).replace("80_000 @", "100 @"),
+                        resolutions=BUCKETS, augment=True, aug_crop=None, batch_size=8, workers=8),
+        steps=steps, dtype="bfloat16", layout="zero2", workdir="runs/large", log_every=50, val_every=5_000,
+        ckpt_every=1_000,
+    )
