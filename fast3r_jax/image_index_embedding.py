@@ -55,3 +55,17 @@ def sample_image_ids(key: jax.Array, batch: int, num_views: int, num_ids: int = 
 
     rest = jax.vmap(one)(jax.random.split(key, batch)).astype(jnp.int32)  # (batch, V-1)
     return jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), rest], axis=1)
+
+
+def check_image_ids(ids, num_views: int, num_ids: int) -> np.ndarray:
+    """(N,) int32 table rows in [0, num_ids) or float32 interpolated positions; raises on anything else."""
+    ids = np.asarray(ids)
+    if ids.shape != (num_views,):
+        raise ValueError(f"image_ids must hold one id per view ({num_views}), got shape {ids.shape}")
+    if np.issubdtype(ids.dtype, np.integer):
+        if ids.min() < 0 or ids.max() >= num_ids:
+            raise ValueError(f"integer image ids must lie in [0, {num_ids}), got range [{ids.min()}, {ids.max()}]")
+        return ids.astype(np.int32)
+    if not np.issubdtype(ids.dtype, np.floating) or not np.isfinite(ids).all():
+        raise ValueError(f"image ids must be integers or finite floats, got dtype {ids.dtype}")
+    return ids.astype(np.float32)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from fast3r_jax.attention import resolve_implementation
 from fast3r_jax.config import Fast3RConfig
-from fast3r_jax.image_index_embedding import sample_image_ids
+from fast3r_jax.image_index_embedding import check_image_ids, sample_image_ids
 from fast3r_jax.params import build_model
 from fast3r_jax.predict import DTYPES, OUTPUT_KEYS
 
@@ -58,20 +58,6 @@ def make_image_ids(num_views: int, policy: str = "random", seed: int = 0, num_id
         order = np.asarray(jax.random.permutation(jax.random.key(seed), num_views - 1)) + 1
         grid = np.concatenate([grid[:1], grid[order]])
     return grid
-
-
-def check_image_ids(ids, num_views: int, num_ids: int) -> np.ndarray:
-    """(N,) int32 table rows in [0, num_ids) or float32 interpolated positions; raises on anything else."""
-    ids = np.asarray(ids)
-    if ids.shape != (num_views,):
-        raise ValueError(f"image_ids must hold one id per view ({num_views}), got shape {ids.shape}")
-    if np.issubdtype(ids.dtype, np.integer):
-        if ids.min() < 0 or ids.max() >= num_ids:
-            raise ValueError(f"integer image ids must lie in [0, {num_ids}), got range [{ids.min()}, {ids.max()}]")
-        return ids.astype(np.int32)
-    if not np.issubdtype(ids.dtype, np.floating) or not np.isfinite(ids).all():
-        raise ValueError(f"image ids must be integers or finite floats, got dtype {ids.dtype}")
-    return ids.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------

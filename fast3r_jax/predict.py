@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from fast3r_jax.config import Fast3RConfig
+from fast3r_jax.image_index_embedding import check_image_ids
 from fast3r_jax.model import View
 from fast3r_jax.params import build_model
 
@@ -58,15 +59,8 @@ def predict(config: Fast3RConfig, params: Mapping, views: Sequence[Mapping], ima
     if not batch_views:
         raise ValueError("at least one view is required")
     batch = batch_views[0].img.shape[0]
-    ids = np.arange(len(views)) if image_ids is None else np.asarray(image_ids)
-    if ids.shape != (len(views),):
-        raise ValueError(f"image_ids must hold one id per view ({len(views)}), got shape {ids.shape}")
-    if np.issubdtype(ids.dtype, np.integer):
-        if ids.min() < 0 or ids.max() >= config.fusion.num_image_ids:
-            raise ValueError(f"integer image ids must lie in [0, {config.fusion.num_image_ids}), got {ids.tolist()}")
-        ids = ids.astype(np.int32)
-    else:
-        ids = ids.astype(np.float32)
+    ids = np.arange(len(views)) if image_ids is None else image_ids
+    ids = check_image_ids(ids, len(views), config.fusion.num_image_ids)
     ids = jnp.asarray(np.broadcast_to(ids, (batch, len(views))))
 
     model = build_model(config, params, DTYPES[dtype])
