@@ -19,7 +19,6 @@ import time
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from fast3r_jax import config as config_lib

@@ -10,7 +10,7 @@ from fast3r_jax import config as config_lib
 from fast3r_jax.image_index_embedding import check_image_ids, sample_image_ids
 from fast3r_jax.inference import Engine, chunk_views, make_image_ids
 from fast3r_jax.params import params_from_torch
-from fast3r_jax.predict import OUTPUT_KEYS, predict
+from fast3r_jax.predict import OUTPUT_KEYS
 from parity import golden_views, rel_err
 from reference_weights import DATA, tiny_state_dict
 
