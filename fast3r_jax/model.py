@@ -12,6 +12,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from fast3r_jax.attention import resolve_implementation
@@ -35,6 +36,12 @@ class View:
 
 
 jax.tree_util.register_dataclass(View, data_fields=["img", "true_shape"], meta_fields=["orientation"])
+
+
+def orientation_of(true_shape) -> str:
+    """Static orientation of a view from host-side (B, 2) true shapes (height, width)."""
+    portrait = np.asarray(true_shape)[:, 1] < np.asarray(true_shape)[:, 0]
+    return "portrait" if portrait.all() else "landscape" if not portrait.any() else "mixed"
 
 
 def _groups(keys: Sequence) -> dict:

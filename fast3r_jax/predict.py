@@ -12,7 +12,7 @@ from flax import nnx
 
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.image_index_embedding import check_image_ids
-from fast3r_jax.model import View
+from fast3r_jax.model import View, orientation_of
 from fast3r_jax.params import build_model
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -22,11 +22,6 @@ OUTPUT_KEYS = ("pts3d_in_other_view", "conf", "pts3d_local", "conf_local")
 @functools.partial(jax.jit, static_argnames=("graphdef", "train_attention_scale"))
 def _forward(graphdef, state, views: list[View], image_ids: jax.Array, train_attention_scale: bool):
     return nnx.merge(graphdef, state)(views, image_ids, train_attention_scale=train_attention_scale)
-
-
-def orientation_of(true_shape: np.ndarray) -> str:
-    portrait = true_shape[:, 1] < true_shape[:, 0]
-    return "portrait" if portrait.all() else "landscape" if not portrait.any() else "mixed"
 
 
 def predict(config: Fast3RConfig, params: Mapping, views: Sequence[Mapping], image_ids=None,

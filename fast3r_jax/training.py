@@ -21,7 +21,7 @@ from fast3r_jax import sharding as sharding_lib
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.image_index_embedding import sample_image_ids
 from fast3r_jax.losses import multiview_loss
-from fast3r_jax.model import Fast3R, View
+from fast3r_jax.model import Fast3R, View, orientation_of
 from fast3r_jax.params import abstract_params
 
 # Per-view batch arrays the step consumes (the loader may carry more).
@@ -52,12 +52,8 @@ def state_shardings(state: TrainState, tx: optax.GradientTransformation, mesh: M
 
 
 def orientations(batch: Sequence[Mapping[str, np.ndarray]]) -> tuple[str, ...]:
-    """Static orientation per view from host-side true shapes (recompiles only per distinct pattern)."""
-    out = []
-    for view in batch:
-        portrait = np.asarray(view["true_shape"])[:, 1] < np.asarray(view["true_shape"])[:, 0]
-        out.append("portrait" if portrait.all() else "landscape" if not portrait.any() else "mixed")
-    return tuple(out)
+    """Static orientation per view (recompiles only per distinct pattern)."""
+    return tuple(orientation_of(view["true_shape"]) for view in batch)
 
 
 def _predict(graphdef, params, batch, ids, orient, train_attention_scale: bool):

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fast3r_jax.predict import OUTPUT_KEYS, orientation_of
+from fast3r_jax.model import orientation_of
+from fast3r_jax.predict import OUTPUT_KEYS
 
 VARIANTS = ("ids_default", "ids_forced", "train_scale")
 
