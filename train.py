@@ -5,7 +5,11 @@
 
 --config names a Python file whose get_config() returns a TrainConfig (default: configs/train_tiny.py);
 every field can be overridden with --set dotted.name=value (Python literals; bare words are strings).
-Re-running with the same workdir resumes from its latest checkpoint.
+Re-running with the same workdir resumes from its latest checkpoint (also with another process count).
+Several processes (one program over all their devices, see fast3r_jax/distributed.py):
+    python train.py --coordinator-address host0:1234 --num-processes 2 --process-id 0    # on host 0
+    python train.py --coordinator-address host0:1234 --num-processes 2 --process-id 1    # on host 1
+    srun python train.py --config configs/train_large.py                                # Slurm: detected
 """
 
 import argparse
@@ -13,6 +17,7 @@ import importlib.util
 import pathlib
 import sys
 
+from fast3r_jax import distributed
 from fast3r_jax.trainer import NonFiniteLossError, TrainConfig, override, train
 
 DEFAULT_CONFIG = pathlib.Path(__file__).parent / "configs" / "train_tiny.py"
@@ -36,8 +41,10 @@ def main(argv=None) -> int:
     parser.add_argument("--config", type=pathlib.Path, default=DEFAULT_CONFIG)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a config field, e.g. --set optimizer.lr=3e-4 (repeatable)")
+    distributed.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        distributed.initialize_from_args(args)
         cfg = load_config(args.config)
         for item in args.set:
             name, sep, value = item.partition("=")
@@ -48,8 +55,9 @@ def main(argv=None) -> int:
     except (ValueError, NonFiniteLossError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(" ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
-    print(f"run written to {pathlib.Path(cfg.workdir).absolute()}")
+    if distributed.is_lead():
+        print(" ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+        print(f"run written to {pathlib.Path(cfg.workdir).absolute()}")
     return 0
 
 

@@ -10,6 +10,9 @@ from typing import Sequence
 
 from fast3r_jax.config import Fast3RConfig
 
+# Dense bf16 peak of the accelerators MFU is reported for (datasheet, FLOP/s), by device-kind substring.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
 
 def _block(tokens: int, dim: int, mlp_ratio: float, sequences: int = 1) -> float:
     """One pre-norm block over `sequences` sequences of `tokens` tokens."""
@@ -54,3 +57,13 @@ def forward_flops(cfg: Fast3RConfig, image_sizes: Sequence[tuple[int, int]], bat
     fusion = 2 * total_tokens * e.embed_dim * f.embed_dim + f.depth * _block(total_tokens, f.embed_dim, f.mlp_ratio)
     heads = sum(2 * _dpt_head(cfg, hh // p, ww // p) for hh, ww in image_sizes)
     return batch * (enc + fusion + heads)
+
+
+def train_step_flops(cfg: Fast3RConfig, image_sizes: Sequence[tuple[int, int]], batch: int = 1) -> float:
+    """FLOPs of one training step: forward + backward (2x forward), plus one more forward under remat."""
+    return (4 if cfg.remat else 3) * forward_flops(cfg, image_sizes, batch)
+
+
+def peak_flops(device_kind: str) -> float | None:
+    """Datasheet dense bf16 FLOP/s of a device, or None when unknown (then no MFU is reported)."""
+    return next((v for k, v in PEAK_FLOPS.items() if k in device_kind), None)

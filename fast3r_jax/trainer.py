@@ -26,16 +26,12 @@ from fast3r_jax import training
 from fast3r_jax.checkpoint import load_pretrained, save_pretrained
 from fast3r_jax.data.mixture import parse_mixture
 from fast3r_jax.data.pipeline import make_loader
-from fast3r_jax.flops import forward_flops
+from fast3r_jax.flops import peak_flops, train_step_flops
 from fast3r_jax.optimizer import OptimizerConfig, learning_rate, make_optimizer
 from fast3r_jax.params import init_params
 from fast3r_jax.predict import DTYPES
 from fast3r_jax.sharding import LAYOUTS, make_mesh
 from fast3r_jax.tensorboard import SummaryWriter, normalise_to_uint8
-
-# Dense bf16 peak of the accelerators MFU is reported for (datasheet, FLOP/s).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient became NaN/inf; the step was not applied."""
@@ -119,33 +115,43 @@ def _restore_or_init(cfg: TrainConfig, tx, shardings, mgr: ocp.CheckpointManager
     return jax.device_put(training.init_state(params, tx, cfg.seed), shardings), 0
 
 
+# Fields a resumed run may change: how long it runs and how it logs and saves, not what it computes.
+RESUMABLE_FIELDS = ("steps", "time_limit_s", "log_every", "val_every", "ckpt_every", "keep")
+
+
 def _check_workdir(workdir: pathlib.Path, cfg: TrainConfig) -> None:
+    """Refuses a workdir whose saved config differs from cfg outside RESUMABLE_FIELDS; (re)writes config.json."""
     saved = workdir / "config.json"
     if saved.exists():
-        if json.loads(saved.read_text()) != json.loads(cfg.to_json()):
-            raise ValueError(f"{workdir} holds a run with a different config; use another --workdir")
-    elif jax.process_index() == 0:
+        old, new = json.loads(saved.read_text()), json.loads(cfg.to_json())
+        changed = sorted(k for k in old.keys() | new.keys()
+                         if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k))
+        if changed:
+            raise ValueError(f"{workdir} holds a run with a different config ({', '.join(changed)}); use another "
+                             f"workdir (only {', '.join(RESUMABLE_FIELDS)} may change on resume)")
+    if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(cfg.to_json())
+        tmp = saved.with_suffix(".json.tmp")
+        tmp.write_text(cfg.to_json())
+        tmp.replace(saved)
 
 
 def _throughput(cfg: TrainConfig, batch, seconds: float) -> dict[str, float]:
     sizes = [tuple(v["img"].shape[2:]) for v in batch]
-    samples = batch[0]["img"].shape[0]
-    per_step = 3 * forward_flops(cfg.model, sizes, samples)  # forward + backward (2x)
-    if cfg.model.remat:
-        per_step += forward_flops(cfg.model, sizes, samples)
+    samples = batch[0]["img"].shape[0] * jax.process_count()  # the global batch: every process loads its part
+    per_step = train_step_flops(cfg.model, sizes, samples)
     tokens = samples * sum(h * w for h, w in sizes) / cfg.model.encoder.patch_size ** 2
     out = {"images_per_s": samples * len(sizes) / seconds, "tokens_per_s": tokens / seconds,
            "tflops_per_s": per_step / seconds / 1e12, "step_s": seconds}
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in jax.devices()[0].device_kind), None)
+    peak = peak_flops(jax.devices()[0].device_kind)
     if peak:
         out["mfu"] = per_step / seconds / (peak * jax.device_count())
     return out
 
 
 def _validate(cfg, eval_step, state, mesh, writer, step) -> dict[str, float]:
-    loader = make_loader(parse_mixture(cfg.data.val), cfg.data.batch_size, seed=cfg.seed, augment=False,
+    loader = make_loader(parse_mixture(cfg.data.val), cfg.data.batch_size // jax.process_count(), seed=cfg.seed,
+                         shard_index=jax.process_index(), shard_count=jax.process_count(), augment=False,
                          num_epochs=1, resolutions=cfg.data.resolutions)
     totals: dict[str, float] = {}
     count = 0
@@ -173,8 +179,9 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     step_fn, shardings = training.make_train_step(cfg.model, tx, mesh, cfg.layout, dtype=dtype, alpha=cfg.alpha,
                                                   schedule=learning_rate(cfg.optimizer))
     eval_step = training.make_eval_step(cfg.model, mesh, dtype=dtype, alpha=cfg.alpha)
-    if cfg.data.batch_size % (mesh.shape["data"] * jax.process_count()):
-        raise ValueError(f"batch_size {cfg.data.batch_size} is not divisible by the data axis {mesh.shape['data']}")
+    for what, size in (("the data axis", mesh.shape["data"]), ("the process count", jax.process_count())):
+        if cfg.data.batch_size % size:
+            raise ValueError(f"batch_size {cfg.data.batch_size} is not divisible by {what} ({size})")
     loader = make_loader(parse_mixture(cfg.data.train), cfg.data.batch_size // jax.process_count(), seed=cfg.seed,
                          shard_index=jax.process_index(), shard_count=jax.process_count(),
                          worker_count=cfg.data.workers, augment=cfg.data.augment,

@@ -274,3 +274,32 @@ def test_two_workers_give_the_same_batches():
         assert_batches_equal(list(resumed), expected[2:])
     finally:
         resumed.close()
+
+
+def test_global_batches_do_not_depend_on_the_shard_count():
+    """Two shards of batch 2 load exactly the halves of the one-shard batch of 4 (records, buckets, augmentation)."""
+    kw = dict(seed=5, resolutions=SMALL_BUCKETS)
+    source = FakeSource(18)
+    whole = take(iter(make_loader(source, batch_size=4, **kw)), 6)  # crosses an epoch (4 batches per epoch)
+    halves = [take(iter(make_loader(source, batch_size=2, shard_index=s, shard_count=2, **kw)), 6) for s in (0, 1)]
+    for b, batch in enumerate(whole):
+        for v, view in enumerate(batch):
+            for key in BATCH_KEYS:
+                np.testing.assert_array_equal(view[key], np.concatenate([halves[0][b][v][key],
+                                                                         halves[1][b][v][key]]))
+
+
+def test_state_moves_between_shard_counts():
+    kw = dict(seed=6, resolutions=SMALL_BUCKETS)
+    source = FakeSource(18)
+    two = iter(make_loader(source, batch_size=2, shard_index=1, shard_count=2, **kw))
+    take(two, 3)
+    state = two.get_state()
+    assert state == {"global_batches": 3, "global_batch_size": 4, "seed": 6}
+    one = iter(make_loader(source, batch_size=4, **kw))
+    one.set_state(state)
+    assert_batches_equal(take(one, 2), take(iter(make_loader(source, batch_size=4, **kw)), 5)[3:])
+    with pytest.raises(ValueError, match=r"global_batch_size \(4, now 2\)"):
+        iter(make_loader(source, batch_size=2, **kw)).set_state(state)
+    with pytest.raises(ValueError, match="seed"):
+        iter(make_loader(source, batch_size=4, seed=7, resolutions=SMALL_BUCKETS)).set_state(state)

@@ -1,11 +1,12 @@
 """Grain input pipeline: shuffled, sharded, augmented, batched multi-view samples.
 
-Order. Each epoch is a permutation of the source (grain's index shuffle, seeded by seed + epoch), cut
-to a multiple of batch_size * shard_count; shard s takes the s-th contiguous block of it. Record
-position p of an epoch draws its randomness (view sampling, crop, jitter) from
-`default_rng((seed, 0, epoch, p))`, and batch b its aspect-ratio bucket from
-`default_rng((seed, 1, epoch, b))`, so every sample of a batch (and every view of a sample) shares one
-bucket, and the data do not depend on worker_count or on how far the iterator ran before.
+Order. Each epoch is a permutation of the source (grain's index shuffle, reshuffled every epoch), cut to a
+multiple of the global batch (batch_size * shard_count). Global batch b holds the records at epoch positions
+[b * G, (b + 1) * G); shard s takes the s-th block of batch_size of them. Record position r of epoch e draws its
+randomness (view sampling, crop, jitter) from `default_rng((seed, 0, e, r))`, and global batch b its aspect-ratio
+bucket from `default_rng((seed, 1, e, b))`, so every sample of a global batch (and every view of a sample) shares
+one resolution on every process, and the data depend on neither worker_count nor shard_count: a global batch is
+the same whether one process loads it or several share it.
 
 Batch structure: a list of V dicts (one per view), each holding stacked numpy arrays
   img                (B, 3, H, W) float32 in [-1, 1]
@@ -19,14 +20,16 @@ in landscape layout (H <= W): portrait views are transposed (pixel maps swap the
 the intrinsics swap their first two rows, so they project camera points to landscape pixel (x, y) =
 true (row, column)), while true_shape keeps the portrait (H, W). String fields are dropped.
 
-Checkpointing: `it = iter(loader)`; `state = it.get_state()` (a small JSON-serialisable dict); later
-`it = iter(loader); it.set_state(state)` resumes with exactly the next batches.
+Checkpointing: `it = iter(loader)`; `state = it.get_state()` (the count of global batches consumed, with the
+global batch size and seed); later `it = iter(loader); it.set_state(state)` resumes with exactly the next batches,
+also with another process or worker count.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -80,20 +83,25 @@ def collate(samples: Sequence[Sequence[dict[str, np.ndarray]]]) -> Batch:
 
 @dataclasses.dataclass(frozen=True)
 class SampleTransform:
-    """(position in this shard's stream, source index) -> one sample in model layout."""
+    """Position in this shard's stream -> one sample in model layout (see the module docstring for the order)."""
 
     source: Source
+    order: grain.MapDataset  # order[e * len(source) + r]: the source index at position r of epoch e
     seed: int
-    batch_size: int
+    batch_size: int  # per shard
     shard_index: int
-    records_per_shard: int  # per epoch, a multiple of batch_size
+    shard_count: int
+    records_per_epoch: int  # global, a multiple of batch_size * shard_count
     resolutions: tuple[tuple[int, int], ...] | None
     augment: bool
     aug_crop: int | None
 
-    def __call__(self, position: int, index: int) -> list[dict[str, np.ndarray]]:
-        epoch, offset = divmod(position, self.records_per_shard)
-        record = self.shard_index * self.records_per_shard + offset  # position in the global epoch order
+    def __call__(self, position: int, _: Any) -> list[dict[str, np.ndarray]]:
+        global_batch = self.batch_size * self.shard_count
+        batch, slot = divmod(position, self.batch_size)
+        epoch, record = divmod(batch * global_batch + self.shard_index * self.batch_size + slot,
+                               self.records_per_epoch)
+        index = self.order[epoch * len(self.source) + record]
         if isinstance(self.source, Mixture):
             source, index = self.source.locate(index, epoch)
         else:
@@ -103,28 +111,75 @@ class SampleTransform:
         if self.resolutions or self.augment:
             resolution = None
             if self.resolutions:
-                bucket_rng = np.random.default_rng((self.seed, 1, epoch, record // self.batch_size))
+                bucket_rng = np.random.default_rng((self.seed, 1, epoch, record // global_batch))
                 resolution = self.resolutions[int(bucket_rng.integers(len(self.resolutions)))]
             aug_crop = self.aug_crop if self.aug_crop is not None else getattr(source, "aug_crop", 0)
             views = augment_views(views, resolution, rng, aug_crop if self.augment else 0, jitter=self.augment)
         return [to_model_layout(v) for v in views]
 
 
+class Loader:
+    """Iterable of batches; its iterators checkpoint as the count of global batches consumed."""
+
+    def __init__(self, build: Callable[[int], grain.IterDataset], global_batch_size: int, seed: int):
+        self._build, self.global_batch_size, self.seed = build, global_batch_size, seed
+
+    def __iter__(self) -> "LoaderIterator":
+        return LoaderIterator(self)
+
+
+class LoaderIterator:
+    """Batches from a `Loader`, with `get_state` / `set_state` for checkpoints and `close` for worker processes."""
+
+    def __init__(self, loader: Loader):
+        self._loader, self._batches = loader, 0
+        self._it = iter(loader._build(0))
+
+    def __iter__(self) -> "LoaderIterator":
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self._it)
+        self._batches += 1
+        return batch
+
+    def get_state(self) -> dict[str, int]:
+        return {"global_batches": self._batches, "global_batch_size": self._loader.global_batch_size,
+                "seed": self._loader.seed}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        expected = {"global_batch_size": self._loader.global_batch_size, "seed": self._loader.seed}
+        if set(state) != {"global_batches", *expected}:
+            raise ValueError(f"not a data-iterator state: {state!r}")
+        mismatch = {k: (state[k], v) for k, v in expected.items() if state[k] != v}
+        if mismatch:
+            raise ValueError("the data-iterator state was saved with another " +
+                             ", ".join(f"{k} ({saved}, now {now})" for k, (saved, now) in mismatch.items()))
+        self.close()
+        self._batches = int(state["global_batches"])
+        self._it = iter(self._loader._build(self._batches))
+
+    def close(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
 def make_loader(source: Source, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
                 worker_count: int = 0, augment: bool = True, num_epochs: int | None = None, *,
                 resolutions: Sequence[tuple[int, int]] | None = BUCKETS, aug_crop: int | None = None,
-                read_threads: int = 2, prefetch_batches: int = 4) -> grain.IterDataset:
+                read_threads: int = 2, prefetch_batches: int = 4) -> Loader:
     """Iterable of batches (see the module docstring for structure, order and checkpointing).
 
     Args:
         source: a reader, `Mixture` or any object with `__len__` and `__getitem__(index[, rng])`.
-        batch_size: samples per batch on this shard; incomplete batches are dropped.
+        batch_size: samples per batch on this shard; the global batch is batch_size * shard_count.
         seed: shuffling and augmentation seed, in [0, 2**32).
         shard_index, shard_count: this process's shard, e.g. (jax.process_index(), jax.process_count()).
         worker_count: grain worker processes (0: load in this process).
         augment: random zoom (aug_crop) and colour jitter; crop/resize to buckets happens regardless.
-        num_epochs: number of passes, None for an endless stream.
-        resolutions: landscape (W, H) buckets, one drawn per batch; None keeps the source's resolution
+        num_epochs: number of passes, None for an endless stream; an incomplete last global batch is dropped.
+        resolutions: landscape (W, H) buckets, one drawn per global batch; None keeps the source's resolution
             (all samples must then share it).
         aug_crop: random zoom margin in pixels for every source; None takes each source's own
             `aug_crop` attribute (readers carry the reference per-dataset value), else 0.
@@ -134,22 +189,25 @@ def make_loader(source: Source, batch_size: int, seed: int, shard_index: int = 0
         raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    records_per_shard = len(source) // (batch_size * shard_count) * batch_size
-    if records_per_shard == 0:
-        raise ValueError(f"source has {len(source)} samples, fewer than batch_size * shard_count = "
-                         f"{batch_size * shard_count}")
-    transform = SampleTransform(source, seed, batch_size, shard_index, records_per_shard,
+    global_batch = batch_size * shard_count
+    records_per_epoch = len(source) // global_batch * global_batch
+    if records_per_epoch == 0:
+        raise ValueError(f"source has {len(source)} samples, fewer than batch_size * shard_count = {global_batch}")
+    transform = SampleTransform(source, grain.MapDataset.range(len(source)).shuffle(seed=seed), seed, batch_size,
+                                shard_index, shard_count, records_per_epoch,
                                 None if resolutions is None else tuple(tuple(r) for r in resolutions),
                                 augment, aug_crop)
-    start = shard_index * records_per_shard
-    ds = grain.MapDataset.range(len(source)).shuffle(seed=seed)[start:start + records_per_shard]
-    ds = ds.repeat(num_epochs).map_with_index(transform)
-    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches))
-    if worker_count > 0:
-        _mark_absl_flags_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return it
+    stream = grain.MapDataset.range(records_per_epoch // shard_count).repeat(num_epochs).map_with_index(transform)
+
+    def build(start_batch: int) -> grain.IterDataset:
+        ds = stream[start_batch * batch_size:].batch(batch_size, drop_remainder=True, batch_fn=collate)
+        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches))
+        if worker_count > 0:
+            _mark_absl_flags_parsed()
+            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        return it
+
+    return Loader(build, global_batch, seed)
 
 
 def _mark_absl_flags_parsed() -> None:

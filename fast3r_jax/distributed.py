@@ -1,0 +1,76 @@
+"""Several processes, one program: starting `jax.distributed` from command-line flags or the cluster's environment.
+
+Every entry point (train.py, evaluate.py, `fast3r-jax reconstruct`) takes the same flags and calls `initialize`
+before it touches a device. After it, `jax.devices()` lists the devices of all processes, a mesh over them is one
+global mesh, and each process feeds only its own part of every global array.
+
+    --coordinator-address HOST:PORT --num-processes N --process-id I    explicit (all three, every process)
+    --distributed                                                       JAX's cluster detection (Slurm, Open MPI,
+                                                                        Cloud TPU, GKE, Kubernetes, ...)
+
+A launch under Slurm (`srun`) or Open MPI (`mpirun`) with more than one task starts `jax.distributed` without the
+flag: several tasks that each trained alone would write into one run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+
+# Environment variables that give the task count of a multi-process launch, by launcher.
+_TASK_COUNT_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("several processes (jax.distributed)")
+    group.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
+                       help="process 0's address and a free port, the same for every process")
+    group.add_argument("--num-processes", type=int, default=None, help="processes in the job")
+    group.add_argument("--process-id", type=int, default=None, help="this process's index in [0, num-processes)")
+    group.add_argument("--distributed", action="store_true",
+                       help="start jax.distributed from the cluster environment (JAX's auto-detection)")
+
+
+def launched_as_several_processes() -> bool:
+    """True under a launcher that started more than one task (Slurm, Open MPI)."""
+    return any(int(os.environ.get(name, "1") or 1) > 1 for name in _TASK_COUNT_VARIABLES)
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, auto: bool = False) -> bool:
+    """Starts jax.distributed when asked to (explicit values, `auto`, or a multi-task launch); returns whether it
+    runs. Idempotent. Explicit values must come together and be consistent."""
+    explicit = {"--coordinator-address": coordinator_address, "--num-processes": num_processes,
+                "--process-id": process_id}
+    given = [name for name, value in explicit.items() if value is not None]
+    if given and len(given) != len(explicit):
+        missing = [name for name in explicit if name not in given]
+        raise ValueError(f"{', '.join(given)} given without {', '.join(missing)}: pass all three, or --distributed "
+                         "for the cluster's auto-detection")
+    if given:
+        if num_processes < 1:
+            raise ValueError(f"--num-processes must be at least 1, got {num_processes}")
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+        if ":" not in coordinator_address:
+            raise ValueError(f"--coordinator-address must be HOST:PORT, got {coordinator_address!r}")
+    if not (given or auto or launched_as_several_processes()):
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):  # CPU processes talk through gloo
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    return True
+
+
+def initialize_from_args(args: argparse.Namespace) -> bool:
+    """`initialize` with the values of `add_arguments`' flags."""
+    return initialize(args.coordinator_address, args.num_processes, args.process_id, args.distributed)
+
+
+def is_lead() -> bool:
+    """True in the process that writes logs and outputs (process 0)."""
+    return jax.process_index() == 0
