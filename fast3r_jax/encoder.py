@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from fast3r_jax.config import EncoderConfig
+from fast3r_jax.rope2d import rope_tables
 from fast3r_jax.transformer import BlockConfig, BlockStack, layer_norm
 
 ORIENTATIONS = ("landscape", "portrait", "mixed")
@@ -80,7 +81,7 @@ class Encoder(nnx.Module):
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim, dtype=dtype, rngs=rngs)
         block = BlockConfig(dim=cfg.embed_dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-                            norm_eps=cfg.norm_eps, qkv_bias=True, rope_base=cfg.rope_base)
+                            norm_eps=cfg.norm_eps, qkv_bias=True)
         self.blocks = BlockStack(block, cfg.depth, dtype=dtype, remat=remat, rngs=rngs)
         self.norm = layer_norm(cfg.embed_dim, cfg.norm_eps, dtype, rngs)
 
@@ -88,6 +89,8 @@ class Encoder(nnx.Module):
                  attention: str) -> tuple[jax.Array, jax.Array]:
         """Returns encoder tokens (B, n, D_enc) and their (row, col) positions (B, n, 2)."""
         x, pos = self.patch_embed(img, true_shape, orientation)
-        scale = (self.cfg.embed_dim // self.cfg.num_heads) ** -0.5
-        x, _ = self.blocks(x, pos, scale=scale, attention=attention)
+        head_dim = self.cfg.embed_dim // self.cfg.num_heads
+        # One grid for the whole batch unless orientations are mixed: tables of batch 1 broadcast over it.
+        rope = rope_tables(pos if orientation == "mixed" else pos[:1], head_dim, self.cfg.rope_base)  # (B|1, n, 1, Dh)
+        x, _ = self.blocks(x, rope, scale=head_dim ** -0.5, attention=attention)
         return self.norm(x), pos

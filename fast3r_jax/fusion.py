@@ -17,7 +17,7 @@ class FusionTransformer(nnx.Module):
         self.embed = nnx.Linear(enc_dim, cfg.embed_dim, kernel_init=nnx.initializers.xavier_uniform(),
                                 dtype=dtype, rngs=rngs)
         block = BlockConfig(dim=cfg.embed_dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-                            norm_eps=cfg.block_norm_eps, qkv_bias=cfg.qkv_bias, rope_base=None)
+                            norm_eps=cfg.block_norm_eps, qkv_bias=cfg.qkv_bias)
         self.blocks = BlockStack(block, cfg.depth, dtype=dtype, remat=remat, rngs=rngs)
         self.norm = layer_norm(cfg.embed_dim, cfg.final_norm_eps, dtype, rngs)
 

@@ -1,8 +1,9 @@
 """Pre-norm ViT blocks and a layer stack scanned over stacked parameters.
 
-The encoder and the fusion transformer share the block; they differ in RoPE (encoder only), LayerNorm epsilon and
-the attention temperature. Blocks are stored stacked along a leading layer axis and run with `jax.lax.scan`, which
-keeps compile time flat in depth; only the outputs the DPT heads read (the hooks) are kept.
+The encoder and the fusion transformer share the block; they differ in RoPE (encoder only: it passes rotation tables
+built once per forward, the fusion transformer None), LayerNorm epsilon and the attention temperature. Blocks are
+stored stacked along a leading layer axis and run with `jax.lax.scan`, which keeps compile time flat in depth; only
+the outputs the DPT heads read (the hooks) are kept.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from fast3r_jax.attention import dot_product_attention
-from fast3r_jax.rope2d import apply_rope2d
+from fast3r_jax.rope2d import RopeTables, apply_rope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,6 @@ class BlockConfig:
     mlp_ratio: float
     norm_eps: float
     qkv_bias: bool = True
-    rope_base: float | None = None  # None: no positional rotation (fusion transformer)
 
 
 def layer_norm(dim: int, eps: float, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -40,7 +40,6 @@ class SelfAttention(nnx.Module):
     def __init__(self, cfg: BlockConfig, *, dtype, rngs: nnx.Rngs):
         head_dim = cfg.dim // cfg.num_heads
         self.num_heads = cfg.num_heads
-        self.rope_base = cfg.rope_base
         init = nnx.initializers.xavier_uniform()
         self.qkv = nnx.LinearGeneral(cfg.dim, (3, cfg.num_heads, head_dim), use_bias=cfg.qkv_bias,
                                      kernel_init=lambda k, s, d: init(k, (s[0], int(np.prod(s[1:]))), d).reshape(s),
@@ -49,12 +48,11 @@ class SelfAttention(nnx.Module):
                                       kernel_init=lambda k, s, d: init(k, (int(np.prod(s[:-1])), s[-1]), d).reshape(s),
                                       dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array | None, *, scale: float, attention: str) -> jax.Array:
+    def __call__(self, x: jax.Array, rope: RopeTables | None, *, scale: float, attention: str) -> jax.Array:
         qkv = self.qkv(x)  # (B, N, 3, H, Dh)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        if self.rope_base is not None:
-            q = apply_rope2d(q, positions, self.rope_base)
-            k = apply_rope2d(k, positions, self.rope_base)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         out = dot_product_attention(q, k, v, scale=scale, implementation=attention)  # (B, N, H, Dh)
         return self.proj(out)
 
@@ -78,8 +76,8 @@ class Block(nnx.Module):
         self.norm2 = layer_norm(cfg.dim, cfg.norm_eps, dtype, rngs)
         self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array | None, *, scale: float, attention: str) -> jax.Array:
-        x = x + self.attn(self.norm1(x), positions, scale=scale, attention=attention)
+    def __call__(self, x: jax.Array, rope: RopeTables | None, *, scale: float, attention: str) -> jax.Array:
+        x = x + self.attn(self.norm1(x), rope, scale=scale, attention=attention)
         return x + self.mlp(self.norm2(x))
 
 
@@ -97,9 +95,11 @@ class BlockStack(nnx.Module):
 
         self.layers = make(rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array | None, *, scale: float, attention: str,
+    def __call__(self, x: jax.Array, rope: RopeTables | None, *, scale: float, attention: str,
                  keep: Sequence[int] = ()) -> tuple[jax.Array, list[jax.Array]]:
         """Runs all blocks. Returns the final output and the outputs after the blocks counted in `keep`.
+
+        rope: RoPE cos/sin tables shared by every block (see rope2d.rope_tables), or None for no rotation.
 
         keep: 1-based block counts (e.g. (12, 18) keeps the outputs of the 12th and 18th blocks).
         """
@@ -108,7 +108,7 @@ class BlockStack(nnx.Module):
         graphdef, state = nnx.split(self.layers)
 
         def apply(h, layer_state):
-            return nnx.merge(graphdef, layer_state)(h, positions, scale=scale, attention=attention)
+            return nnx.merge(graphdef, layer_state)(h, rope, scale=scale, attention=attention)
 
         if self.remat:
             apply = jax.checkpoint(apply, prevent_cse=False)
