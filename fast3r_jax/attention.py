@@ -2,10 +2,14 @@
 
 `xla` is the portable path (CPU, TPU, GPU): explicit logits, softmax in float32, weighted sum. `cudnn` is the
 fused flash-attention kernel of `jax.nn.dot_product_attention` on NVIDIA GPUs (16-bit inputs only). It must be asked
-for by name: `implementation=None` may silently fall back to XLA and materialise the full logits.
+for by name: `implementation=None` may silently fall back to XLA and materialise the full logits. A callable
+`implementation(q, k, v, scale=...)` replaces both (sequence-parallel attention over a device mesh, see
+fast3r_jax.sequence_parallel).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,11 +35,13 @@ def resolve_implementation(implementation: str, dtype) -> str:
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
-                          implementation: str = "auto") -> jax.Array:
+                          implementation: str | Callable[..., jax.Array] = "auto") -> jax.Array:
     """softmax(q k^T * scale) v over the key axis.
 
     q, k, v: (B, N, H, D). Returns (B, N, H, D) in q's dtype.
     """
+    if callable(implementation):
+        return implementation(q, k, v, scale=scale)
     impl = resolve_implementation(implementation, q.dtype)
     if impl == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")

@@ -7,6 +7,10 @@ heads and MLP hidden units). Layouts:
                 into that layout (reduce-scatter), the ZeRO-2 analogue
     fsdp        parameters and optimizer state partitioned over `data` (ZeRO-3)
 Each layout combines with tensor parallelism when the mesh's `tensor` axis is larger than 1.
+
+Sharded inference (fast3r_jax.sequence_parallel) uses a ('data', 'seq', 'tensor') mesh and the activation rules
+below: per-view work (encoder, DPT heads) splits the views over every device; the fusion transformer splits its
+tokens over 'data' x 'seq' and its attention heads and MLP units over 'tensor'.
 """
 
 from __future__ import annotations
@@ -35,6 +39,17 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
 # Logical axis -> mesh axis, by concern. Tensor parallelism is always on (a tensor axis of size 1 is a no-op).
 TENSOR_RULES: dict[str, str] = {"heads": "tensor", "mlp": "tensor"}
 
+# Sharded inference: logical activation axis -> mesh axes (a dimension they do not divide stays whole).
+INFERENCE_AXES = ("data", "seq", "tensor")
+ACTIVATION_RULES: dict[str, tuple[str, ...]] = {
+    "views": ("data", "seq", "tensor"),  # encoder and DPT heads: per-view work, every device takes a share
+    "tokens": ("data", "seq"),  # fusion transformer sequence
+    "heads": (TENSOR_RULES["heads"],),  # fusion attention heads, split as their weights
+}
+# Parameters tensor-parallel at inference: the fusion transformer's, which run on the tokens of all views. The
+# encoder and heads work per view; their weights are replicated so that they run without communication.
+INFERENCE_TENSOR_PARALLEL = r"^fusion\."
+
 
 def make_mesh(data: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A ('data', 'tensor') mesh over `devices` (default: the first data*tensor devices, or all of them when
@@ -49,6 +64,44 @@ def make_mesh(data: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | N
     if data * tensor != len(devices):
         raise ValueError(f"mesh data={data} x tensor={tensor} needs {data * tensor} devices, have {len(devices)}")
     return Mesh(np.asarray(devices).reshape(data, tensor), ("data", "tensor"))
+
+
+def make_inference_mesh(data: int = 1, seq: int = -1, tensor: int = 1,
+                        devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'seq', 'tensor') mesh for sharded inference over `devices` (default: the first data*seq*tensor
+    devices, or all of them when seq=-1, which takes every device not used by the other two axes)."""
+    if devices is None:
+        devices = jax.devices() if seq == -1 else jax.devices()[:data * seq * tensor]
+    devices = list(devices)
+    if seq == -1:
+        if len(devices) % (data * tensor):
+            raise ValueError(f"{len(devices)} devices cannot be split into data={data} x tensor={tensor} groups")
+        seq = len(devices) // (data * tensor)
+    if data * seq * tensor != len(devices):
+        raise ValueError(f"mesh data={data} x seq={seq} x tensor={tensor} needs {data * seq * tensor} devices, "
+                         f"have {len(devices)}")
+    return Mesh(np.asarray(devices).reshape(data, seq, tensor), INFERENCE_AXES)
+
+
+def activation_spec(mesh: Mesh, logical: Sequence[str | None], shape: Sequence[int] | None = None) -> P:
+    """PartitionSpec of an activation from its logical axes (ACTIVATION_RULES); with `shape`, a dimension that
+    the mesh axes do not divide stays whole (as parameters under param_specs)."""
+    spec = []
+    for i, name in enumerate(logical):
+        axes = ACTIVATION_RULES[name] if name else ()
+        size = int(np.prod([mesh.shape[a] for a in axes]))
+        fits = axes and (shape is None or shape[i] % size == 0)
+        spec.append((axes[0] if len(axes) == 1 else axes) if fits else None)
+    return P(*spec)
+
+
+def inference_param_specs(params: Mapping, mesh: Mesh) -> dict:
+    """PartitionSpec per parameter for sharded inference: TENSOR_RULES for INFERENCE_TENSOR_PARALLEL, the rest
+    replicated."""
+    specs = param_specs(params, mesh, "replicated")
+    return jax.tree_util.tree_map_with_path(
+        lambda key_path, spec: spec if re.search(INFERENCE_TENSOR_PARALLEL, _path(key_path)) else P(), specs,
+        is_leaf=lambda x: isinstance(x, P))
 
 
 def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:

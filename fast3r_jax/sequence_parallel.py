@@ -1,0 +1,480 @@
+"""Inference over several devices, for view counts one device cannot hold: `ShardedEngine`.
+
+Layout (rules in fast3r_jax.sharding; mesh ('data', 'seq', 'tensor'), D devices, S = data * seq token shards,
+T = tensor): the views of each shape group are dealt out over the D devices (view position p = slot * D + device;
+the last slots are padding where D does not divide the count). The encoder and the DPT heads run on each
+device's own views (weights replicated, no communication). The fusion transformer's tokens are split S ways, a
+token shard holding the views of its T devices (gathered over 'tensor' once), so that its hooks go back to the
+heads without moving; its attention heads and MLP units split over 'tensor' (Megatron weights; XLA partitions
+the projections from the token and weight shardings). Only attention needs every token; it runs under shard_map
+in one of two ways:
+
+    allgather  each layer all-gathers K and V (2 * N * D_model per device) and attends with the local queries;
+               on GPU in 16-bit the cuDNN kernel runs it on the real keys.
+    ring       K/V blocks travel around the token shards (ppermute, sent before the block in hand is used so that
+               the transfer overlaps compute); each device attends with its queries to the block it holds and an
+               online softmax (running max and sum in float32) merges the blocks. K/V memory stays N / S.
+
+Block kernels. The ring merge needs each block's log-sum-exp (LSE). On GPU in 16-bit, blocks run cuDNN through
+`jax.nn.dot_product_attention(return_residual=True)`, which returns the LSE rounded to the input dtype: in bf16
+that is up to 0.03 off at |lse| ~ 10 (block weights up to 3% off), so the block's q, k, v go in as float16, whose
+LSE is 8x finer (q, k, v are assumed inside float16's range, +-65504). Measured on an H100 (8 blocks of 6144 keys, 16 heads): merged blocks in float16 are as close
+to float32 attention as one bf16 cuDNN call over all keys (max rel. error 7.2e-3 both), bf16 blocks 9.7e-3.
+Elsewhere (float32, CPU) blocks run the XLA kernel `attend`: einsums over query and key chunks with float32
+statistics (flash attention in XLA; memory B * H * chunk^2 floats per step; 7x slower than the cuDNN blocks on
+the H100), which also serves allgather off GPU; allgather on GPU runs cuDNN on the gathered real keys and needs
+no LSE.
+
+Padding views are masked as keys, so outputs are exact; their queries are computed and dropped. cuDNN masks
+them through an extra head channel (q: 1, a padded key: _PAD_KEY, a real key: 0), which leaves real logits
+untouched and pushes padded ones to about -1e3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from fast3r_jax import distributed
+from fast3r_jax import sharding as sharding_lib
+from fast3r_jax.config import Fast3RConfig
+from fast3r_jax.inference import Engine, _encode, _progress, chunk_views
+from fast3r_jax.predict import OUTPUT_KEYS
+
+METHODS = ("allgather", "ring")
+MASK = -1e30  # finite "-inf": a fully masked chunk gets weights exp(0) that the first valid chunk's max zeroes
+_PAD_KEY = -3e4  # mask channel of a padded key for cuDNN (float16-safe); its logit is _PAD_KEY * scale
+Stats = tuple[jax.Array, jax.Array, jax.Array]  # unnormalised out (B, Q, H, D), row max, row sum (B, H, Q); f32
+
+
+def _shard_map(fn, mesh: Mesh, in_specs, out_specs):
+    """`jax.shard_map` (jax >= 0.7) or the experimental one. Replication checks are off: the chunk loops start
+    from constants that do not vary over the mesh."""
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    from jax.experimental.shard_map import shard_map
+    return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
+# ----------------------------------------------------------------------------
+# Attention kernels: a block of keys and its softmax statistics.
+# ----------------------------------------------------------------------------
+
+
+def _rows(x: jax.Array) -> jax.Array:
+    """(B, H, Q) row statistic -> (B, Q, H, 1), to scale outputs."""
+    return jnp.swapaxes(x, 1, 2)[..., None]
+
+
+def _chunk_stats(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, scale: float) -> Stats:
+    """Statistics of queries q (B, Q, H, D) over keys k, v (B, K, H, D) of which `valid` (K,) count."""
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale  # (B, H, Q, K)
+    s = jnp.where(valid, s, MASK)
+    m = s.max(axis=-1)  # (B, H, Q)
+    p = jnp.exp(s - m[..., None])
+    out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out, m, p.sum(axis=-1)
+
+
+def _merge(a: Stats, b: Stats) -> Stats:
+    """Statistics over the union of two key sets."""
+    (out_a, m_a, l_a), (out_b, m_b, l_b) = a, b
+    m = jnp.maximum(m_a, m_b)
+    c_a, c_b = jnp.exp(m_a - m), jnp.exp(m_b - m)  # (B, H, Q)
+    return out_a * _rows(c_a) + out_b * _rows(c_b), m, l_a * c_a + l_b * c_b
+
+
+def _finish(stats: Stats, dtype) -> jax.Array:
+    out, _, total = stats
+    return (out / _rows(total)).astype(dtype)  # (B, Q, H, D)
+
+
+def _pad_tokens(x: jax.Array, multiple: int, value=0) -> jax.Array:
+    """Pads axis 1 to a multiple of `multiple`."""
+    pad = [(0, 0)] * x.ndim
+    pad[1] = (0, -x.shape[1] % multiple)
+    return jnp.pad(x, pad, constant_values=value)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *, scale: float, chunk: int) -> Stats:
+    """Online-softmax statistics of q (B, Q, H, D) over the `valid` (K,) keys of k, v (B, K, H, D), computed in
+    chunks of at most `chunk` queries x keys, so that memory stays B * H * chunk^2."""
+    batch, num_q, heads, _ = q.shape
+    q_chunk, k_chunk = min(chunk, num_q), min(chunk, k.shape[1])
+    q = _pad_tokens(q, q_chunk)
+    k, v, valid = _pad_tokens(k, k_chunk), _pad_tokens(v, k_chunk), _pad_tokens(valid[None], k_chunk, False)[0]
+
+    def chunks(x: jax.Array, size: int) -> jax.Array:  # (B, n, ...) -> (n / size, B, size, ...)
+        return jnp.moveaxis(x.reshape(x.shape[0], -1, size, *x.shape[2:]), 1, 0)
+
+    keys = (chunks(k, k_chunk), chunks(v, k_chunk), valid.reshape(-1, k_chunk))
+
+    def query_chunk(qc: jax.Array) -> Stats:  # (B, q_chunk, H, D)
+        init = (jnp.zeros(qc.shape, jnp.float32), jnp.full((batch, heads, q_chunk), MASK, jnp.float32),
+                jnp.zeros((batch, heads, q_chunk), jnp.float32))
+        return jax.lax.scan(lambda st, kv: (_merge(st, _chunk_stats(qc, *kv, scale)), None), init, keys)[0]
+
+    out, m, total = jax.lax.map(query_chunk, chunks(q, q_chunk))  # (n, B, q_chunk, H, D), 2 x (n, B, H, q_chunk)
+    stat = lambda x: jnp.moveaxis(x, 0, 2).reshape(batch, heads, -1)[..., :num_q]  # noqa: E731
+    return jnp.moveaxis(out, 0, 1).reshape(batch, -1, *out.shape[3:])[:, :num_q], stat(m), stat(total)
+
+
+def _cudnn_stats(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None, scale: float) -> Stats:
+    """Statistics of q (B, Q, H, D) over the `valid` (K,) keys of k, v (B, K, H, D) (None: all) from cuDNN in
+    float16, as (out, lse, 1): `_merge` then weighs blocks by exp(lse)."""
+    dim = q.shape[-1]
+    q, k, v = (x.astype(jnp.float16) for x in (q, k, v))
+    if valid is not None:
+        extra = -(dim + 1) % 8 + 1  # the mask channel, then zeros to a multiple of 8
+
+        def widen(x: jax.Array, channel: jax.Array) -> jax.Array:  # (B, N, H, D) -> (B, N, H, D + extra)
+            channel = jnp.broadcast_to(channel, x.shape[:-1] + (1,)).astype(x.dtype)
+            return jnp.concatenate([x, channel, jnp.zeros(x.shape[:-1] + (extra - 1,), x.dtype)], axis=-1)
+
+        q, k, v = widen(q, 1.0), widen(k, jnp.where(valid, 0.0, _PAD_KEY)[None, :, None, None]), widen(v, 0.0)
+    out, lse = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn",
+                                            return_residual=True)  # (B, Q, H, D'), (B, Q, H)
+    lse = jnp.swapaxes(lse, 1, 2).astype(jnp.float32)  # (B, H, Q)
+    return out[..., :dim].astype(jnp.float32), lse, jnp.ones_like(lse)
+
+
+# ----------------------------------------------------------------------------
+# Layout of views and tokens over the mesh.
+# ----------------------------------------------------------------------------
+
+
+def _mesh_axes(logical: str) -> tuple[str, ...]:
+    return sharding_lib.ACTIVATION_RULES[logical]
+
+
+def _size(mesh: Mesh, axes: Sequence[str]) -> int:
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def _tensor_axes() -> tuple[str, ...]:
+    """Mesh axes that split views but not tokens: the devices of one token shard. Views must be split over the
+    token axes first, so that device d of the views axis belongs to token shard d // T."""
+    tokens, views = _mesh_axes("tokens"), _mesh_axes("views")
+    rest = tuple(a for a in views if a not in tokens)
+    if views != tokens + rest:
+        raise ValueError(f"ACTIVATION_RULES: views {views} must start with the token axes {tokens}")
+    return rest
+
+
+def views_sharding(mesh: Mesh) -> NamedSharding:
+    """Arrays with a leading views axis, dealt out over every device."""
+    return NamedSharding(mesh, sharding_lib.activation_spec(mesh, ("views",)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """One shape group over D devices: view position p = slot * D + device; positions >= count are padding.
+
+    count: real views; tokens: per view; slots: views per device; enc_chunks / head_chunks: views per device of
+    each encoder / head call (the last one padded to a power of two, as `chunk_views`).
+    """
+
+    count: int
+    tokens: int
+    slots: int
+    enc_chunks: tuple[int, ...]
+    head_chunks: tuple[int, ...]
+
+    @classmethod
+    def make(cls, count: int, tokens: int, devices: int, enc_chunk: int, head_chunk: int) -> Group:
+        slots = -(-count // devices)
+        sizes = lambda size: tuple(map(len, chunk_views(list(range(slots)), size)))  # noqa: E731
+        return cls(count, tokens, slots, sizes(enc_chunk), sizes(head_chunk))
+
+    def rows(self, chunks: tuple[int, ...], index: int, devices: int) -> list[int | None]:
+        """Position of each row of chunk `index` (rows split over the devices in order); None for padding."""
+        start, size = sum(chunks[:index]), chunks[index]
+        out = []
+        for device in range(devices):
+            for slot in range(start, start + size):
+                position = slot * devices + device
+                out.append(position if slot < self.slots and position < self.count else None)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceParallel:
+    """The layout of one call (hashable: a static argument of jit) and the attention callable of its fusion
+    transformer.
+
+    method: 'allgather' or 'ring'; kernel: 'cudnn' or 'xla', the local attention (module docstring); chunk: the
+    xla kernel's chunk; groups: the shape groups in token order.
+    """
+
+    mesh: Mesh
+    method: str
+    kernel: str
+    chunk: int
+    groups: tuple[Group, ...]
+
+    @property
+    def devices(self) -> int:
+        return _size(self.mesh, _mesh_axes("views"))
+
+    @property
+    def shards(self) -> int:
+        return _size(self.mesh, _mesh_axes("tokens"))
+
+    @property
+    def per_shard(self) -> int:
+        """Devices per token shard (T)."""
+        return self.devices // self.shards
+
+    @property
+    def local(self) -> int:
+        """Tokens per token shard."""
+        return self.per_shard * sum(g.slots * g.tokens for g in self.groups)
+
+    def views(self) -> list[tuple[int, int]]:
+        """(group, position) of each view in token order: shard, group, device of the shard, slot."""
+        return [(g, slot * self.devices + s * self.per_shard + t) for s in range(self.shards)
+                for g, group in enumerate(self.groups) for t in range(self.per_shard) for slot in range(group.slots)]
+
+    @property
+    def unit(self) -> int:
+        """Tokens per embedding unit: the gcd of the groups' tokens per view."""
+        return math.gcd(*(g.tokens for g in self.groups))
+
+    def view_lengths(self) -> tuple[int, ...]:
+        """The fusion transformer's view lengths: every view cut into units of equal length (each unit takes its
+        view's image id), so that the image embedding is one broadcast that XLA splits over the token shards."""
+        return (self.unit,) * (self.shards * self.local // self.unit)
+
+    def embedding_ids(self, view_ids: np.ndarray) -> np.ndarray:
+        """(V,) ids in `views` order -> (1, units) ids matching `view_lengths`."""
+        repeats = [self.groups[g].tokens // self.unit for g, _ in self.views()]
+        return np.repeat(view_ids, repeats)[None]
+
+    def valid(self) -> np.ndarray:
+        """(S, local) bool: which tokens belong to real views."""
+        flags = [np.full(self.groups[g].tokens, p < self.groups[g].count) for g, p in self.views()]
+        return np.concatenate(flags).reshape(self.shards, self.local)
+
+    # -- data movement between the views layout and the token layout (under shard_map: local, explicit) --
+
+    def gather_tokens(self, enc_chunks: list[list[jax.Array]]) -> jax.Array:
+        """Per group, encoder chunks (C, n, D_enc) split over the views axis -> tokens (1, S * local, D_enc) split
+        over the token axes."""
+        groups, tensor, per_shard = self.groups, _tensor_axes(), self.per_shard
+
+        def local(enc_chunks):
+            parts = []
+            for group, chunks in zip(groups, enc_chunks):
+                x = jnp.concatenate(chunks)[:group.slots]  # (slots, n, D_enc)
+                if per_shard > 1:
+                    x = jax.lax.all_gather(x, tensor, axis=0, tiled=True)  # (T * slots, n, D_enc)
+                parts.append(x.reshape(-1, x.shape[-1]))
+            return jnp.concatenate(parts)[None]  # (1, local, D_enc)
+
+        views, tokens = self._spec("views"), sharding_lib.activation_spec(self.mesh, (None, "tokens", None))
+        return _shard_map(local, self.mesh, (jax.tree.map(lambda _: views, enc_chunks),), tokens)(enc_chunks)
+
+    def scatter_hooks(self, hooks: list[jax.Array]) -> list[list[list[jax.Array]]]:
+        """Hooks (1, S * local, C_k) split over the token axes -> per group, per head chunk, the four hooks
+        (C, n, C_k) split over the views axis (slots past a group's last are zeros)."""
+        groups, tensor, per_shard = self.groups, _tensor_axes(), self.per_shard
+
+        def own(h: jax.Array, start: int, group: Group, me) -> jax.Array:
+            """This device's views of a group from its shard's hook (1, local, C_k), padded to the head chunks."""
+            x = h[0, start:start + per_shard * group.slots * group.tokens]
+            x = x.reshape(per_shard, group.slots, group.tokens, -1)  # (T, slots, n, C_k)
+            x = jax.lax.dynamic_index_in_dim(x, me, keepdims=False)  # (slots, n, C_k)
+            return jnp.pad(x, ((0, sum(group.head_chunks) - group.slots), (0, 0), (0, 0)))
+
+        def local(hooks):
+            me, out, start = jax.lax.axis_index(tensor) if per_shard > 1 else 0, [], 0
+            for group in groups:
+                mine = [own(h, start, group, me) for h in hooks]
+                ends = np.cumsum(group.head_chunks)
+                out.append([[h[end - c:end] for h in mine] for c, end in zip(group.head_chunks, ends)])
+                start += per_shard * group.slots * group.tokens
+            return out
+
+        tokens = sharding_lib.activation_spec(self.mesh, (None, "tokens", None))
+        out_specs = [[[self._spec("views")] * 4 for _ in g.head_chunks] for g in groups]
+        return _shard_map(local, self.mesh, ([tokens] * len(hooks),), out_specs)(hooks)
+
+    def _spec(self, logical: str) -> P:
+        return sharding_lib.activation_spec(self.mesh, (logical,))
+
+    # -- attention across token shards --
+
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Array:
+        """Exact softmax(q k^T * scale) v over the real tokens; q, k, v (B, S * local, H, D) split over the mesh."""
+        spec = sharding_lib.activation_spec(self.mesh, (None, "tokens", "heads", None), q.shape)
+        local = self._ring if self.method == "ring" else self._allgather
+        return _shard_map(functools.partial(local, scale=scale), self.mesh, (spec, spec, spec), spec)(q, k, v)
+
+    def _allgather(self, q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Array:
+        k, v = jax.lax.all_gather(jnp.stack([k, v]), _mesh_axes("tokens"), axis=2, tiled=True)  # (B, N, H_loc, D)
+        valid = self.valid().reshape(-1)
+        if self.kernel == "cudnn":
+            real = np.flatnonzero(valid)
+            return jax.nn.dot_product_attention(q, jnp.take(k, real, axis=1), jnp.take(v, real, axis=1),
+                                                scale=scale, implementation="cudnn")
+        return _finish(attend(q, k, v, jnp.asarray(valid), scale=scale, chunk=self.chunk), q.dtype)
+
+    def _ring(self, q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Array:
+        axes, shards = _mesh_axes("tokens"), self.shards
+        me = jax.lax.axis_index(axes)
+        valid = jnp.asarray(self.valid())  # (S, local)
+        send = [(i, (i + 1) % shards) for i in range(shards)]
+        kv, stats = jnp.stack([k, v]), None  # (2, B, local, H_local, D)
+        for step in range(shards):
+            incoming = jax.lax.ppermute(kv, axes, send) if step < shards - 1 else None
+            block = self._block(q, kv[0], kv[1], valid[(me - step) % shards], scale)
+            stats = block if stats is None else _merge(stats, block)
+            kv = incoming
+        return _finish(stats, q.dtype)
+
+    def _block(self, q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, scale: float) -> Stats:
+        if self.kernel == "cudnn":  # the mask channel only where some view is padding
+            return _cudnn_stats(q, k, v, None if self.valid().all() else valid, scale)
+        return attend(q, k, v, valid, scale=scale, chunk=self.chunk)
+
+
+# ----------------------------------------------------------------------------
+# Jitted pieces and the engine.
+# ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "layout"))
+def _fuse(graphdef, state, enc_chunks: list[list[jax.Array]], image_ids: jax.Array,
+          layout: SequenceParallel) -> list[list[list[jax.Array]]]:
+    """Fuses the tokens of all views over the mesh; per group, per head chunk, the four hooks (C, n, C_k).
+
+    enc_chunks: per group, its encoder chunks (C, n, D_enc) split over the views axis; image_ids: (1, units)
+    (`SequenceParallel.embedding_ids`).
+    """
+    model = nnx.merge(graphdef, state)
+    hooks = model.fusion(layout.gather_tokens(enc_chunks), layout.view_lengths(), image_ids, hooks=model.cfg.hooks,
+                         train_attention_scale=False, attention=layout)  # 4 x (1, S * local, C_k)
+    return layout.scatter_hooks(hooks)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "hw", "orientation", "mesh"))
+def _decode(graphdef, state, hooks: list[jax.Array], true_shape: jax.Array, hw: tuple[int, int],
+            orientation: str, mesh: Mesh) -> dict[str, jax.Array]:
+    """Both heads on one chunk of views split over the mesh; maps (C, H, W[, 3]) in true orientation."""
+    out = nnx.merge(graphdef, state)._decode(hooks, hw, orientation, true_shape)  # landscape layout
+    if orientation == "portrait":
+        out = {k: jnp.swapaxes(v, 1, 2) for k, v in out.items()}
+    return {k: jax.lax.with_sharding_constraint(out[k], views_sharding(mesh)) for k in OUTPUT_KEYS}
+
+
+@jax.jit
+def _unstack(x: jax.Array) -> list[jax.Array]:
+    return [x[i] for i in range(x.shape[0])]
+
+
+def _per_row(out: dict[str, jax.Array]) -> dict[int, dict[str, jax.Array]]:
+    """Chunk outputs split over devices -> per row, a dict of arrays left on the device that computed them; with
+    several processes, host copies of every row in every process (a collective)."""
+    if not all(array.is_fully_addressable for array in out.values()):
+        host = distributed.host_copy(out)
+        return {r: {k: v[r] for k, v in host.items()} for r in range(len(next(iter(host.values()))))}
+    rows: dict[int, dict[str, jax.Array]] = {}
+    for key, array in out.items():
+        for shard in array.addressable_shards:
+            start = shard.index[0].start or 0
+            for j, row in enumerate(_unstack(shard.data)):
+                rows.setdefault(start + j, {})[key] = row
+    return rows
+
+
+def place_state(state: nnx.State, mesh: Mesh) -> nnx.State:
+    """Model state laid out for sharded inference (`sharding.inference_param_specs`). The values go through the host:
+    every process holds the whole state, and a global array is assembled from host values, not device buffers."""
+    pure = jax.device_get(nnx.to_pure_dict(state))
+    specs = sharding_lib.inference_param_specs(pure, mesh)
+    nnx.replace_by_pure_dict(state, jax.device_put(pure, sharding_lib.named(mesh, specs)))
+    return state
+
+
+class ShardedEngine(Engine):
+    """`Engine` over the devices of a ('data', 'seq', 'tensor') mesh (`sharding.make_inference_mesh`); same inputs
+    and outputs, each view's outputs left on the device that decoded it (with several processes, as numpy in every
+    process: every process passes the same views and gets every output).
+
+    encoder_chunk / head_chunk: views per device per encoder / head call. seq_attention: 'allgather' or 'ring'
+    (module docstring). seq_chunk: the chunk of the XLA attention kernel (memory ~ heads * seq_chunk^2 floats).
+    """
+
+    def __init__(self, config: Fast3RConfig, params: Mapping, mesh: Mesh, dtype: str = "bfloat16",
+                 encoder_chunk: int = 16, head_chunk: int = 8, *, seq_attention: str = "allgather",
+                 seq_chunk: int = 1024):
+        super().__init__(config, params, dtype, encoder_chunk, head_chunk)
+        if seq_attention not in METHODS:
+            raise ValueError(f"seq_attention must be one of {METHODS}, got {seq_attention!r}")
+        if not isinstance(seq_chunk, int) or seq_chunk < 1:
+            raise ValueError(f"seq_chunk must be a positive integer, got {seq_chunk!r}")
+        if tuple(mesh.axis_names) != sharding_lib.INFERENCE_AXES:
+            raise ValueError(f"mesh axes must be {sharding_lib.INFERENCE_AXES}, got {tuple(mesh.axis_names)}")
+        self.mesh, self.seq_attention, self.seq_chunk = mesh, seq_attention, seq_chunk
+        self._state = place_state(self._state, mesh)
+
+    def layout(self, groups: Mapping[tuple, list[int]]) -> SequenceParallel:
+        """The layout of a call's shape groups ((image shape, orientation) -> views)."""
+        devices, patch = _size(self.mesh, _mesh_axes("views")), self.config.encoder.patch_size
+        made = tuple(Group.make(len(members), (hw[0] // patch) * (hw[1] // patch), devices, self.encoder_chunk,
+                                self.head_chunk) for (hw, _), members in groups.items())
+        return SequenceParallel(self.mesh, self.seq_attention, self.attention, self.seq_chunk, made)
+
+    def __call__(self, views: Sequence[Mapping], image_ids=None, *, seed: int = 0,
+                 progress: bool | None = False) -> list[dict[str, jax.Array]]:
+        """As `Engine.__call__`."""
+        prepared, ids, groups = self._inputs(views, image_ids, seed)
+        layout = self.layout(groups)
+        members = list(groups.values())
+        put = functools.partial(jax.device_put, device=views_sharding(self.mesh))
+        bar, sync = _progress(sum(len(g.enc_chunks) + len(g.head_chunks) for g in layout.groups) + 1, progress)
+
+        def views_of(g: int, rows: list[int | None]) -> list[int]:
+            return [members[g][0 if p is None else p] for p in rows]  # padding repeats the group's first view
+
+        def shapes(index: list[int]) -> jax.Array:
+            return put(np.asarray([prepared[i][1] for i in index], np.int32))  # (C, 2)
+
+        outputs: list = [None] * len(views)
+        with bar, jax.default_matmul_precision(self._precision):
+            enc_chunks = []
+            for g, ((_, orientation), group) in enumerate(zip(groups, layout.groups)):
+                enc_chunks.append([])
+                for c in range(len(group.enc_chunks)):
+                    index = views_of(g, group.rows(group.enc_chunks, c, layout.devices))
+                    img = put(np.stack([prepared[i][0] for i in index]))  # (C, 3, h, w)
+                    enc_chunks[-1].append(sync(_encode(self._graphdef, self._state, img, shapes(index), orientation,
+                                                       self.attention)))
+                    bar.update()
+            view_ids = np.zeros(len(layout.views()), ids.dtype)  # padding views take id 0
+            for k, (g, p) in enumerate(layout.views()):
+                if p < layout.groups[g].count:
+                    view_ids[k] = ids[members[g][p]]
+            fused = sync(_fuse(self._graphdef, self._state, enc_chunks, jnp.asarray(layout.embedding_ids(view_ids)),
+                               layout))
+            bar.update()
+            del enc_chunks  # free the encoder tokens before the heads run
+            for g, ((hw, orientation), group, group_hooks) in enumerate(zip(groups, layout.groups, fused)):
+                for c in range(len(group.head_chunks)):
+                    hooks, group_hooks[c] = group_hooks[c], None  # each chunk's hooks are freed once decoded
+                    rows = group.rows(group.head_chunks, c, layout.devices)
+                    result = _per_row(sync(_decode(self._graphdef, self._state, hooks, shapes(views_of(g, rows)),
+                                                   hw, orientation, self.mesh)))
+                    for r, p in enumerate(rows):
+                        if p is not None:
+                            outputs[members[g][p]] = result[r]
+                    bar.update()
+        return outputs
