@@ -4,11 +4,11 @@ The shipped weights come from two runs on one H100 (data-bound at ~470 images/s 
 
     python train.py --config configs/train_builtin.py --set workdir=runs/builtin1 --set time_limit_s=370
         # stopped by the time limit at step 1675 of the 4000-step schedule
-    python benchmarks/builtin_model.py runs/builtin1 runs/builtin1_export
+    python benchmarks/builtin_model.py --run runs/builtin1 --out runs/builtin1_export
     python train.py --config configs/train_builtin.py --set workdir=runs/builtin2 \
         --set init=runs/builtin1_export --set steps=1800 --set optimizer.total_steps=1800 \
         --set optimizer.warmup_steps=100 --set optimizer.lr=2e-4
-    python benchmarks/builtin_model.py runs/builtin2 fast3r_jax/assets/builtin
+    python benchmarks/builtin_model.py --run runs/builtin2 --out fast3r_jax/assets/builtin
 
 ViT encoder 192 wide x 4 blocks, fusion transformer 192 wide x 6 blocks, DPT heads with 64 features; 6 views of
 128x96 per scene, batch 16, AdamW 3e-4 with warm-up and cosine decay. The exported parameters are stored in
