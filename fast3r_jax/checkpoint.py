@@ -78,7 +78,7 @@ def load_pretrained(directory: str | os.PathLike,
     """Restores (config, params) from a folder written by `save_pretrained` or `python -m fast3r_jax.convert`.
 
     sharding: one Sharding for every parameter, or a tree of Shardings shaped like the parameters; by default
-    the parameters land on the first device.
+    the parameters land on this process's first device (with several processes, each restores its own copy).
     """
     directory = pathlib.Path(directory).absolute()
     config = load_config(directory)
@@ -96,7 +96,7 @@ def load_pretrained(directory: str | os.PathLike,
 
     abstract = abstract_params(config)
     if sharding is None:
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     if isinstance(sharding, jax.sharding.Sharding):
         sharding = jax.tree.map(lambda _: sharding, abstract)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sharding)

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from fast3r_jax import distributed
 from fast3r_jax import reconstruct as reconstruct_lib
 from fast3r_jax.inference import IMAGE_ID_POLICIES
 
@@ -66,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
     video = r.add_mutually_exclusive_group()
     video.add_argument("--video-fps", type=float, default=None, help="frames per second sampled from videos (default 1)")
     video.add_argument("--video-frames", type=_positive_int, default=None, help="frames sampled evenly from each video")
+    distributed.add_inference_arguments(r)
     return p
 
 
@@ -80,19 +82,35 @@ def _report(summary: dict) -> None:
               f"({errors['translation_error_rel']:.2%} of the camera spread) after similarity alignment")
 
 
+def _note(message: str) -> None:
+    print(f"fast3r-jax: {message}", file=sys.stderr)
+
+
+def _silent(message: str) -> None:
+    del message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        distributed.initialize_from_args(args)
+    except ValueError as err:
+        print(f"fast3r-jax: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    lead = distributed.is_lead()  # process 0 speaks for all
     try:
         summary = reconstruct_lib.reconstruct(
             args.inputs, args.out, checkpoint=args.checkpoint, size=args.size, dtype=args.dtype,
             max_views=args.max_views, conf_percentile=args.conf_percentile, conf_threshold=args.conf_threshold,
             pose_solver=args.pose_solver, seed=args.seed, image_ids=args.image_ids, on_bad_image=args.on_bad_image,
             overwrite=args.overwrite, video_fps=args.video_fps, video_frames=args.video_frames,
-            notify=lambda message: print(f"fast3r-jax: {message}", file=sys.stderr))
+            mesh=distributed.inference_mesh(args.sharded), seq_attention=args.seq_attention,
+            progress=None if lead else False, notify=_note if lead else _silent)
     except reconstruct_lib.ReconstructError as err:
         print(f"fast3r-jax: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    _report(summary)
+    if lead:
+        _report(summary)
     return 0
 
 

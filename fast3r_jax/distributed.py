@@ -2,7 +2,9 @@
 
 Every entry point (train.py, evaluate.py, `fast3r-jax reconstruct`) takes the same flags and calls `initialize`
 before it touches a device. After it, `jax.devices()` lists the devices of all processes, a mesh over them is one
-global mesh, and each process feeds only its own part of every global array.
+global mesh, and each process feeds only its own part of every global array. Inference with several processes (or
+`--sharded` in one) runs `sequence_parallel.ShardedEngine` over all devices; `host_copy` brings its outputs to every
+process, and process 0 alone writes outputs and logs.
 
     --coordinator-address HOST:PORT --num-processes N --process-id I    explicit (all three, every process)
     --distributed                                                       JAX's cluster detection (Slurm, Open MPI,
@@ -16,8 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 # Environment variables that give the task count of a multi-process launch, by launcher.
 _TASK_COUNT_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
@@ -31,6 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--process-id", type=int, default=None, help="this process's index in [0, num-processes)")
     group.add_argument("--distributed", action="store_true",
                        help="start jax.distributed from the cluster environment (JAX's auto-detection)")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """`add_arguments` plus the choice of sharded inference (entry points that run the model forward)."""
+    add_arguments(parser)
+    group = parser.add_argument_group("inference over several devices")
+    group.add_argument("--sharded", action="store_true",
+                       help="split views and fusion tokens over every device (always on with several processes)")
+    group.add_argument("--seq-attention", choices=("allgather", "ring"), default="allgather",
+                       help="exact attention across token shards: all-gather K/V, or pass K/V blocks around a ring")
 
 
 def launched_as_several_processes() -> bool:
@@ -69,6 +85,24 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def initialize_from_args(args: argparse.Namespace) -> bool:
     """`initialize` with the values of `add_arguments`' flags."""
     return initialize(args.coordinator_address, args.num_processes, args.process_id, args.distributed)
+
+
+def inference_mesh(sharded: bool) -> Mesh | None:
+    """The ('data', 'seq', 'tensor') mesh over every device for sharded inference, when asked for or when several
+    processes run; None for one-device inference."""
+    from fast3r_jax.sharding import make_inference_mesh
+
+    return make_inference_mesh() if sharded or jax.process_count() > 1 else None
+
+
+def host_copy(tree: Any) -> Any:
+    """Every leaf as numpy in this process; arrays held partly by other processes are gathered from them (a
+    collective: every process calls it with the same tree)."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+    return jax.tree.map(one, tree)
 
 
 def is_lead() -> bool:

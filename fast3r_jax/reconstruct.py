@@ -36,14 +36,16 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from fast3r_jax import cameras as cameras_lib
-from fast3r_jax import export, images, metrics
+from fast3r_jax import distributed, export, images, metrics
 from fast3r_jax.checkpoint import load_config, load_pretrained
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.data.synthetic import CAMERAS_FILE, read_example_cameras
 from fast3r_jax.inference import Engine
+from fast3r_jax.sequence_parallel import ShardedEngine
 
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).parent / "assets" / "builtin"  # trained by configs/train_builtin.py
 BUILTIN_IMAGE_SIZE = 128  # long side of the images the built-in model was trained on (128x96)
@@ -415,13 +417,15 @@ def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                 conf_threshold: float | None = None, pose_solver: str = "pnp", seed: int = 0,
                 image_ids: str | None = None, on_bad_image: str = "fail", overwrite: bool = False,
                 video_fps: float | None = None, video_frames: int | None = None, encoder_chunk: int = 16,
-                head_chunk: int = 8, progress: bool | None = None,
-                notify: Callable[[str], None] = log.warning) -> dict[str, Any]:
+                head_chunk: int = 8, mesh: Mesh | None = None, seq_attention: str = "allgather",
+                progress: bool | None = None, notify: Callable[[str], None] = log.warning) -> dict[str, Any]:
     """Images -> model -> cameras -> output folder `out`. Returns the summary also written to summary.json.
 
     size: see `check_size`; None uses the resolution of the checkpoint's training: BUILTIN_IMAGE_SIZE for the
     built-in checkpoint, UPSTREAM_IMAGE_SIZE otherwise. image_ids: 'random' (upstream's draw, seeded by `seed`),
-    'sequential', or None to follow the checkpoint's config. notify receives notes for the user (default checkpoint in use, skipped images, failed cameras).
+    'sequential', or None to follow the checkpoint's config. mesh: run `ShardedEngine` over it (several devices or
+    processes; `seq_attention` as there); every process computes the cameras, process 0 alone writes `out`.
+    notify receives notes for the user (default checkpoint in use, skipped images, failed cameras).
     """
     out = pathlib.Path(out)
     if out.exists() and not overwrite:
@@ -443,14 +447,16 @@ def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     timings["load_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    engine = Engine(config, params, dtype, encoder_chunk=encoder_chunk, head_chunk=head_chunk)
+    engine = (Engine(config, params, dtype, encoder_chunk=encoder_chunk, head_chunk=head_chunk) if mesh is None else
+              ShardedEngine(config, params, mesh, dtype, encoder_chunk, head_chunk, seq_attention=seq_attention))
     ids = engine.image_ids(len(views), image_ids, seed)
     outputs = engine(views, ids, progress=progress)
-    host_outputs = jax.device_get(outputs)
+    host_outputs = distributed.host_copy(outputs)
     timings["inference_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    cams = estimate_cameras(outputs if pose_solver == "procrustes" else host_outputs, pose_solver)
+    on_device = pose_solver == "procrustes" and mesh is None  # sharded outputs go through the host copy
+    cams = estimate_cameras(outputs if on_device else host_outputs, pose_solver)
     timings["cameras_s"] = time.perf_counter() - start
     if cams.failed:
         notify(f"camera estimation failed for views {list(cams.failed)}: identity pose and/or a 60-degree "
@@ -466,11 +472,14 @@ def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         idx, gt_c2w = gt
         summary["pose_errors"] = dict(pose_errors(cams.c2w[idx], gt_c2w), num_views=len(idx))
 
+    summary["out"] = str(out)
+    if not distributed.is_lead():
+        return summary
     start = time.perf_counter()
     with staged_folder(out, overwrite) as folder:
         summary |= write_outputs(folder, views, host_outputs, cams, names, conf_percentile, conf_threshold)
         timings["export_s"] = time.perf_counter() - start
         summary["timings"] = timings
-        (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    summary["out"] = str(out)
+        (folder / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "out"}, indent=1)
+                                             + "\n")
     return summary

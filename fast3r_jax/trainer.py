@@ -115,8 +115,8 @@ def _restore_or_init(cfg: TrainConfig, tx, shardings, mgr: ocp.CheckpointManager
     return jax.device_put(training.init_state(params, tx, cfg.seed), shardings), 0
 
 
-# Fields a resumed run may change: how long it runs and how it logs and saves, not what it computes.
-RESUMABLE_FIELDS = ("steps", "time_limit_s", "log_every", "val_every", "ckpt_every", "keep")
+# Fields a resumed run may change: how long it runs, where its folder is, how it logs and saves; not what it computes.
+RESUMABLE_FIELDS = ("steps", "time_limit_s", "log_every", "val_every", "ckpt_every", "keep", "workdir")
 
 
 def _check_workdir(workdir: pathlib.Path, cfg: TrainConfig) -> None:

@@ -1,9 +1,11 @@
-"""Several processes, one job (jax.distributed on localhost, gloo collectives): training and checkpoints give the
-numbers of a single process with the same devices."""
+"""Several processes, one job (jax.distributed on localhost, gloo collectives): training, checkpoints and sharded
+inference give the numbers of a single process."""
 
 import json
 import pathlib
+import shutil
 
+import numpy as np
 import pytest
 
 from fast3r_jax import distributed
@@ -24,20 +26,23 @@ def _losses(workdir: pathlib.Path) -> dict[int, float]:
 
 
 def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
-    """2 processes x 2 devices train 2 steps; 1 process x 4 devices resumes their checkpoint for 2 more; every loss
-    equals an uninterrupted 4-step run of 1 process x 4 devices (same mesh, same global batches)."""
-    reference, shared = tmp_path / "one", tmp_path / "shared"
-    launch([*TRAIN, "--set", "steps=4", "--set", f"workdir={reference}"], processes=1, devices=4)
-    outputs = launch([*TRAIN, "--set", "steps=2", "--set", f"workdir={shared}"], processes=2, devices=2)
+    """2 processes x 2 devices train 4 steps; 1 process x 4 devices (the same mesh) resumes their step-2 checkpoint
+    and computes steps 3 and 4 with the losses of the 2 processes (same state, same global batches)."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    outputs = launch([*TRAIN, "--set", "steps=4", "--set", "keep=2", "--set", f"workdir={two}"], processes=2,
+                     devices=2)
     assert "run written to" in outputs[0] and "run written to" not in outputs[1]  # process 0 reports and logs
-    assert sorted(int(p.name) for p in (shared / "checkpoints").iterdir() if p.name.isdigit()) == [2]
-    launch([*TRAIN, "--set", "steps=4", "--set", f"workdir={shared}"], processes=1, devices=4)
+    assert sorted(int(p.name) for p in (two / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+    assert len(list((two / "tb").iterdir())) == 1
+    expected = _losses(two)
+    assert sorted(expected) == [1, 2, 3, 4]
 
-    expected, got = _losses(reference), _losses(shared)
-    assert sorted(expected) == sorted(got) == [1, 2, 3, 4]
-    for step in expected:
-        assert got[step] == pytest.approx(expected[step], rel=1e-5), step
-    assert len(list((shared / "tb").iterdir())) >= 1
+    shutil.copytree(two, one)
+    shutil.rmtree(one / "checkpoints" / "4")  # as if the 2-process run had stopped after step 2
+    launch([*TRAIN, "--set", "steps=4", "--set", "keep=2", "--set", f"workdir={one}"], processes=1, devices=4)
+    resumed = _losses(one)  # steps 3 and 4 logged again by the resumed run
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5), step
 
 
 def test_explicit_flags_must_come_together():
@@ -48,3 +53,39 @@ def test_explicit_flags_must_come_together():
     with pytest.raises(ValueError, match="HOST:PORT"):
         distributed.initialize("localhost", 2, 0)
     assert distributed.initialize() is False  # nothing asked for, no multi-task launcher: single process
+
+
+def _cameras(folder: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    views = json.loads((folder / "cameras.json").read_text())["cameras"]
+    return (np.asarray([v["c2w"] for v in views], np.float64),
+            np.asarray([v["intrinsics"] for v in views], np.float64))
+
+
+def test_two_processes_reconstruct_as_one(tmp_path):
+    """`fast3r-jax reconstruct` as 2 processes x 2 devices (sharded engine over the global mesh) writes the cameras
+    and points of a one-device run; only process 0 writes and reports."""
+    common = ["-m", "fast3r_jax.cli", "reconstruct", str(ROOT / "examples" / "synthetic_room"), "--dtype", "float32",
+              "--pose-solver", "procrustes"]
+    launch([*common, "--out", str(tmp_path / "one")], processes=1, devices=1)
+    outputs = launch([*common, "--out", str(tmp_path / "two")], processes=2, devices=2)
+    assert "reconstructed 8 views" in outputs[0] and "reconstructed" not in outputs[1]
+    (c2w_one, k_one), (c2w_two, k_two) = _cameras(tmp_path / "one"), _cameras(tmp_path / "two")
+    np.testing.assert_allclose(c2w_two, c2w_one, atol=1e-4)
+    np.testing.assert_allclose(k_two, k_one, rtol=1e-4)
+    one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    assert two["points"] == pytest.approx(one["points"], rel=1e-3)
+
+
+def test_two_processes_evaluate_as_one(tmp_path):
+    """evaluate.py as 2 processes x 2 devices reports the scores of a one-device run; only process 0 writes."""
+    common = [str(ROOT / "evaluate.py"), "--scenes", "2", "--views", "3"]
+    launch([*common, "--out", str(tmp_path / "one")], processes=1, devices=1)
+    outputs = launch([*common, "--out", str(tmp_path / "two")], processes=2, devices=2)
+    assert "synthetic pose" in outputs[0] and "synthetic pose" not in outputs[1]
+    one, two = (json.loads((tmp_path / d / "metrics.json").read_text())["tables"] for d in ("one", "two"))
+    assert one.keys() == two.keys() == {"pose", "recon"}
+    for task in one:
+        for row_one, row_two in zip(one[task], two[task], strict=True):
+            for key, value in row_one.items():
+                assert row_two[key] == (pytest.approx(value, rel=1e-3, abs=1e-4) if isinstance(value, float)
+                                        else value), (task, key)
