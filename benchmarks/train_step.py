@@ -6,7 +6,7 @@
 One sample of N views per step (upstream trains with one sample per GPU), bf16 compute on float32 master weights,
 AdamW as configured for training, random weights and targets (timing does not depend on them). Each timing is the
 median over --repeats steps after one warm-up step; compile time is reported separately. FLOPs are the analytic
-count (fast3r_jax.flops: forward + 2x backward, plus a forward under remat). Peak memory is the allocator's peak
+count of model FLOPs (fast3r_jax.flops: forward + 2x backward; recomputation under remat is not counted). Peak memory is the allocator's peak
 since the start of the process, so each (remat, N) row that should be read on its own runs in its own process
 (--views with several values grows N: each row's peak is the largest so far, the row's own for an increasing
 sweep). A view count that does not fit ends its remat setting's sweep with 'out of memory'.
@@ -23,7 +23,6 @@ import time
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 

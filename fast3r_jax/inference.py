@@ -9,13 +9,14 @@ views in input order within a group); attention has no notion of token order, so
 model's view order, with the image ids following their views.
 
 Per-view results stay on the device until the caller takes them; they are returned in TRUE orientation (portrait
-views are not transposed, unlike `predict`).
+views are not transposed, unlike `predict`). `fast3r_jax.sequence_parallel.ShardedEngine` runs the same over
+several devices.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,19 +38,27 @@ IMAGE_ID_POLICIES = ("random", "sequential")
 # ----------------------------------------------------------------------------
 
 
-def make_image_ids(num_views: int, policy: str = "random", seed: int = 0, num_ids: int = 1000) -> np.ndarray:
+def make_image_ids(num_views: int, policy: str = "random", seed: int = 0, num_ids: int = 1000,
+                   interpolate: bool | None = None) -> np.ndarray:
     """One image id per view.
 
     Up to `num_ids` views: int32 ids; 'random' as upstream draws them (view 0 gets 0, the others distinct ids from
     1..num_ids-1) but from `jax.random.key(seed)`, 'sequential' gives 0..N-1. More views than ids: float32 ids
     spread evenly over [0, num_ids - 1] (position interpolation of the sinusoidal table); 'sequential' assigns
     them in view order, 'random' keeps 0 for view 0 and shuffles the others among the remaining views.
+    interpolate: True gives the fractional ids for any view count (to compare both schemes at one N); None uses them
+    only when the table is too small.
     """
     if policy not in IMAGE_ID_POLICIES:
         raise ValueError(f"image id policy must be one of {IMAGE_ID_POLICIES}, got {policy!r}")
     if num_views < 1:
         raise ValueError(f"need at least one view, got {num_views}")
-    if num_views <= num_ids:
+    if interpolate is None:
+        interpolate = num_views > num_ids
+    if not interpolate:
+        if num_views > num_ids:
+            raise ValueError(f"{num_views} views need more than the {num_ids} rows of the image-id table; "
+                             "use interpolated ids")
         if policy == "sequential":
             return np.arange(num_views, dtype=np.int32)
         return np.asarray(sample_image_ids(jax.random.key(seed), 1, num_views, num_ids)[0])
@@ -179,21 +188,11 @@ class Engine:
         Returns per view a dict of device arrays pts3d_in_other_view (H, W, 3), conf (H, W), pts3d_local
         (H, W, 3), conf_local (H, W), float32, in the view's true orientation.
         """
-        if not views:
-            raise ValueError("at least one view is required")
-        prepared = [_prepare(v, i) for i, v in enumerate(views)]
-        ids = self.image_ids(len(views), seed=seed) if image_ids is None else image_ids
-        ids = check_image_ids(ids, len(views), self.config.fusion.num_image_ids)
-        groups: dict[tuple, list[int]] = {}
-        for i, (img, (height, width)) in enumerate(prepared):
-            groups.setdefault((img.shape[1:], "portrait" if height > width else "landscape"), []).append(i)
+        prepared, ids, groups = self._inputs(views, image_ids, seed)
         order = [i for members in groups.values() for i in members]
-
         enc_plan = [chunk_views(m, self.encoder_chunk) for m in groups.values()]
         head_plan = [chunk_views(m, self.head_chunk) for m in groups.values()]
-        total = sum(map(len, enc_plan)) + 1 + sum(map(len, head_plan))
-        bar = tqdm(total=total, desc="inference", unit="step", disable=(None if progress is None else not progress))
-        sync = jax.block_until_ready if not bar.disable else (lambda x: x)
+        bar, sync = _progress(sum(map(len, enc_plan)) + 1 + sum(map(len, head_plan)), progress)
 
         def shapes(batch: list[int]) -> np.ndarray:
             return np.asarray([prepared[i][1] for i in batch], np.int32)  # (C, 2)
@@ -223,3 +222,23 @@ class Engine:
                             outputs[i] = out
                     bar.update()
         return outputs
+
+    def _inputs(self, views: Sequence[Mapping], image_ids,
+                seed: int) -> tuple[list[tuple[np.ndarray, tuple[int, int]]], np.ndarray, dict[tuple, list[int]]]:
+        """Checked inputs: prepared views, one image id per view, and the views of each (image shape, orientation)
+        group in first-seen order."""
+        if not views:
+            raise ValueError("at least one view is required")
+        prepared = [_prepare(v, i) for i, v in enumerate(views)]
+        ids = self.image_ids(len(views), seed=seed) if image_ids is None else image_ids
+        ids = check_image_ids(ids, len(views), self.config.fusion.num_image_ids)
+        groups: dict[tuple, list[int]] = {}
+        for i, (img, (height, width)) in enumerate(prepared):
+            groups.setdefault((img.shape[1:], "portrait" if height > width else "landscape"), []).append(i)
+        return prepared, ids, groups
+
+
+def _progress(total: int, progress: bool | None) -> tuple[tqdm, Callable]:
+    """A progress bar over `total` steps, and the function that waits for each step's result while it shows."""
+    bar = tqdm(total=total, desc="inference", unit="step", disable=(None if progress is None else not progress))
+    return bar, (jax.block_until_ready if not bar.disable else (lambda x: x))

@@ -107,6 +107,10 @@ def test_more_views_than_ids_spread_fractional_ids_over_the_table():
     rnd = make_image_ids(1100, "random", seed=1)
     assert rnd[0] == 0 and not np.array_equal(rnd, seq)
     np.testing.assert_array_equal(np.sort(rnd), seq)
+    few = make_image_ids(4, "sequential", interpolate=True)  # the same grid on request, at any view count
+    np.testing.assert_allclose(few, [0, 333, 666, 999])
+    with pytest.raises(ValueError, match="more than the 1000 rows"):
+        make_image_ids(1001, "random", interpolate=False)
 
 
 def test_fractional_ids(engine, views, golden):
