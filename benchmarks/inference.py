@@ -70,9 +70,10 @@ def _peak_bytes() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def bench(model, num_views: int, height: int, width: int, repeats: int) -> dict:
+def whole_forward(model, num_views: int, height: int, width: int):
+    """Random landscape views and the jitted whole-model forward over them: (forward, state, imgs, true_shape,
+    ids), called as forward(state, imgs)."""
     graphdef, state = nnx.split(model)
-    attention = resolve_implementation(model.cfg.attention, model.dtype)
     imgs = jax.random.uniform(jax.random.key(0), (num_views, 3, height, width), model.dtype, -1, 1)
     true_shape = jnp.tile(jnp.asarray([[height, width]], jnp.int32), (num_views, 1))
     ids = jnp.arange(num_views, dtype=jnp.int32)[None]
@@ -81,6 +82,14 @@ def bench(model, num_views: int, height: int, width: int, repeats: int) -> dict:
     def forward(state, imgs):
         views = [View(imgs[i:i + 1], true_shape[i:i + 1]) for i in range(num_views)]
         return nnx.merge(graphdef, state)(views, ids)
+
+    return forward, state, imgs, true_shape, ids
+
+
+def bench(model, num_views: int, height: int, width: int, repeats: int) -> dict:
+    graphdef = nnx.graphdef(model)
+    attention = resolve_implementation(model.cfg.attention, model.dtype)
+    forward, state, imgs, true_shape, ids = whole_forward(model, num_views, height, width)
 
     @jax.jit
     def encode(state, imgs):

@@ -17,13 +17,11 @@ import pathlib
 import tempfile
 
 import jax
-import jax.numpy as jnp
-from flax import nnx
 
 from fast3r_jax import config as config_lib
-from fast3r_jax.model import View
 from fast3r_jax.params import build_model, init_params
 from fast3r_jax.predict import DTYPES
+from inference import whole_forward  # benchmarks/inference.py, beside this script
 
 
 def device_kernel_times(trace_dir: pathlib.Path) -> dict[str, tuple[float, int]]:
@@ -57,24 +55,15 @@ def main() -> None:
 
     width, height = (int(x) for x in args.size.split("x"))
     cfg = getattr(config_lib, args.config)()
-    graphdef, state = nnx.split(build_model(cfg, init_params(cfg), DTYPES[args.dtype]))
-    n = args.views
-    imgs = jax.random.uniform(jax.random.key(0), (n, 3, height, width), DTYPES[args.dtype], -1, 1)
-    true_shape = jnp.tile(jnp.asarray([[height, width]], jnp.int32), (n, 1))
-    ids = jnp.arange(n, dtype=jnp.int32)[None]
-
-    @jax.jit
-    def forward(state, imgs):
-        views = [View(imgs[i:i + 1], true_shape[i:i + 1]) for i in range(n)]
-        return nnx.merge(graphdef, state)(views, ids)
-
+    forward, state, imgs, *_ = whole_forward(build_model(cfg, init_params(cfg), DTYPES[args.dtype]), args.views,
+                                             height, width)
     jax.block_until_ready(forward(state, imgs))  # compile and warm up
     trace_dir = args.trace_dir or pathlib.Path(tempfile.mkdtemp(prefix="fast3r_profile_"))
     with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
         jax.block_until_ready(forward(state, imgs))
     times = device_kernel_times(trace_dir)
     total = sum(t for t, _ in times.values())
-    print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, {args.config}, {n} views {args.size}, "
+    print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, {args.config}, {args.views} views {args.size}, "
           f"{args.dtype}: device time {total / 1e3:.2f} ms over {sum(c for _, c in times.values())} kernels")
     print(f"{'ms':>9} {'calls':>6} {'share':>6}  kernel")
     for name, (us, count) in sorted(times.items(), key=lambda kv: -kv[1][0])[:args.top]:
