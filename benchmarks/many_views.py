@@ -22,7 +22,7 @@ import numpy as np
 
 from fast3r_jax import load_pretrained, metrics
 from fast3r_jax.data.synthetic import SyntheticScenes
-from fast3r_jax.evaluation import estimate_poses
+from fast3r_jax.evaluation import apply_similarity, estimate_poses
 from fast3r_jax.images import normalize
 from fast3r_jax.inference import Engine, make_image_ids
 
@@ -34,9 +34,8 @@ def point_error(pts: np.ndarray, conf: np.ndarray, gt: np.ndarray, valid: np.nda
     """Scale-free error of predicted points (P, 3) against ground truth (P, 3) on valid pixels (subsampled)."""
     index = np.flatnonzero(valid)
     index = np.random.default_rng(seed).choice(index, min(max_points, index.size), replace=False)
-    src, dst, w = pts[index], gt[index], conf[index]
-    scale, rot, trans = metrics.align_similarity(src, dst, weights=w)
-    aligned = np.asarray(scale) * src @ np.asarray(rot).T + np.asarray(trans)
+    src, dst = pts[index], gt[index]
+    aligned = apply_similarity(src, dst, conf[index])
     spread = np.linalg.norm(dst - dst.mean(0), axis=-1).mean()
     return float(np.linalg.norm(aligned - dst, axis=-1).mean() / spread)
 

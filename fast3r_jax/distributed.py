@@ -98,11 +98,13 @@ def inference_mesh(sharded: bool) -> Mesh | None:
 def host_copy(tree: Any) -> Any:
     """Every leaf as numpy in this process; arrays held partly by other processes are gathered from them (a
     collective: every process calls it with the same tree)."""
-    def one(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return np.asarray(jax.device_get(x))
-    return jax.tree.map(one, tree)
+    leaves, treedef = jax.tree.flatten(tree)
+    remote = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not x.is_fully_addressable]
+    if remote:  # one collective for all of them
+        gathered = multihost_utils.process_allgather([leaves[i] for i in remote], tiled=True)
+        for i, x in zip(remote, gathered):
+            leaves[i] = x
+    return treedef.unflatten([np.asarray(x) for x in jax.device_get(leaves)])  # one batched transfer
 
 
 def is_lead() -> bool:

@@ -149,7 +149,7 @@ def estimate_normals(points: np.ndarray, neighbours: int = NORMAL_NEIGHBOURS) ->
     return normals
 
 
-def _apply_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def apply_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """src (..., 3) moved by the similarity that best maps it onto dst (..., 3) under per-point weights (...)."""
     scale, rot, trans = metrics.align_similarity(src.reshape(-1, 3), dst.reshape(-1, 3), weights.reshape(-1))
     return np.asarray(scale * src @ np.asarray(rot).T + trans)
@@ -168,7 +168,7 @@ def local_in_global_frame(pred: Prediction, views: Sequence[Mapping]) -> list[np
         mask = _confident(p["conf"], v["valid_mask"])
         if mask.sum() < _MIN_ALIGN_POINTS:
             mask = v["valid_mask"]
-        out.append(_apply_similarity(p["pts3d_local"], p["pts3d_in_other_view"], mask.astype(np.float32))
+        out.append(apply_similarity(p["pts3d_local"], p["pts3d_in_other_view"], mask.astype(np.float32))
                    if mask.sum() >= _MIN_ALIGN_POINTS else p["pts3d_local"])
     return out
 
@@ -195,7 +195,7 @@ def reconstruction_scores(points: Sequence[np.ndarray], conf: Sequence[np.ndarra
     """RECON_METRICS of per-view predicted points (H, W, 3) with confidences (H, W) against the views' GT cloud."""
     weights = np.concatenate([_confident(c, v["valid_mask"]).reshape(-1) for c, v in zip(conf, views)])  # (N,)
     src = np.concatenate([p.reshape(-1, 3) for p in points]).astype(np.float32)  # (N, 3)
-    rec = _apply_similarity(src, gt.points, (weights if weights.any() else gt.valid).astype(np.float32))[gt.valid]
+    rec = apply_similarity(src, gt.points, (weights if weights.any() else gt.valid).astype(np.float32))[gt.valid]
     ref = gt.points[gt.valid]
     rec_normals = estimate_normals(rec)
     acc = metrics.accuracy(ref, rec, gt.normals, rec_normals)  # (mean, median, nc mean, nc median)
