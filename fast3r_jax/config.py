@@ -11,7 +11,7 @@ from typing import Any, Mapping
 # head_dim**-0.5 * sqrt(log(137) / log(20)) in eval mode (trained on ~20 views, evaluated on longer sequences).
 INFERENCE_SCALE_FACTOR = math.sqrt(math.log(137) / math.log(20))
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Fast3RConfig:
     encoder: EncoderConfig = EncoderConfig()
     fusion: FusionConfig = FusionConfig()
     head: HeadConfig = HeadConfig()
-    attention: str = "auto"  # 'auto' (cudnn on GPU in 16-bit, else xla), 'xla' or 'cudnn'
+    attention: str = "auto"  # 'auto' (cudnn on GPU in 16-bit, splash on TPU, else xla), 'xla', 'cudnn', 'splash'
     remat: bool = False  # rematerialise each transformer block in the backward pass
 
     def __post_init__(self):

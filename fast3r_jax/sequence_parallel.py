@@ -20,10 +20,10 @@ Block kernels. The ring merge needs each block's log-sum-exp (LSE). On GPU in 16
 that is up to 0.03 off at |lse| ~ 10 (block weights up to 3% off), so the block's q, k, v go in as float16, whose
 LSE is 8x finer (q, k, v are assumed inside float16's range, +-65504). Measured on an H100 (8 blocks of 6144 keys, 16 heads): merged blocks in float16 are as close
 to float32 attention as one bf16 cuDNN call over all keys (max rel. error 7.2e-3 both), bf16 blocks 9.7e-3.
-Elsewhere (float32, CPU) blocks run the XLA kernel `attend`: einsums over query and key chunks with float32
+Elsewhere (float32, CPU, TPU) blocks run the XLA kernel `attend`: einsums over query and key chunks with float32
 statistics (flash attention in XLA; memory B * H * chunk^2 floats per step; 7x slower than the cuDNN blocks on
 the H100), which also serves allgather off GPU; allgather on GPU runs cuDNN on the gathered real keys and needs
-no LSE.
+no LSE. Splash attention is not a kernel here (a model set to it runs `attend`; see `ShardedEngine.layout`).
 
 Padding views are masked as keys, so outputs are exact; their queries are computed and dropped. cuDNN masks
 them through an extra head channel (q: 1, a padded key: _PAD_KEY, a real key: 0), which leaves real logits
@@ -50,6 +50,7 @@ from fast3r_jax.inference import Engine, _encode, _progress, chunk_views
 from fast3r_jax.predict import OUTPUT_KEYS
 
 METHODS = ("allgather", "ring")
+KERNELS = ("cudnn", "xla")  # local attention kernels (module docstring); splash is not one (ShardedEngine.layout)
 MASK = -1e30  # finite "-inf": a fully masked chunk gets weights exp(0) that the first valid chunk's max zeroes
 _PAD_KEY = -3e4  # mask channel of a padded key for cuDNN (float16-safe); its logit is _PAD_KEY * scale
 Stats = tuple[jax.Array, jax.Array, jax.Array]  # unnormalised out (B, Q, H, D), row max, row sum (B, H, Q); f32
@@ -210,8 +211,8 @@ class SequenceParallel:
     """The layout of one call (hashable: a static argument of jit) and the attention callable of its fusion
     transformer.
 
-    method: 'allgather' or 'ring'; kernel: 'cudnn' or 'xla', the local attention (module docstring); chunk: the
-    xla kernel's chunk; groups: the shape groups in token order.
+    method: 'allgather' or 'ring'; kernel: 'cudnn' or 'xla', the local attention (module docstring; anything
+    else raises); chunk: the xla kernel's chunk; groups: the shape groups in token order.
     """
 
     mesh: Mesh
@@ -219,6 +220,12 @@ class SequenceParallel:
     kernel: str
     chunk: int
     groups: tuple[Group, ...]
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
 
     @property
     def devices(self) -> int:
@@ -431,7 +438,11 @@ class ShardedEngine(Engine):
         devices, patch = _size(self.mesh, _mesh_axes("views")), self.config.encoder.patch_size
         made = tuple(Group.make(len(members), (hw[0] // patch) * (hw[1] // patch), devices, self.encoder_chunk,
                                 self.head_chunk) for (hw, _), members in groups.items())
-        return SequenceParallel(self.mesh, self.seq_attention, self.attention, self.seq_chunk, made)
+        # The model's attention picks the local kernel: cuDNN stays cuDNN; splash ('auto' on TPU, or asked for)
+        # runs the XLA kernel, since the kernels here mask padding keys and (ring) return softmax statistics,
+        # neither of which fast3r_jax.attention's splash call does. The encoder still runs the model's choice.
+        kernel = "cudnn" if self.attention == "cudnn" else "xla"
+        return SequenceParallel(self.mesh, self.seq_attention, kernel, self.seq_chunk, made)
 
     def __call__(self, views: Sequence[Mapping], image_ids=None, *, seed: int = 0,
                  progress: bool | None = False) -> list[dict[str, jax.Array]]:

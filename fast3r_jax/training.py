@@ -3,11 +3,15 @@
 `TrainState` is a plain pytree (params, optimizer state, step, RNG key data) so Orbax saves and restores it whole.
 `make_train_step` jit-compiles one step for a mesh and layout (see fast3r_jax.sharding); the gradient is
 constrained to the optimizer-state layout, so under zero2 it is reduce-scattered rather than all-reduced.
+The train and eval steps are traced with their mesh as the ambient one (`jax.set_mesh`), so that model code which
+asks for it sees it: splash attention's shard_map, and `attention='auto'` choosing splash on a multi-device TPU
+(fast3r_jax.attention).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -107,7 +111,7 @@ def make_train_step(cfg: Fast3RConfig, tx: optax.GradientTransformation, mesh: M
 
     jitted = jax.jit(step, in_shardings=(shardings, data), out_shardings=(shardings, None),
                      static_argnums=2, donate_argnums=0)
-    return jitted, shardings
+    return _under_mesh(jitted, mesh), shardings
 
 
 def make_eval_step(cfg: Fast3RConfig, mesh: Mesh, *, dtype=jnp.bfloat16, alpha: float = 0.2):
@@ -120,7 +124,24 @@ def make_eval_step(cfg: Fast3RConfig, mesh: Mesh, *, dtype=jnp.bfloat16, alpha: 
         loss, (details, preds) = _loss(graphdef, params, batch, ids, orient, alpha, train_attention_scale=False)
         return dict(loss=loss, **details), preds
 
-    return jax.jit(evaluate, in_shardings=(None, data, None), static_argnums=2)
+    return _under_mesh(jax.jit(evaluate, in_shardings=(None, data, None), static_argnums=2), mesh)
+
+
+def _under_mesh(jitted, mesh: Mesh):
+    """`jitted` called (so traced) and lowered with `mesh` as the ambient mesh. `jax.set_mesh` must be entered
+    outside jit, hence around the call; the ambient mesh is part of jit's cache key."""
+
+    @functools.wraps(jitted)
+    def call(*args, **kwargs):
+        with jax.set_mesh(mesh):
+            return jitted(*args, **kwargs)
+
+    def lower(*args, **kwargs):
+        with jax.set_mesh(mesh):
+            return jitted.lower(*args, **kwargs)
+
+    call.lower = lower
+    return call
 
 
 def device_batch(batch: Sequence[Mapping[str, np.ndarray]], mesh: Mesh) -> list[dict[str, jax.Array]]:

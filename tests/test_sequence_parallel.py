@@ -169,3 +169,12 @@ def test_bad_arguments_raise(params):
     assert sharding_lib.make_inference_mesh(tensor=2).shape == {"data": 1, "seq": 4, "tensor": 2}
     assert sharding_lib.activation_spec(sharding_lib.make_inference_mesh(2, 4), ("views",)) == \
         P(("data", "seq", "tensor"))
+
+
+def test_local_kernel_is_cudnn_or_xla(params):
+    with pytest.raises(ValueError, match=r"kernel must be one of \('cudnn', 'xla'\), got 'splash'"):
+        SequenceParallel(sharding_lib.make_inference_mesh(1, 8, 1), "ring", "splash", 16, ())
+    # a model set to splash attention runs the XLA kernel across token shards
+    engine = ShardedEngine(CFG.replace(attention="splash"), params, sharding_lib.make_inference_mesh(1, 8, 1),
+                           "float32")
+    assert engine.attention == "splash" and engine.layout({((32, 48), "landscape"): [0, 1]}).kernel == "xla"

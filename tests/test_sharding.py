@@ -14,6 +14,7 @@ from fast3r_jax import sharding as sharding_lib
 from fast3r_jax import training
 from fast3r_jax.optimizer import OptimizerConfig, make_optimizer
 from fast3r_jax.params import init_params
+from small_model import small_params
 
 # The tiny encoder/fusion transformer with slim DPT heads (the heads dominate compile and run time on CPU).
 CFG = config_lib.tiny().replace(head=config_lib.HeadConfig(feature_dim=32, last_dim=16, layer_dims=(8, 16, 32, 64)))
@@ -98,3 +99,68 @@ def test_bad_meshes_and_layouts_raise():
         sharding_lib.make_mesh(3, 3)
     with pytest.raises(ValueError, match="layout"):
         sharding_lib.param_specs(init_params(CFG, 0), sharding_lib.make_mesh(8, 1), "zero3")
+
+
+# Splash attention (Pallas, interpret mode on CPU) in a training step over a data x tensor mesh: smallest model the
+# config allows (1 encoder block, 4 fusion blocks, 2 heads each, so heads split over 'tensor'; slim DPT heads) and 2
+# views of 32x32 (4 tokens each).
+SPLASH_CFG = config_lib.Fast3RConfig(
+    encoder=config_lib.EncoderConfig(embed_dim=32, num_heads=2, depth=1),
+    fusion=config_lib.FusionConfig(embed_dim=32, num_heads=2, depth=4),
+    head=config_lib.HeadConfig(feature_dim=16, last_dim=16, layer_dims=(8, 8, 16, 16)))
+
+
+def test_splash_step_matches_xla_under_mesh(monkeypatch):
+    """The train step traces under its mesh (jax.set_mesh), so splash's kernel sits in a shard_map over it (as
+    Mosaic needs on TPU, and where 'auto' picks splash); the step equals the XLA-attention step in float32: loss
+    and updated parameters (per leaf, in norm) to 1e-5 relative, Adam's moments to 1e-5 relative overall (1e-4 per
+    leaf). The eval step traces under its mesh too."""
+    from fast3r_jax import model as model_lib
+
+    seen = []  # the ambient mesh where the model resolves its attention implementation (at trace time)
+    resolve = model_lib.resolve_implementation
+    monkeypatch.setattr(model_lib, "resolve_implementation",
+                        lambda impl, dtype: seen.append(jax.sharding.get_abstract_mesh()) or resolve(impl, dtype))
+    mesh = sharding_lib.make_mesh(4, 2)
+    params = small_params(SPLASH_CFG)  # drawn in numpy: init_params spends ~9 s on CPU for this config
+    batch = _batch(batch=8, height=32, width=32)
+    args = (training.device_batch(batch, mesh), training.orientations(batch))
+    out = {}
+    for impl in ("xla", "splash"):
+        step, shardings = training.make_train_step(SPLASH_CFG.replace(attention=impl), TX, mesh, "replicated",
+                                                   dtype=jnp.float32)
+        state = jax.device_put(training.init_state(params, TX, 0), shardings)
+        with jax.default_matmul_precision("highest"):
+            manual = _shard_maps(step.lower(state, *args).as_text())
+            new, metrics = step(state, *args)
+        assert (manual > 0) == (impl == "splash"), manual  # splash runs in shard_maps, nothing else does
+        assert float(metrics["finite"]) == 1.0
+        out[impl] = float(metrics["loss"]), jax.tree.map(np.asarray, (new.params, new.opt_state))
+    assert seen and all(m == mesh.abstract_mesh for m in seen)
+
+    (ref_loss, (ref_params, ref_opt)), (loss, (new_params, new_opt)) = out["xla"], out["splash"]
+    assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
+    # Adam's first step is about lr * sign(gradient): an entry whose gradient is near rounding level moves by a
+    # noisy amount, so parameters are compared in norm. The fusion transformer's key bias has no gradient at all
+    # (it shifts all of a query's logits; the encoder's keys carry RoPE, so its key bias has one): left out.
+    key_bias = lambda tree: tree["fusion"]["blocks"]["layers"]["attn"]["qkv"]["bias"]  # noqa: E731 (L, 3, H, D)
+    assert np.abs(key_bias(ref_opt[0].mu)[:, 1]).max() <= 1e-6 * np.abs(key_bias(ref_opt[0].mu)).max()
+    for tree in (new_params, ref_params):
+        tree["fusion"]["blocks"]["layers"]["attn"]["qkv"]["bias"] = np.delete(key_bias(tree), 1, axis=1)
+    for ours, ref in zip(jax.tree.leaves(new_params), jax.tree.leaves(ref_params)):  # relative Frobenius per leaf
+        assert np.linalg.norm(ours - ref) <= 1e-5 * np.linalg.norm(ref)
+    moments, refs = jax.tree.leaves(new_opt), jax.tree.leaves(ref_opt)
+    diff = np.sqrt(sum(np.sum((a - b) ** 2.0) for a, b in zip(moments, refs)))
+    assert diff <= 1e-5 * np.sqrt(sum(np.sum(b ** 2.0) for b in refs))
+    for ours, ref in zip(moments, refs):
+        assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
+
+    seen.clear()
+    evaluate = training.make_eval_step(SPLASH_CFG.replace(attention="splash"), mesh, dtype=jnp.float32)
+    lowered = evaluate.lower(params, *args, jax.random.key(0))
+    assert seen == [mesh.abstract_mesh] and _shard_maps(lowered.as_text()) > 0
+
+
+def _shard_maps(stablehlo: str) -> int:
+    """shard_map regions in lowered StableHLO (Shardy's, or GSPMD's full-to-shard conversions)."""
+    return stablehlo.count("sdy.manual_computation") + stablehlo.count("@SPMDFullToShardShape")
