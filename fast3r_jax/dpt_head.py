@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fast3r_jax import geometry
 from fast3r_jax.config import HeadConfig
 
 
@@ -23,25 +24,53 @@ def _conv(cin: int, cout: int, k: int, *, stride: int = 1, bias: bool = True, dt
                     dtype=dtype, rngs=rngs)
 
 
-def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) bilinear interpolation weights with align_corners=True."""
+def _align_corners_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear resampling with align_corners=True: output i = (1 - w[i]) * input[lo[i]] + w[i] * input[hi[i]]."""
     scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
     src = np.arange(n_out) * scale
-    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    lo = np.minimum(np.floor(src).astype(np.int32), n_in - 1)
     hi = np.minimum(lo + 1, n_in - 1)
-    frac = src - lo
-    m = np.zeros((n_out, n_in), np.float64)
-    m[np.arange(n_out), lo] += 1.0 - frac
-    m[np.arange(n_out), hi] += frac
-    return m.astype(np.float32)
+    return lo, hi, (src - lo).astype(np.float32)
 
 
+def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of the same resampling."""
+    lo, hi, w = _align_corners_taps(n_in, n_out)
+    m = np.zeros((n_out, n_in), np.float32)
+    np.add.at(m, (np.arange(n_out), lo), 1 - w)
+    np.add.at(m, (np.arange(n_out), hi), w)
+    return m
+
+
+@jax.custom_vjp
 def upsample2x(x: jax.Array) -> jax.Array:
-    """Bilinear 2x upsampling with align_corners=True, as separable matrix products. x: (B, H, W, C)."""
-    _, h, w, _ = x.shape
-    mh = jnp.asarray(_align_corners_matrix(h, 2 * h), x.dtype)
-    mw = jnp.asarray(_align_corners_matrix(w, 2 * w), x.dtype)
-    return jnp.einsum("ih,bhwc,jw->bijc", mh, x, mw)  # (B, 2H, 2W, C)
+    """Bilinear 2x upsampling with align_corners=True (PyTorch's interpolate), in float32. x: (B, H, W, C).
+
+    Forward: two-tap gathers with constant indices along H, then W, which XLA fuses into one memory-bound pass
+    (interpolation matrices would cost two GEMMs and a transpose of the largest output). Backward: the transposed
+    interpolation matrices, since the gathers' own gradient is a scatter-add, several times slower.
+    """
+    y = x.astype(jnp.float32)
+    for axis in (1, 2):
+        n = y.shape[axis]
+        lo, hi, w = _align_corners_taps(n, 2 * n)
+        w = jnp.asarray(w.reshape([-1 if a == axis else 1 for a in range(4)]))
+        y = jnp.take(y, lo, axis=axis, mode="clip") * (1 - w) + jnp.take(y, hi, axis=axis, mode="clip") * w
+    return y.astype(x.dtype)  # (B, 2H, 2W, C)
+
+
+def _upsample2x_fwd(x: jax.Array) -> tuple[jax.Array, None]:
+    return upsample2x(x), None
+
+
+def _upsample2x_bwd(_, g: jax.Array) -> tuple[jax.Array]:
+    h, w = g.shape[1] // 2, g.shape[2] // 2
+    mh = jnp.asarray(_align_corners_matrix(h, 2 * h), g.dtype)
+    mw = jnp.asarray(_align_corners_matrix(w, 2 * w), g.dtype)
+    return (jnp.einsum("ih,bijc,jw->bhwc", mh, g, mw),)  # (B, H, W, C)
+
+
+upsample2x.defvjp(_upsample2x_fwd, _upsample2x_bwd)
 
 
 class PixelShuffleUpsample(nnx.Module):
@@ -110,7 +139,7 @@ def postprocess(feat: jax.Array, depth_mode: tuple, conf_mode: tuple) -> tuple[j
     if kind == "linear":
         pts = xyz
     else:
-        d = jnp.linalg.norm(xyz, axis=-1, keepdims=True)
+        d = geometry.safe_norm(xyz, keepdims=True)  # (B, H, W, 1); a zero vector gets a zero gradient
         direction = xyz / jnp.maximum(d, 1e-8)
         pts = direction * (jnp.expm1(d) if kind == "exp" else jnp.square(d))
     kind, vmin, vmax = conf_mode

@@ -7,6 +7,13 @@ import jax.numpy as jnp
 _EXACT = jax.lax.Precision.HIGHEST
 
 
+def safe_norm(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
+    """Euclidean norm over the last axis whose gradient at x == 0 is 0 (as PyTorch's) instead of NaN."""
+    sq = jnp.sum(x * x, axis=-1, keepdims=keepdims)
+    nonzero = sq != 0  # True for NaN, so NaN propagates
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+
+
 def _check_pose(T: jax.Array, name: str) -> None:
     if T.ndim < 2 or T.shape[-2:] != (4, 4):
         raise ValueError(f"{name} must have shape (..., 4, 4), got {T.shape}")

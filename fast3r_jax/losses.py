@@ -32,18 +32,11 @@ _PRED_GLOBAL_KEYS = ("pts3d_in_other_view", "conf")
 _PRED_LOCAL_KEYS = ("pts3d_local", "conf_local")
 
 
-def _safe_norm(x: jax.Array) -> jax.Array:
-    """Euclidean norm over the last axis whose gradient at x == 0 is 0 instead of NaN."""
-    sq = jnp.sum(x * x, axis=-1)
-    nonzero = sq != 0  # True for NaN, so NaN propagates
-    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
-
-
 def l21_distance(a: jax.Array, b: jax.Array) -> jax.Array:
     """Per-point Euclidean distance between (..., 3) point arrays -> (...)."""
     if a.shape != b.shape:
         raise ValueError(f"l21_distance needs equal shapes, got {a.shape} and {b.shape}")
-    return _safe_norm(a - b)
+    return geometry.safe_norm(a - b)
 
 
 def _masked_mean(x: jax.Array, valid: jax.Array) -> jax.Array:
@@ -66,7 +59,7 @@ def normalize_pointmaps(
     """
     total = count = 0
     for pts, valid in zip(pts_list, valid_list, strict=True):
-        dist = _safe_norm(pts)  # (B, H, W)
+        dist = geometry.safe_norm(pts)  # (B, H, W)
         use = valid & ~jnp.isnan(dist)
         total = total + jnp.sum(jnp.where(use, dist, 0.0), axis=(1, 2))  # (B,)
         count = count + jnp.sum(use, axis=(1, 2))  # (B,)
