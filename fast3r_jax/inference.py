@@ -197,16 +197,23 @@ class Engine:
         def shapes(batch: list[int]) -> np.ndarray:
             return np.asarray([prepared[i][1] for i in batch], np.int32)  # (C, 2)
 
+        def images(batch: list[int]) -> jax.Array:
+            """(C, 3, h, w) on the device: views copied one by one (no host-side stack) and stacked there."""
+            return jnp.stack(jax.device_put([prepared[i][0] for i in batch]))
+
+        # One encoder call per chunk; the next chunk's images are copied while the device encodes this one.
+        enc_calls = [(g, orientation, batch) for g, ((_, orientation), plan) in enumerate(zip(groups, enc_plan))
+                     for batch in plan]
         outputs: list = [None] * len(views)
         with bar, jax.default_matmul_precision(self._precision):
-            enc_chunks = []
-            for (_, orientation), plan in zip(groups, enc_plan):
-                enc_chunks.append([])
-                for batch in plan:
-                    img = np.stack([prepared[i][0] for i in batch])  # (C, 3, h, w)
-                    enc_chunks[-1].append(sync(_encode(self._graphdef, self._state, img, shapes(batch),
-                                                       orientation, self.attention)))
-                    bar.update()
+            enc_chunks: list[list[jax.Array]] = [[] for _ in groups]
+            upcoming = images(enc_calls[0][2])
+            for k, (g, orientation, batch) in enumerate(enc_calls):
+                tokens = _encode(self._graphdef, self._state, upcoming, shapes(batch), orientation, self.attention)
+                if k + 1 < len(enc_calls):
+                    upcoming = images(enc_calls[k + 1][2])
+                enc_chunks[g].append(sync(tokens))
+                bar.update()
             counts = tuple(len(m) for m in groups.values())
             head_sizes = tuple(tuple(len(batch) for batch in plan) for plan in head_plan)
             fused = sync(_fuse(self._graphdef, self._state, enc_chunks, jnp.asarray(ids[order])[None], counts,

@@ -63,8 +63,8 @@ def gelu(x: jax.Array) -> jax.Array:
 
     jax.nn.gelu(approximate=False) goes through erfc, whose XLA expansion (exp plus two rational fits) makes the
     MLP's elementwise pass compute-bound on GPU: twice the time of this form, which runs at memory speed. Under
-    jax.checkpoint the backward pass keeps only x and recomputes the float32 intermediates (at ViT-L size, saving
-    them would cost 4 bytes per MLP unit per token per block).
+    jax.checkpoint the backward pass keeps only x and recomputes the float32 intermediates, three of x's size
+    that it would otherwise keep per block.
     """
     xf = x.astype(jnp.float32)
     return (0.5 * xf * (1.0 + jax.lax.erf(xf * np.float32(1 / np.sqrt(2))))).astype(x.dtype)
