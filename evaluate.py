@@ -25,12 +25,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fast3r_jax import distributed, load_pretrained, plots
+from fast3r_jax import distributed, load_pretrained
 from fast3r_jax.data.eval_datasets import DTU, NRGBD, Co3dPoseEval, RealEstate10KPoses, SevenScenes
 from fast3r_jax.data.synthetic import SyntheticScenes
-from fast3r_jax.evaluation import (HEADS, POSE_METRICS, POSE_SOLVERS, RECON_METRICS, SampleResult,
-                                   aligned_camera_centres, evaluate, mean_scores, model_predictor)
-from fast3r_jax.tensorboard import SummaryWriter
+from fast3r_jax.evaluation import plots
+from fast3r_jax.evaluation.protocols import (
+    HEADS,
+    POSE_METRICS,
+    POSE_SOLVERS,
+    RECON_METRICS,
+    SampleResult,
+    aligned_camera_centres,
+    evaluate,
+    mean_scores,
+    model_predictor,
+)
+from fast3r_jax.train.tensorboard import SummaryWriter
 
 BUILTIN = pathlib.Path(__file__).parent / "fast3r_jax" / "assets" / "builtin"
 DTU_IMAGES = 50  # the reference's keyframe stride for N views of a DTU scan is 50 // N

@@ -18,7 +18,7 @@ import pathlib
 import sys
 
 from fast3r_jax import distributed
-from fast3r_jax.trainer import NonFiniteLossError, TrainConfig, override, train
+from fast3r_jax.train.loop import NonFiniteLossError, TrainConfig, override, train
 
 DEFAULT_CONFIG = pathlib.Path(__file__).parent / "configs" / "train_tiny.py"
 

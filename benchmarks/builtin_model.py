@@ -6,7 +6,7 @@
 Held-out scenes (split 'test', never seen in training), `--scenes` x `--views` at `--resolution`: RRA/RTA@5/15/30
 and mAA(30) of the cameras (Procrustes and PnP solvers), the median rotation error over all pairs, and the
 reconstruction scores of the global pointmap (accuracy / completion after a similarity alignment, in units of the
-scene; fast3r_jax.evaluation), for the model and for the same architecture with random weights.
+scene; fast3r_jax.evaluation.protocols), for the model and for the same architecture with random weights.
 """
 
 import argparse
@@ -19,9 +19,9 @@ import jax
 from fast3r_jax import load_pretrained
 from fast3r_jax.checkpoint import save_pretrained
 from fast3r_jax.data.synthetic import SyntheticScenes
-from fast3r_jax.evaluation import evaluate_scenes
-from fast3r_jax.params import init_params
-from fast3r_jax.trainer import export_params
+from fast3r_jax.evaluation.protocols import evaluate_scenes
+from fast3r_jax.model.params import init_params
+from fast3r_jax.train.loop import export_params
 
 COLUMNS = ("RRA_at_15", "RRA_at_30", "mAA_30", "rot_err_deg_median", "global/acc", "global/comp")
 

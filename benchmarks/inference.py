@@ -6,7 +6,7 @@
 
 Random weights (timing does not depend on them). Each timing is the median over --repeats runs after one warm-up
 call, with block_until_ready; compile time is reported separately. FLOPs come from the analytic count
-(fast3r_jax.flops: XLA's cost analysis counts a scanned layer once and cannot see into cuDNN attention); peak
+(fast3r_jax.model.flops: XLA's cost analysis counts a scanned layer once and cannot see into cuDNN attention); peak
 memory from the device's allocator statistics (GPU/TPU). An out-of-memory view count is recorded and skipped.
 
 --torch-reference ROOT (a local checkout of facebookresearch/fast3r) also times upstream's PyTorch model on the same
@@ -43,11 +43,12 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))  # a plain checkout: `python benchmarks/inference.py` from the repo root
 
 from fast3r_jax import config as config_lib  # noqa: E402
-from fast3r_jax.attention import resolve_implementation  # noqa: E402
-from fast3r_jax.flops import forward_flops  # noqa: E402
-from fast3r_jax.model import View  # noqa: E402
-from fast3r_jax.params import build_model, init_params, params_from_torch  # noqa: E402
-from fast3r_jax.predict import DTYPES, OUTPUT_KEYS, predict  # noqa: E402
+from fast3r_jax.convert.table import params_from_torch  # noqa: E402
+from fast3r_jax.inference.predict import DTYPES, OUTPUT_KEYS, predict  # noqa: E402
+from fast3r_jax.model.attention import resolve_implementation  # noqa: E402
+from fast3r_jax.model.fast3r import View  # noqa: E402
+from fast3r_jax.model.flops import forward_flops  # noqa: E402
+from fast3r_jax.model.params import build_model, init_params  # noqa: E402
 
 TORCH_ATTENTION = ("flash_attention", "pytorch_auto", "pytorch_naive")  # upstream's attn_implementation values
 
@@ -238,7 +239,7 @@ def _compare_params(args, cfg: config_lib.Fast3RConfig, out_dir: pathlib.Path) -
             raise ValueError(f"{args.checkpoint}'s config differs from the one upstream ran with")
         return params, f"converted checkpoint {args.checkpoint}"
     if args.torch_checkpoint:
-        from fast3r_jax.torch_checkpoint import load_state_dict
+        from fast3r_jax.convert.readers import load_state_dict
 
         state_dict, _ = load_state_dict(args.torch_checkpoint)
     else:

@@ -20,11 +20,12 @@ import time
 import jax
 import numpy as np
 
-from fast3r_jax import load_pretrained, metrics
+from fast3r_jax import load_pretrained
 from fast3r_jax.data.synthetic import SyntheticScenes
-from fast3r_jax.evaluation import apply_similarity, estimate_poses
-from fast3r_jax.images import normalize
-from fast3r_jax.inference import Engine, make_image_ids
+from fast3r_jax.evaluation.protocols import apply_similarity, estimate_poses
+from fast3r_jax.geometry import metrics
+from fast3r_jax.inference.engine import Engine, make_image_ids
+from fast3r_jax.io.images import normalize
 
 BUILTIN = pathlib.Path(__file__).parent.parent / "fast3r_jax" / "assets" / "builtin"
 

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from fast3r_jax import config as config_lib
-from fast3r_jax import inference
-from fast3r_jax.params import init_params
-from fast3r_jax.predict import DTYPES
+from fast3r_jax.inference import engine as inference
+from fast3r_jax.inference.predict import DTYPES
+from fast3r_jax.model.params import init_params
 
 
 def fusion_memory(engine: inference.Engine, num_views: int, height: int, width: int) -> dict:

@@ -13,7 +13,7 @@ that sweep only), takes longer than --max-seconds, or reaches --max-views. Each 
 --repeats forwards after one warm-up call (compile time reported apart), the whole engine call from host images
 to outputs on the devices. Scaling efficiency at a view count both ran: t_1 / (devices * t_n). Random weights
 (timing does not depend on them); bf16 uses cuDNN attention on GPU (ring blocks in float16, see
-fast3r_jax.sequence_parallel). Peak memory: the largest per-device allocator peak (GPU/TPU only), which is the peak
+fast3r_jax.inference.sharded). Peak memory: the largest per-device allocator peak (GPU/TPU only), which is the peak
 since the process started: run one --sizes / --modes / --methods per process for clean peaks, or to fit a time
 limit per command. The JSON file is rewritten after every row, so an interrupted run keeps what it measured.
 """
@@ -65,9 +65,9 @@ import numpy as np  # noqa: E402
 
 from fast3r_jax import config as config_lib  # noqa: E402
 from fast3r_jax import sharding as sharding_lib  # noqa: E402
-from fast3r_jax.inference import Engine  # noqa: E402
-from fast3r_jax.params import init_params  # noqa: E402
-from fast3r_jax.sequence_parallel import ShardedEngine  # noqa: E402
+from fast3r_jax.inference.engine import Engine  # noqa: E402
+from fast3r_jax.inference.sharded import ShardedEngine  # noqa: E402
+from fast3r_jax.model.params import init_params  # noqa: E402
 
 
 def is_oom(error: Exception) -> bool:

@@ -20,11 +20,12 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))  # golden helpers and data
 
-from fast3r_jax import config as config_lib  # noqa: E402
-from fast3r_jax.params import params_from_torch  # noqa: E402
-from fast3r_jax.predict import predict  # noqa: E402
 from parity import golden_views, output_errors  # noqa: E402
 from reference_weights import DATA, reference_state_dict, tiny_state_dict  # noqa: E402
+
+from fast3r_jax import config as config_lib  # noqa: E402
+from fast3r_jax.convert.table import params_from_torch  # noqa: E402
+from fast3r_jax.inference.predict import predict  # noqa: E402
 
 CASES = {"tiny": ("tiny_caseA", "tiny_caseB"), "large": ("large_caseA",)}
 

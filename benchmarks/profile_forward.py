@@ -17,11 +17,11 @@ import pathlib
 import tempfile
 
 import jax
+from inference import whole_forward  # benchmarks/inference.py, beside this script
 
 from fast3r_jax import config as config_lib
-from fast3r_jax.params import build_model, init_params
-from fast3r_jax.predict import DTYPES
-from inference import whole_forward  # benchmarks/inference.py, beside this script
+from fast3r_jax.inference.predict import DTYPES
+from fast3r_jax.model.params import build_model, init_params
 
 
 def device_kernel_times(trace_dir: pathlib.Path) -> dict[str, tuple[float, int]]:

@@ -401,8 +401,8 @@ def environment(device, model, kernels: list[str] | None) -> dict[str, Any]:
 def _resolve_weights(args) -> tuple[config_lib.Fast3RConfig, dict[str, np.ndarray] | None, str]:
     """(config, upstream state dict or None for random weights, description) for the comparison."""
     if args.torch_checkpoint:
-        from fast3r_jax.convert import resolve_config
-        from fast3r_jax.torch_checkpoint import load_state_dict
+        from fast3r_jax.convert.converter import resolve_config
+        from fast3r_jax.convert.readers import load_state_dict
 
         src = pathlib.Path(args.torch_checkpoint)
         own = src.is_dir() and (src / "config.json").is_file()
@@ -413,7 +413,7 @@ def _resolve_weights(args) -> tuple[config_lib.Fast3RConfig, dict[str, np.ndarra
         return cfg, state_dict, f"upstream checkpoint {src} ({layout})"
     if args.checkpoint:
         from fast3r_jax.checkpoint import load_pretrained
-        from fast3r_jax.params import params_to_torch
+        from fast3r_jax.convert.table import params_to_torch
 
         cfg, params = load_pretrained(args.checkpoint)
         return cfg, params_to_torch(params, cfg), f"converted checkpoint {args.checkpoint} (params_to_torch)"

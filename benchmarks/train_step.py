@@ -6,7 +6,7 @@
 One sample of N views per step (upstream trains with one sample per GPU), bf16 compute on float32 master weights,
 AdamW as configured for training, random weights and targets (timing does not depend on them). Each timing is the
 median over --repeats steps after one warm-up step; compile time is reported separately. FLOPs are the analytic
-count of model FLOPs (fast3r_jax.flops: forward + 2x backward; recomputation under remat is not counted). Peak memory is the allocator's peak
+count of model FLOPs (fast3r_jax.model.flops: forward + 2x backward; recomputation under remat is not counted). Peak memory is the allocator's peak
 since the start of the process, so each (remat, N) row that should be read on its own runs in its own process
 (--views with several values grows N: each row's peak is the largest so far, the row's own for an increasing
 sweep). A view count that does not fit ends its remat setting's sweep with 'out of memory'.
@@ -27,12 +27,12 @@ import numpy as np
 import optax
 
 from fast3r_jax import config as config_lib
-from fast3r_jax import training
-from fast3r_jax.flops import peak_flops, train_step_flops
-from fast3r_jax.optimizer import OptimizerConfig, learning_rate, make_optimizer
-from fast3r_jax.params import init_params
-from fast3r_jax.predict import DTYPES
+from fast3r_jax.inference.predict import DTYPES
+from fast3r_jax.model.flops import peak_flops, train_step_flops
+from fast3r_jax.model.params import init_params
 from fast3r_jax.sharding import make_mesh
+from fast3r_jax.train import step as training
+from fast3r_jax.train.optimizer import OptimizerConfig, learning_rate, make_optimizer
 
 
 def random_batch(num_views: int, height: int, width: int, batch: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

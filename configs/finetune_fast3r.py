@@ -6,9 +6,9 @@
 
 import dataclasses
 
-from fast3r_jax.trainer import TrainConfig
-
 import train_large  # noqa: E402  (configs/ is on the path when train.py loads a config by file)
+
+from fast3r_jax.train.loop import TrainConfig
 
 
 def get_config() -> TrainConfig:

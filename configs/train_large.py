@@ -12,8 +12,8 @@ The encoder and global head start from DUSt3R as upstream does: convert DUSt3R f
 import os
 
 from fast3r_jax import config
-from fast3r_jax.optimizer import OptimizerConfig
-from fast3r_jax.trainer import DataConfig, TrainConfig
+from fast3r_jax.train.loop import DataConfig, TrainConfig
+from fast3r_jax.train.optimizer import OptimizerConfig
 
 BUCKETS = ((512, 384), (512, 336), (512, 288), (512, 256), (512, 160))
 

@@ -7,7 +7,7 @@ the heads dominate the cost at this size.
 """
 
 from fast3r_jax import config
-from fast3r_jax.trainer import TrainConfig
+from fast3r_jax.train.loop import TrainConfig
 
 
 def get_config() -> TrainConfig:

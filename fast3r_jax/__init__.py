@@ -10,9 +10,10 @@ The public facade:
 from fast3r_jax.checkpoint import load_pretrained, save_pretrained
 from fast3r_jax.config import Fast3RConfig, large, tiny
 from fast3r_jax.config import from_upstream as config_from_upstream
-from fast3r_jax.model import Fast3R, View
-from fast3r_jax.params import build_model, init_params, params_from_torch, params_to_torch
-from fast3r_jax.predict import predict
+from fast3r_jax.convert.table import params_from_torch, params_to_torch
+from fast3r_jax.inference.predict import predict
+from fast3r_jax.model.fast3r import Fast3R, View
+from fast3r_jax.model.params import build_model, init_params
 
 __all__ = [
     "Fast3R", "Fast3RConfig", "View", "build_model", "config_from_upstream", "init_params", "large",

@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fast3r_jax.config import Fast3RConfig
-from fast3r_jax.params import abstract_params, check_params, flat_params
+from fast3r_jax.model.params import abstract_params, check_params, flat_params
 
 
 class CheckpointError(ValueError):

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from fast3r_jax import distributed
 from fast3r_jax import reconstruct as reconstruct_lib
-from fast3r_jax.inference import IMAGE_ID_POLICIES
+from fast3r_jax.inference.engine import IMAGE_ID_POLICIES
 
 EXIT_USAGE = 2
 

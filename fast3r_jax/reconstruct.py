@@ -39,13 +39,15 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from fast3r_jax import cameras as cameras_lib
-from fast3r_jax import distributed, export, images, metrics
+from fast3r_jax import distributed
 from fast3r_jax.checkpoint import load_config, load_pretrained
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.data.synthetic import CAMERAS_FILE, read_example_cameras
-from fast3r_jax.inference import Engine
-from fast3r_jax.sequence_parallel import ShardedEngine
+from fast3r_jax.geometry import cameras as cameras_lib
+from fast3r_jax.geometry import metrics
+from fast3r_jax.inference.engine import Engine
+from fast3r_jax.inference.sharded import ShardedEngine
+from fast3r_jax.io import export, images
 
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).parent / "assets" / "builtin"  # trained by configs/train_builtin.py
 BUILTIN_IMAGE_SIZE = 128  # long side of the images the built-in model was trained on (128x96)

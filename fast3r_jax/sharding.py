@@ -8,7 +8,7 @@ heads and MLP hidden units). Layouts:
     fsdp        parameters and optimizer state partitioned over `data` (ZeRO-3)
 Each layout combines with tensor parallelism when the mesh's `tensor` axis is larger than 1.
 
-Sharded inference (fast3r_jax.sequence_parallel) uses a ('data', 'seq', 'tensor') mesh and the activation rules
+Sharded inference (fast3r_jax.inference.sharded) uses a ('data', 'seq', 'tensor') mesh and the activation rules
 below: per-view work (encoder, DPT heads) splits the views over every device; the fusion transformer splits its
 tokens over 'data' x 'seq' and its attention heads and MLP units over 'tensor'.
 """
@@ -21,7 +21,8 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 LAYOUTS = ("replicated", "zero2", "fsdp")
 

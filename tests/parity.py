@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fast3r_jax.model import orientation_of
-from fast3r_jax.predict import OUTPUT_KEYS
+from fast3r_jax.inference.predict import OUTPUT_KEYS
+from fast3r_jax.model.fast3r import orientation_of
 
 VARIANTS = ("ids_default", "ids_forced", "train_scale")
 

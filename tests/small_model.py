@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from fast3r_jax import config as config_lib
-from fast3r_jax.params import params_from_torch, upstream_shapes
 from reference_weights import _draw
+
+from fast3r_jax import config as config_lib
+from fast3r_jax.convert.table import params_from_torch, upstream_shapes
 
 
 def small_config(**fusion: object) -> config_lib.Fast3RConfig:

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast3r_jax.attention import dot_product_attention, resolve_implementation
+from fast3r_jax.model.attention import dot_product_attention, resolve_implementation
 
 
 def _naive(q, k, v, scale):
@@ -80,7 +80,8 @@ def test_splash_gradient_with_padding_matches_xla():
 def test_splash_under_mesh_shards_batch_and_heads():
     """Under an ambient ('data', 'tensor') mesh the kernel runs in a shard_map (as Mosaic needs on TPU), each
     device on its batch rows and heads; the result equals XLA's."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from fast3r_jax.sharding import make_mesh
 

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast3r_jax import cameras, geometry
+from fast3r_jax.geometry import cameras
+from fast3r_jax.geometry import transforms as geometry
 
 DATA = pathlib.Path(__file__).parent / "data" / "pose_goldens.npz"
 NUM_VIEWS = 3

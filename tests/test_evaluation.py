@@ -1,14 +1,14 @@
-"""fast3r_jax.evaluation without a model: ground-truth pointmaps through the pose and reconstruction pipelines give
+"""fast3r_jax.evaluation.protocols without a model: ground-truth pointmaps through the pose and reconstruction pipelines give
 perfect scores, and the geometric helpers recover known answers."""
 
 import numpy as np
 import pytest
+from test_eval_datasets import write_co3d
 
-from fast3r_jax import evaluation as ev
 from fast3r_jax.data.eval_datasets import Co3dPoseEval
 from fast3r_jax.data.synthetic import SyntheticScenes
-from fast3r_jax.metrics import pair_indices
-from test_eval_datasets import write_co3d
+from fast3r_jax.evaluation import protocols as ev
+from fast3r_jax.geometry.metrics import pair_indices
 
 
 def camera_points(view) -> np.ndarray:

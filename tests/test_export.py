@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from fast3r_jax import export
+from fast3r_jax.io import export
 
 WIDTH, HEIGHT = 32, 24
 NUM_VIEWS = 8

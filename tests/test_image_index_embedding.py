@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast3r_jax.image_index_embedding import image_index_embedding, sample_image_ids, sincos_table
+from fast3r_jax.model.image_index_embedding import image_index_embedding, sample_image_ids, sincos_table
 
 
 def test_table_rows_follow_the_formula():

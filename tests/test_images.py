@@ -7,7 +7,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from fast3r_jax import images
+from fast3r_jax.io import images
 
 DATA = Path(__file__).parent / "data"
 INPUTS = {"landscape": DATA / "img_landscape_640x480.png", "portrait": DATA / "img_portrait_480x640.png"}

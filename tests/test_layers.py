@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast3r_jax.dpt_head import postprocess, upsample2x
-from fast3r_jax.transformer import gelu
+from fast3r_jax.model.dpt_head import postprocess, upsample2x
+from fast3r_jax.model.transformer import gelu
 
 
 def _exact_gelu(x: np.ndarray) -> np.ndarray:

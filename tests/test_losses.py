@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast3r_jax import geometry, losses
+from fast3r_jax.geometry import transforms as geometry
+from fast3r_jax.train import losses
 
 DATA = pathlib.Path(__file__).parent / "data" / "tiny_loss.npz"
 NUM_VIEWS = 3

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast3r_jax import metrics
+from fast3r_jax.geometry import metrics
 
 DATA = pathlib.Path(__file__).parent / "data"
 POSE_KEYS = ("RRA_at_5", "RRA_at_15", "RRA_at_30", "RTA_at_5", "RTA_at_15", "RTA_at_30", "mAA_30")

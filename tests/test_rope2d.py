@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast3r_jax.rope2d import apply_rope, apply_rope2d, rope_tables
+from fast3r_jax.model.rope2d import apply_rope, apply_rope2d, rope_tables
 
 
 def _reference(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:

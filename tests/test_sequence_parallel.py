@@ -12,14 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
-
-from fast3r_jax import sharding as sharding_lib
-from fast3r_jax.inference import Engine
-from fast3r_jax.predict import OUTPUT_KEYS
-from fast3r_jax.sequence_parallel import METHODS, Group, SequenceParallel, ShardedEngine
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from parity import rel_err
 from small_model import small_config, small_params
+
+from fast3r_jax import sharding as sharding_lib
+from fast3r_jax.inference.engine import Engine
+from fast3r_jax.inference.predict import OUTPUT_KEYS
+from fast3r_jax.inference.sharded import METHODS, Group, SequenceParallel, ShardedEngine
 
 TOL = 1e-5  # max |out - ref| / max |ref|, float32
 CFG = small_config()

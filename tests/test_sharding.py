@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from small_model import small_params
 
 from fast3r_jax import config as config_lib
 from fast3r_jax import sharding as sharding_lib
-from fast3r_jax import training
-from fast3r_jax.optimizer import OptimizerConfig, make_optimizer
-from fast3r_jax.params import init_params
-from small_model import small_params
+from fast3r_jax.model.params import init_params
+from fast3r_jax.train import step as training
+from fast3r_jax.train.optimizer import OptimizerConfig, make_optimizer
 
 # The tiny encoder/fusion transformer with slim DPT heads (the heads dominate compile and run time on CPU).
 CFG = config_lib.tiny().replace(head=config_lib.HeadConfig(feature_dim=32, last_dim=16, layer_dims=(8, 16, 32, 64)))
@@ -115,7 +115,7 @@ def test_splash_step_matches_xla_under_mesh(monkeypatch):
     Mosaic needs on TPU, and where 'auto' picks splash); the step equals the XLA-attention step in float32: loss
     and updated parameters (per leaf, in norm) to 1e-5 relative, Adam's moments to 1e-5 relative overall (1e-4 per
     leaf). The eval step traces under its mesh too."""
-    from fast3r_jax import model as model_lib
+    from fast3r_jax.model import fast3r as model_lib
 
     seen = []  # the ambient mesh where the model resolves its attention implementation (at trace time)
     resolve = model_lib.resolve_implementation

@@ -17,8 +17,14 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from fast3r_jax.torch_checkpoint import (CheckpointFormatError, InertObject, UnsafeCheckpointError,
-                                         load_state_dict, read_safetensors, read_torch_pickle)
+from fast3r_jax.convert.readers import (
+    CheckpointFormatError,
+    InertObject,
+    UnsafeCheckpointError,
+    load_state_dict,
+    read_safetensors,
+    read_torch_pickle,
+)
 
 FIXTURES = pathlib.Path(__file__).parent / "data" / "torch_fixtures"
 LIGHTNING_NET_KEYS = ["encoder.patch_embed.proj.weight", "decoder.dec_norm.bias",

@@ -12,16 +12,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from parity import golden_views
+from reference_weights import DATA, tiny_state_dict
 from tensorboard.backend.event_processing import event_accumulator
 
 from fast3r_jax import config as config_lib
 from fast3r_jax import load_pretrained
-from fast3r_jax.losses import multiview_loss
-from fast3r_jax.model import View
-from fast3r_jax.params import build_model, params_from_torch, params_to_torch
-from fast3r_jax.trainer import NonFiniteLossError, TrainConfig, export_params, override, train
-from parity import golden_views
-from reference_weights import DATA, tiny_state_dict
+from fast3r_jax.convert.table import params_from_torch, params_to_torch
+from fast3r_jax.model.fast3r import View
+from fast3r_jax.model.params import build_model
+from fast3r_jax.train.loop import NonFiniteLossError, TrainConfig, export_params, override, train
+from fast3r_jax.train.losses import multiview_loss
 
 ROOT = pathlib.Path(__file__).parents[1]
 SMALL = config_lib.tiny().replace(head=config_lib.HeadConfig(feature_dim=32, last_dim=16, layer_dims=(8, 16, 32, 64)))

@@ -18,7 +18,7 @@ Views keep their true orientation (a portrait view is not transposed).
 Frames are cropped and resized as the reference evaluation loaders do
 (`fast3r_jax.data.augment.crop_resize` without the random zoom): a crop centred on the
 principal point, a rescale until the target fits, a centred crop to the target.
-`fast3r_jax.images.resize_and_crop` is a different rule (long side, multiples of 16)
+`fast3r_jax.io.images.resize_and_crop` is a different rule (long side, multiples of 16)
 and does not track intrinsics, so it is not used here.
 
 Sample `i` draws its random choices from `np.random.default_rng(seed + i)`, so every

@@ -38,7 +38,7 @@ from absl import flags
 from fast3r_jax.data.augment import BUCKETS, augment_views
 from fast3r_jax.data.mixture import Mixture
 from fast3r_jax.data.readers import Source, View, load_sample
-from fast3r_jax.images import normalize
+from fast3r_jax.io.images import normalize
 
 BATCH_KEYS = ("img", "true_shape", "pts3d", "valid_mask", "depthmap", "camera_pose", "camera_intrinsics")
 Batch = list[dict[str, np.ndarray]]

@@ -5,7 +5,7 @@ fused flash-attention kernel of `jax.nn.dot_product_attention` on NVIDIA GPUs (1
 for by name: `implementation=None` may silently fall back to XLA and materialise the full logits. `splash` is the
 Pallas splash-attention kernel (flash attention for TPU, float32 or bfloat16); off TPU it runs the same kernel in
 Pallas interpret mode (slow: for tests and debugging). A callable `implementation(q, k, v, scale=...)` replaces them
-all (sequence-parallel attention over a device mesh, see fast3r_jax.sequence_parallel).
+all (sequence-parallel attention over a device mesh, see fast3r_jax.inference.sharded).
 
 Mosaic (TPU Pallas) kernels cannot be partitioned by XLA: under a jit over several devices the splash call must sit
 in a shard_map. `splash` therefore shard_maps over the ambient mesh (`jax.set_mesh`), batch over its axes other

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fast3r_jax.attention import resolve_implementation
 from fast3r_jax.config import Fast3RConfig
-from fast3r_jax.dpt_head import DPTHead
-from fast3r_jax.encoder import ORIENTATIONS, Encoder, is_portrait, token_grid
-from fast3r_jax.fusion import FusionTransformer
+from fast3r_jax.model.attention import resolve_implementation
+from fast3r_jax.model.dpt_head import DPTHead
+from fast3r_jax.model.encoder import ORIENTATIONS, Encoder, is_portrait, token_grid
+from fast3r_jax.model.fusion import FusionTransformer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -439,7 +439,7 @@ def _glb_bytes(primitives: list[dict], buffers: list[tuple[np.ndarray, str, int,
         accessors.append(accessor)
     blob.extend(b"\0" * (-len(blob) % 4))
     gltf = {
-        "asset": {"version": "2.0", "generator": "fast3r_jax.export"},
+        "asset": {"version": "2.0", "generator": "fast3r_jax.io.export"},
         "extensionsUsed": ["KHR_materials_unlit"],
         "materials": [{"name": "unlit", "pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1]},
                        "extensions": {"KHR_materials_unlit": {}}}],

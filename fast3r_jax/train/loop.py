@@ -22,16 +22,17 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from fast3r_jax import config as config_lib
-from fast3r_jax import training
 from fast3r_jax.checkpoint import load_pretrained, save_pretrained
 from fast3r_jax.data.mixture import parse_mixture
 from fast3r_jax.data.pipeline import make_loader
-from fast3r_jax.flops import peak_flops, train_step_flops
-from fast3r_jax.optimizer import OptimizerConfig, learning_rate, make_optimizer
-from fast3r_jax.params import init_params
-from fast3r_jax.predict import DTYPES
+from fast3r_jax.inference.predict import DTYPES
+from fast3r_jax.model.flops import peak_flops, train_step_flops
+from fast3r_jax.model.params import init_params
 from fast3r_jax.sharding import LAYOUTS, make_mesh
-from fast3r_jax.tensorboard import SummaryWriter, normalise_to_uint8
+from fast3r_jax.train import step as training
+from fast3r_jax.train.optimizer import OptimizerConfig, learning_rate, make_optimizer
+from fast3r_jax.train.tensorboard import SummaryWriter, normalise_to_uint8
+
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient became NaN/inf; the step was not applied."""

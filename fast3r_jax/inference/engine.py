@@ -9,7 +9,7 @@ views in input order within a group); attention has no notion of token order, so
 model's view order, with the image ids following their views.
 
 Per-view results stay on the device until the caller takes them; they are returned in TRUE orientation (portrait
-views are not transposed, unlike `predict`). `fast3r_jax.sequence_parallel.ShardedEngine` runs the same over
+views are not transposed, unlike `predict`). `fast3r_jax.inference.sharded.ShardedEngine` runs the same over
 several devices.
 """
 
@@ -24,11 +24,11 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from fast3r_jax.attention import resolve_implementation
 from fast3r_jax.config import Fast3RConfig
-from fast3r_jax.image_index_embedding import check_image_ids, sample_image_ids
-from fast3r_jax.params import build_model
-from fast3r_jax.predict import DTYPES, OUTPUT_KEYS
+from fast3r_jax.inference.predict import DTYPES, OUTPUT_KEYS
+from fast3r_jax.model.attention import resolve_implementation
+from fast3r_jax.model.image_index_embedding import check_image_ids, sample_image_ids
+from fast3r_jax.model.params import build_model
 
 IMAGE_ID_POLICIES = ("random", "sequential")
 

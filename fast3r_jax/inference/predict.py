@@ -11,9 +11,9 @@ import numpy as np
 from flax import nnx
 
 from fast3r_jax.config import Fast3RConfig
-from fast3r_jax.image_index_embedding import check_image_ids
-from fast3r_jax.model import View, orientation_of
-from fast3r_jax.params import build_model
+from fast3r_jax.model.fast3r import View, orientation_of
+from fast3r_jax.model.image_index_embedding import check_image_ids
+from fast3r_jax.model.params import build_model
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 OUTPUT_KEYS = ("pts3d_in_other_view", "conf", "pts3d_local", "conf_local")

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fast3r_jax import geometry
 from fast3r_jax.config import HeadConfig
+from fast3r_jax.geometry import transforms as geometry
 
 
 def _conv(cin: int, cout: int, k: int, *, stride: int = 1, bias: bool = True, dtype, rngs) -> nnx.Conv:

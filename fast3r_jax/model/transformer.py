@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fast3r_jax.attention import dot_product_attention
-from fast3r_jax.rope2d import RopeTables, apply_rope
+from fast3r_jax.model.attention import dot_product_attention
+from fast3r_jax.model.rope2d import RopeTables, apply_rope
 
 
 @dataclasses.dataclass(frozen=True)

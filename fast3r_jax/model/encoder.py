@@ -13,8 +13,8 @@ import numpy as np
 from flax import nnx
 
 from fast3r_jax.config import EncoderConfig
-from fast3r_jax.rope2d import rope_tables
-from fast3r_jax.transformer import BlockConfig, BlockStack, layer_norm
+from fast3r_jax.model.rope2d import rope_tables
+from fast3r_jax.model.transformer import BlockConfig, BlockStack, layer_norm
 
 ORIENTATIONS = ("landscape", "portrait", "mixed")
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fast3r_jax.config import INFERENCE_SCALE_FACTOR, FusionConfig
-from fast3r_jax.image_index_embedding import image_index_embedding
-from fast3r_jax.transformer import BlockConfig, BlockStack, layer_norm
+from fast3r_jax.model.image_index_embedding import image_index_embedding
+from fast3r_jax.model.transformer import BlockConfig, BlockStack, layer_norm
 
 
 class FusionTransformer(nnx.Module):

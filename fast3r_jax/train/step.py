@@ -5,7 +5,7 @@
 constrained to the optimizer-state layout, so under zero2 it is reduce-scattered rather than all-reduced.
 The train and eval steps are traced with their mesh as the ambient one (`jax.set_mesh`), so that model code which
 asks for it sees it: splash attention's shard_map, and `attention='auto'` choosing splash on a multi-device TPU
-(fast3r_jax.attention).
+(fast3r_jax.model.attention).
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fast3r_jax import sharding as sharding_lib
 from fast3r_jax.config import Fast3RConfig
-from fast3r_jax.image_index_embedding import sample_image_ids
-from fast3r_jax.losses import multiview_loss
-from fast3r_jax.model import Fast3R, View, orientation_of
-from fast3r_jax.params import abstract_params
+from fast3r_jax.model.fast3r import Fast3R, View, orientation_of
+from fast3r_jax.model.image_index_embedding import sample_image_ids
+from fast3r_jax.model.params import abstract_params
+from fast3r_jax.train.losses import multiview_loss
 
 # Per-view batch arrays the step consumes (the loader may carry more).
 MODEL_KEYS = ("img", "true_shape")

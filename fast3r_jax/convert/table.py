@@ -1,64 +1,19 @@
 """Conversion between upstream PyTorch state-dict names/layouts and this model's parameters: one table.
 
-Parameters are a pure nested dict of arrays, as `nnx.state(model, nnx.Param).to_pure_dict()` gives them; the
-transformer blocks are stacked on a leading layer axis. Conversion is strict: every upstream tensor is mapped, and
-a missing, unexpected or mis-shaped tensor fails with one error that lists all of them.
+Conversion is strict: every upstream tensor is mapped, and a missing, unexpected or mis-shaped tensor fails with one
+error that lists all of them.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from fast3r_jax.config import Fast3RConfig
-from fast3r_jax.model import Fast3R
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's tensors do not match the model config (names or shapes)."""
-
-
-def abstract_params(cfg: Fast3RConfig) -> dict:
-    """Parameter tree of a config as jax.ShapeDtypeStruct leaves (no memory allocated)."""
-    model = nnx.eval_shape(lambda: Fast3R(cfg, rngs=nnx.Rngs(0)))
-    return nnx.state(model, nnx.Param).to_pure_dict()
-
-
-def init_params(cfg: Fast3RConfig, seed: int = 0) -> dict:
-    """Freshly initialised parameters (random weights, e.g. for benchmarks or training from scratch)."""
-    return nnx.state(Fast3R(cfg, rngs=nnx.Rngs(seed)), nnx.Param).to_pure_dict()
-
-
-def flat_params(tree: Mapping) -> dict[str, Any]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): v for path, v in leaves}
-
-
-def check_params(params: Mapping, cfg: Fast3RConfig) -> None:
-    """Raises one error listing parameters that are missing, unexpected or mis-shaped for the config."""
-    want, got = flat_params(abstract_params(cfg)), flat_params(params)
-    problems = [f"missing: {k}" for k in sorted(set(want) - set(got))]
-    problems += [f"unexpected: {k}" for k in sorted(set(got) - set(want))]
-    problems += [f"mis-shaped: {k}: {tuple(np.shape(got[k]))} vs {tuple(want[k].shape)}"
-                 for k in sorted(set(want) & set(got)) if tuple(np.shape(got[k])) != tuple(want[k].shape)]
-    if problems:
-        raise CheckpointMismatchError("parameters do not match the config:\n  " + "\n  ".join(problems))
-
-
-def build_model(cfg: Fast3RConfig, params: Mapping, dtype=jnp.float32) -> Fast3R:
-    """A Fast3R module holding `params` (checked against the config), computing in `dtype`."""
-    check_params(params, cfg)
-    model = nnx.eval_shape(lambda: Fast3R(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
-    state = nnx.state(model, nnx.Param)
-    state.replace_by_pure_dict(jax.tree.map(jnp.asarray, dict(params)))
-    nnx.update(model, state)
-    return model
-
+from fast3r_jax.model.params import CheckpointMismatchError, abstract_params
 
 # Layout transforms: (PyTorch -> ours, ours -> PyTorch); `heads` is the attention head count where it matters.
 _SAME = (lambda x, heads: x, lambda x, heads: x)

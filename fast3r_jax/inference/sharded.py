@@ -41,13 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fast3r_jax import distributed
 from fast3r_jax import sharding as sharding_lib
 from fast3r_jax.config import Fast3RConfig
-from fast3r_jax.inference import Engine, _encode, _progress, chunk_views
-from fast3r_jax.predict import OUTPUT_KEYS
+from fast3r_jax.inference.engine import Engine, _encode, _progress, chunk_views
+from fast3r_jax.inference.predict import OUTPUT_KEYS
 
 METHODS = ("allgather", "ring")
 KERNELS = ("cudnn", "xla")  # local attention kernels (module docstring); splash is not one (ShardedEngine.layout)
@@ -440,7 +441,7 @@ class ShardedEngine(Engine):
                                 self.head_chunk) for (hw, _), members in groups.items())
         # The model's attention picks the local kernel: cuDNN stays cuDNN; splash ('auto' on TPU, or asked for)
         # runs the XLA kernel, since the kernels here mask padding keys and (ring) return softmax statistics,
-        # neither of which fast3r_jax.attention's splash call does. The encoder still runs the model's choice.
+        # neither of which fast3r_jax.model.attention's splash call does. The encoder still runs the model's choice.
         kernel = "cudnn" if self.attention == "cudnn" else "xla"
         return SequenceParallel(self.mesh, self.seq_attention, kernel, self.seq_chunk, made)
 

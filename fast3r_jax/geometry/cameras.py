@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fast3r_jax.geometry import apply_transform, inverse_rigid, rigid_from_rotation_translation
+from fast3r_jax.geometry.transforms import apply_transform, inverse_rigid, rigid_from_rotation_translation
 
 WEISZFELD_ITERS = 100
 PNP_REPROJ_ERROR_PX = 5.0

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.spatial import cKDTree
 
-from fast3r_jax import cameras
+from fast3r_jax.geometry import cameras
 
 # Rotation cosines beyond +-(1 - _COS_BOUND) use the tangent line of acos instead of acos.
 _COS_BOUND = 1e-4
@@ -267,7 +267,7 @@ def align_similarity(
 
     R is a proper rotation (a reflection flips the last singular direction). This is the registration the reference
     evaluation uses to bring local pointmaps into the global frame and predicted points onto GT points; the solver
-    is shared with `fast3r_jax.cameras`.
+    is shared with `fast3r_jax.geometry.cameras`.
 
     Args:
         src: (N, 3) points to move.

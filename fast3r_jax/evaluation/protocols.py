@@ -31,11 +31,12 @@ from jax.sharding import Mesh
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from fast3r_jax import cameras, distributed, metrics
+from fast3r_jax import distributed
 from fast3r_jax.config import Fast3RConfig
-from fast3r_jax.images import normalize
-from fast3r_jax.inference import Engine
-from fast3r_jax.sequence_parallel import ShardedEngine
+from fast3r_jax.geometry import cameras, metrics
+from fast3r_jax.inference.engine import Engine
+from fast3r_jax.inference.sharded import ShardedEngine
+from fast3r_jax.io.images import normalize
 
 POSE_SOLVERS = ("procrustes", "pnp")
 TASKS = ("pose", "recon")

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from fast3r_jax import geometry
+from fast3r_jax.geometry import transforms as geometry
 
 View = Mapping[str, jax.Array]
 

@@ -19,8 +19,9 @@ import numpy as np
 
 from fast3r_jax import config as config_lib
 from fast3r_jax.checkpoint import save_pretrained
-from fast3r_jax.params import fold_aliases, init_params, params_from_torch, params_to_torch
-from fast3r_jax.torch_checkpoint import UnsafeCheckpointError, load_state_dict
+from fast3r_jax.convert.readers import UnsafeCheckpointError, load_state_dict
+from fast3r_jax.convert.table import fold_aliases, params_from_torch, params_to_torch
+from fast3r_jax.model.params import init_params
 
 # DUSt3R prefixes -> Fast3R prefixes for the parts upstream initialises from a DUSt3R checkpoint.
 _DUST3R_ENCODER = (("patch_embed.", "encoder.patch_embed."), ("enc_blocks.", "encoder.enc_blocks."),
@@ -114,6 +115,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {pathlib.Path(args.out).absolute()}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: pose and reconstruction protocols over datasets, and their plots."""
