@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import uuid
 from typing import Any, Mapping
 
 import jax
@@ -21,10 +19,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fast3r_jax.config import Fast3RConfig
+from fast3r_jax.errors import InputError
+from fast3r_jax.io.files import atomic_folder
 from fast3r_jax.model.params import abstract_params, check_params, flat_params
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint folder is missing, incomplete or does not match its config."""
 
 
@@ -34,20 +34,15 @@ STORAGE_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
 def save_pretrained(directory: str | os.PathLike, config: Fast3RConfig, params: Mapping,
                     notes: Mapping[str, Any] | None = None, overwrite: bool = False,
                     storage_dtype: str = "float32") -> pathlib.Path:
-    """Writes config + params into `directory`. The folder appears only once complete (rename of a temp folder).
+    """Writes config + params into `directory`. The folder appears only once complete (rename of a temp folder);
+    with `overwrite` it replaces only a folder that this tool wrote (see fast3r_jax.io.files).
 
     storage_dtype 'bfloat16' halves the size on disk; `load_pretrained` always returns float32.
     """
     if storage_dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}")
     check_params(params, config)
-    target = pathlib.Path(directory).absolute()
-    if target.exists() and not overwrite:
-        raise CheckpointError(f"{target} already exists (pass overwrite=True to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.mkdir()
+    with atomic_folder(directory, kind="checkpoint", overwrite=overwrite, what="checkpoint folder") as tmp:
         params = jax.tree.map(lambda x: np.asarray(x, np.float32).astype(STORAGE_DTYPES[storage_dtype]),
                               dict(params))
         with ocp.StandardCheckpointer() as ckptr:
@@ -57,12 +52,7 @@ def save_pretrained(directory: str | os.PathLike, config: Fast3RConfig, params: 
         manifest = {"params": {k: list(np.shape(v)) for k, v in flat_params(params).items()},
                     "storage_dtype": storage_dtype, "notes": dict(notes or {})}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    target = pathlib.Path(directory).resolve()
     return target
 
 

@@ -25,6 +25,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from fast3r_jax.errors import InputError
+
 # Environment variables that give the task count of a multi-process launch, by launcher.
 _TASK_COUNT_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
@@ -63,15 +65,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     given = [name for name, value in explicit.items() if value is not None]
     if given and len(given) != len(explicit):
         missing = [name for name in explicit if name not in given]
-        raise ValueError(f"{', '.join(given)} given without {', '.join(missing)}: pass all three, or --distributed "
+        raise InputError(f"{', '.join(given)} given without {', '.join(missing)}: pass all three, or --distributed "
                          "for the cluster's auto-detection")
     if given:
         if num_processes < 1:
-            raise ValueError(f"--num-processes must be at least 1, got {num_processes}")
+            raise InputError(f"--num-processes must be at least 1, got {num_processes}")
         if not 0 <= process_id < num_processes:
-            raise ValueError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+            raise InputError(f"--process-id must be in [0, {num_processes}), got {process_id}")
         if ":" not in coordinator_address:
-            raise ValueError(f"--coordinator-address must be HOST:PORT, got {coordinator_address!r}")
+            raise InputError(f"--coordinator-address must be HOST:PORT, got {coordinator_address!r}")
     if not (given or auto or launched_as_several_processes()):
         return False
     if jax.distributed.is_initialized():

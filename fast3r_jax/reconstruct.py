@@ -21,17 +21,14 @@ reported after a similarity alignment of the predicted cameras onto the ground t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import pathlib
-import shutil
 import time
-import uuid
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,11 +40,13 @@ from fast3r_jax import distributed
 from fast3r_jax.checkpoint import load_config, load_pretrained
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.data.synthetic import CAMERAS_FILE, read_example_cameras
+from fast3r_jax.errors import InputError
 from fast3r_jax.geometry import cameras as cameras_lib
 from fast3r_jax.geometry import metrics
 from fast3r_jax.inference.engine import Engine
 from fast3r_jax.inference.sharded import ShardedEngine
 from fast3r_jax.io import export, images
+from fast3r_jax.io.files import atomic_folder, check_output_folder
 
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).parent / "assets" / "builtin"  # trained by configs/train_builtin.py
 BUILTIN_IMAGE_SIZE = 128  # long side of the images the built-in model was trained on (128x96)
@@ -61,7 +60,7 @@ DEFAULT_VIDEO_FPS = 1.0
 log = logging.getLogger(__name__)
 
 
-class ReconstructError(Exception):
+class ReconstructError(InputError):
     """A problem with the user's inputs, checkpoint or output folder (one message, no traceback needed)."""
 
 
@@ -354,31 +353,6 @@ def ground_truth_poses(views: Sequence[Mapping], notify: Callable[[str], None] =
 # ----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def staged_folder(out: pathlib.Path, overwrite: bool) -> Iterator[pathlib.Path]:
-    """Yields a temporary folder next to `out` that replaces `out` only when the block succeeds."""
-    if out.exists() and not overwrite:
-        raise ReconstructError(f"output folder {out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Sequence[Mapping], cams: Cameras,
                   names: Sequence[str], conf_percentile: float | None = 10.0,
                   conf_threshold: float | None = None) -> dict[str, Any]:
@@ -430,8 +404,9 @@ def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     notify receives notes for the user (default checkpoint in use, skipped images, failed cameras).
     """
     out = pathlib.Path(out)
-    if out.exists() and not overwrite:
-        raise ReconstructError(f"output folder {out} already exists; pass --overwrite to replace it")
+    given = [os.fspath(i) for i in inputs]
+    input_paths = [p for _, p in _sources(given)] + [i for i in given if os.path.exists(i)]
+    check_output_folder(out, overwrite=overwrite, inputs=input_paths)
     if pose_solver not in POSE_SOLVERS:
         raise ReconstructError(f"--pose-solver must be one of {POSE_SOLVERS}, got {pose_solver!r}")
     if conf_percentile is not None and not 0 <= conf_percentile <= 100:
@@ -478,7 +453,7 @@ def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     if not distributed.is_lead():
         return summary
     start = time.perf_counter()
-    with staged_folder(out, overwrite) as folder:
+    with atomic_folder(out, kind="reconstruction", overwrite=overwrite, inputs=input_paths) as folder:
         summary |= write_outputs(folder, views, host_outputs, cams, names, conf_percentile, conf_threshold)
         timings["export_s"] = time.perf_counter() - start
         summary["timings"] = timings

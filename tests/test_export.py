@@ -147,16 +147,6 @@ def test_ply_rejects_bad_inputs_without_leaving_files(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_interrupted_write_keeps_the_old_file_and_no_temporary(tmp_path):
-    path = tmp_path / "out.bin"
-    path.write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="interrupted"):
-        with export._atomic_open(path) as f:
-            f.write(b"partial")
-            raise RuntimeError("interrupted")
-    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.bin"]
-
-
 # ------------------------------------------------------------------------------------------------ COLMAP
 
 

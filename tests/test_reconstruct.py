@@ -10,11 +10,12 @@ import pycolmap
 import pygltflib
 import pytest
 from scipy.spatial.transform import Rotation
+from small_model import small_config, small_params
 
 from fast3r_jax import cli, reconstruct
 from fast3r_jax.checkpoint import save_pretrained
 from fast3r_jax.data.synthetic import SyntheticScenes, write_example_scene
-from small_model import small_config, small_params
+from fast3r_jax.io.files import MARKER
 
 NUM_VIEWS = 4
 SIZE = 224  # the 64x48 example images become 224x224 centre crops
@@ -103,6 +104,10 @@ def test_default_checkpoint_procrustes_and_overwrite(tmp_path, capsys, monkeypat
     monkeypatch.setattr(reconstruct, "DEFAULT_CHECKPOINT", checkpoint)
     out.mkdir()
     (out / "stale.txt").write_text("old run")
+    code, _, stderr = _run(capsys, "reconstruct", scene, "--out", out, "--overwrite")
+    assert code == 2 and "was not written by fast3r-jax" in stderr  # a folder of someone else's is never replaced
+    assert (out / "stale.txt").read_text() == "old run"
+    (out / MARKER).write_text("{}")  # as an earlier run leaves it
     code, stdout, stderr = _run(capsys, "reconstruct", scene, "--out", out, "--overwrite", "--pose-solver",
                                 "procrustes", "--image-ids", "sequential", "--max-views", 3)
     assert code == 0, stderr
@@ -209,22 +214,6 @@ def test_video_frames_and_images_together(tmp_path, scene):
                                               "my_clip_frame000007.png"]
     assert len(reconstruct.load_inputs([video], size=SIZE)) == 2  # one frame per second by default
     assert len(reconstruct.load_inputs([scene, video], size=SIZE, video_fps=4, max_views=5)) == 5
-
-
-def test_failed_write_leaves_no_output_and_keeps_the_old_one(tmp_path):
-    out = tmp_path / "out"
-    with pytest.raises(RuntimeError):
-        with reconstruct.staged_folder(out, overwrite=False) as folder:
-            (folder / "points.ply").write_text("partial")
-            raise RuntimeError("interrupted")
-    assert list(tmp_path.iterdir()) == []
-    out.mkdir()
-    (out / "points.ply").write_text("complete")
-    with pytest.raises(RuntimeError):
-        with reconstruct.staged_folder(out, overwrite=True) as folder:
-            (folder / "points.ply").write_text("partial")
-            raise RuntimeError("interrupted")
-    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "points.ply").read_text() == "complete"
 
 
 # ----------------------------------------------------------------------------------------------- cameras

@@ -22,20 +22,19 @@ Every file is first written under a temporary name in its destination folder and
 an interrupted run never leaves a half-written file behind.
 """
 
-import contextlib
 import json
 import logging
 import math
 import os
 import struct
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 from scipy.spatial import cKDTree
+
+from fast3r_jax.io.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +63,11 @@ def _num(x: float) -> str:
 # ----------------------------------------------------------------------------------------------- file safety
 
 
-@contextlib.contextmanager
-def _atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Yields a file under a temporary name next to `path`; renames it to `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    text = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
-    try:
-        with open(tmp, mode.replace("w", "x"), **text) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _save_png(path: PathLike, image: Image.Image, text: dict[str, str] | None = None) -> None:
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
-    with _atomic_open(path) as f:
+    with atomic_file(path) as f:
         image.save(f, format="PNG", pnginfo=info)
 
 
@@ -318,7 +301,7 @@ def write_ply(path: PathLike, points, colors) -> int:
               f"element vertex {len(points)}\n"
               "property float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
-    with _atomic_open(path) as f:
+    with atomic_file(path) as f:
         f.write(header.encode("ascii"))
         f.write(vertex.tobytes())
     return dropped
@@ -360,7 +343,7 @@ def write_colmap(folder: PathLike, intrinsics, c2w, image_sizes, image_names: Se
 
     folder = Path(folder)
     num = len(c2w)
-    with _atomic_open(folder / "cameras.txt", "w") as f:
+    with atomic_file(folder / "cameras.txt", "w") as f:
         f.write("# Camera list with one line of data per camera:\n"
                 "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n"
                 f"# Number of cameras: {num}\n")
@@ -369,7 +352,7 @@ def write_colmap(folder: PathLike, intrinsics, c2w, image_sizes, image_names: Se
             f.write(f"{i + 1} PINHOLE {sizes[i, 0]} {sizes[i, 1]} " + " ".join(map(_num, params)) + "\n")
 
     rot_w2c, trans_w2c = world_to_camera(c2w)
-    with _atomic_open(folder / "images.txt", "w") as f:
+    with atomic_file(folder / "images.txt", "w") as f:
         f.write("# Image list with two lines of data per image:\n"
                 "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n"
                 "#   POINTS2D[] as (X, Y, POINT3D_ID)\n"
@@ -378,7 +361,7 @@ def write_colmap(folder: PathLike, intrinsics, c2w, image_sizes, image_names: Se
             pose = np.concatenate([rotation_to_quaternion(rot_w2c[i]), trans_w2c[i]])
             f.write(f"{i + 1} " + " ".join(map(_num, pose)) + f" {i + 1} {names[i]}\n\n")
 
-    with _atomic_open(folder / "points3D.txt", "w") as f:
+    with atomic_file(folder / "points3D.txt", "w") as f:
         f.write("# 3D point list with one line of data per point:\n"
                 "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n"
                 f"# Number of points: {len(points)}, mean track length: 0\n")
@@ -409,7 +392,7 @@ def write_cameras_json(path: PathLike, c2w, intrinsics, image_sizes, image_names
                      "c2w": pose.tolist(), "intrinsics": k.tolist()}
                     for name, size, pose, k in zip(names, sizes, c2w, intrinsics)],
     }
-    with _atomic_open(path, "w") as f:
+    with atomic_file(path, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
 
@@ -497,7 +480,7 @@ def write_glb(path: PathLike, points, colors, c2w, intrinsics, image_sizes,
         primitives.insert(0, {"name": "points", "mode": _GL_POINTS, "attributes": {"POSITION": 3, "COLOR_0": 4},
                               "indices": None})
     data = _glb_bytes(primitives, buffers)
-    with _atomic_open(path) as f:
+    with atomic_file(path) as f:
         f.write(data)
     return dropped
 

@@ -1,21 +1,14 @@
-"""The `fast3r-jax` command.
-
-    fast3r-jax reconstruct INPUT... --checkpoint DIR --out DIR [options]
-
-Problems with the inputs, the checkpoint or the output folder print one `error:` line and exit with status 2.
-"""
+"""`fast3r-jax reconstruct INPUT... --out DIR [--checkpoint DIR] [options]`: fast3r_jax.reconstruct from the command
+line."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Sequence
 
 from fast3r_jax import distributed
 from fast3r_jax import reconstruct as reconstruct_lib
+from fast3r_jax.cli import note
 from fast3r_jax.inference.engine import IMAGE_ID_POLICIES
-
-EXIT_USAGE = 2
 
 
 def _positive_int(text: str) -> int:
@@ -32,15 +25,12 @@ def _percentile(text: str) -> float:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fast3r-jax", description="Fast3R 3D reconstruction in JAX.")
-    commands = p.add_subparsers(dest="command", required=True)
-    r = commands.add_parser(
-        "reconstruct", help="point cloud and cameras from images or videos",
-        description="Reconstructs a scene from images (files, folders, glob patterns) and videos: writes a point "
-                    "cloud (PLY), cameras (COLMAP text and JSON), a GLB scene, per-view depth and confidence PNGs "
-                    "and a preview PNG into --out. With a ground-truth cameras.json next to the images (the "
-                    "example scene's format) it also prints the pose errors.")
+def add_arguments(r: argparse.ArgumentParser) -> None:
+    r.description = (
+        "Reconstructs a scene from images (files, folders, glob patterns) and videos: writes a point cloud (PLY), "
+        "cameras (COLMAP text and JSON), a GLB scene, per-view depth and confidence PNGs and a preview PNG into --out. "
+        "With a ground-truth cameras.json next to the images (the example scene's format) it also prints the pose "
+        "errors.")
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder, glob pattern or video")
     r.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     r.add_argument("--checkpoint", default=None,
@@ -68,7 +58,6 @@ def parser() -> argparse.ArgumentParser:
     video.add_argument("--video-fps", type=float, default=None, help="frames per second sampled from videos (default 1)")
     video.add_argument("--video-frames", type=_positive_int, default=None, help="frames sampled evenly from each video")
     distributed.add_inference_arguments(r)
-    return p
 
 
 def _report(summary: dict) -> None:
@@ -82,37 +71,16 @@ def _report(summary: dict) -> None:
               f"({errors['translation_error_rel']:.2%} of the camera spread) after similarity alignment")
 
 
-def _note(message: str) -> None:
-    print(f"fast3r-jax: {message}", file=sys.stderr)
-
-
-def _silent(message: str) -> None:
-    del message
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        distributed.initialize_from_args(args)
-    except ValueError as err:
-        print(f"fast3r-jax: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+def run(args: argparse.Namespace) -> int:
+    distributed.initialize_from_args(args)
     lead = distributed.is_lead()  # process 0 speaks for all
-    try:
-        summary = reconstruct_lib.reconstruct(
-            args.inputs, args.out, checkpoint=args.checkpoint, size=args.size, dtype=args.dtype,
-            max_views=args.max_views, conf_percentile=args.conf_percentile, conf_threshold=args.conf_threshold,
-            pose_solver=args.pose_solver, seed=args.seed, image_ids=args.image_ids, on_bad_image=args.on_bad_image,
-            overwrite=args.overwrite, video_fps=args.video_fps, video_frames=args.video_frames,
-            mesh=distributed.inference_mesh(args.sharded), seq_attention=args.seq_attention,
-            progress=None if lead else False, notify=_note if lead else _silent)
-    except reconstruct_lib.ReconstructError as err:
-        print(f"fast3r-jax: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    summary = reconstruct_lib.reconstruct(
+        args.inputs, args.out, checkpoint=args.checkpoint, size=args.size, dtype=args.dtype,
+        max_views=args.max_views, conf_percentile=args.conf_percentile, conf_threshold=args.conf_threshold,
+        pose_solver=args.pose_solver, seed=args.seed, image_ids=args.image_ids, on_bad_image=args.on_bad_image,
+        overwrite=args.overwrite, video_fps=args.video_fps, video_frames=args.video_frames,
+        mesh=distributed.inference_mesh(args.sharded), seq_attention=args.seq_attention,
+        progress=None if lead else False, notify=note if lead else _silent)
     if lead:
         _report(summary)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The `fast3r-jax` command: one program, one subcommand per job.
+
+    fast3r-jax [--debug] COMMAND [options]
+
+Each command lives in its own module of this package (`add_arguments(parser)` and `run(args) -> int`), imported only
+when it is the one asked for, so that a command pays for no other command's imports. Exit status, the same for
+every command: 0 done; 2 bad input (one line `fast3r-jax: error: ...` naming the file, folder or field); 1 an
+internal failure (with its traceback). `--debug` shows the traceback for bad input too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import sys
+from typing import Sequence
+
+from fast3r_jax.errors import InputError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+COMMANDS = {  # name: (module, one-line help)
+    "reconstruct": ("fast3r_jax.cli.reconstruct", "point cloud and cameras from images or videos"),
+}
+
+# Operating-system errors that are the user's to fix (a missing, unreadable or full target), not bugs.
+_USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+
+
+def note(message: str) -> None:
+    """A note for the user on standard error."""
+    print(f"fast3r-jax: {message}", file=sys.stderr)
+
+
+def error(message: str) -> int:
+    """Prints the one-line error and returns EXIT_USAGE."""
+    print(f"fast3r-jax: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only `command`'s own arguments are added (all of them when None)."""
+    p = argparse.ArgumentParser(prog="fast3r-jax", description="Fast3R 3D reconstruction in JAX.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for bad input too")
+    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if command in (None, name):
+            importlib.import_module(module).add_arguments(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    args = parser(chosen or "").parse_args(argv)
+    try:
+        return importlib.import_module(COMMANDS[args.command][0]).run(args)
+    except InputError as err:
+        if args.debug:
+            raise
+        return error(str(err))
+    except OSError as err:
+        if args.debug or err.errno not in _USER_ERRNOS:
+            raise
+        return error(f"{err.filename}: {err.strerror}" if err.filename else str(err))
+
