@@ -261,11 +261,11 @@ def test_bad_shapes_raise():
 
 # ---- the dispatcher: parallel PnP and known intrinsics ----
 
-def _outputs_with_cameras(intrinsics, resolution=(64, 48), num_views=5):
+def _outputs_with_cameras(intrinsics, resolution=(64, 48)):
     """Exact pointmaps of a rendered synthetic scene re-projected through the given (V, 3, 3) intrinsics (any
     principal point, fx != fy): global points in camera 0's frame, local ones in each camera's, confidence 2; and the
     true c2w (V, 4, 4) in camera 0's frame."""
-    views = SyntheticScenes(1, num_views, resolution, seed=5, split="test")[0]
+    views = SyntheticScenes(1, len(intrinsics), resolution, seed=5, split="test")[0]
     w2c0 = np.linalg.inv(views[0]["camera_pose"].astype(np.float64))
     ys, xs = np.mgrid[:resolution[1], :resolution[0]].astype(np.float64)
     outputs, gt_c2w = [], []
@@ -293,16 +293,23 @@ def _known_intrinsics(num_views=5, resolution=(64, 48)):
     return K
 
 
+@pytest.fixture(scope="module")
+def known_scene():
+    """(true intrinsics (V, 3, 3), exact outputs, true c2w (V, 4, 4)), rendered once for the tests below."""
+    K = _known_intrinsics()
+    return (K, *_outputs_with_cameras(K))
+
+
 def _max_pose_errors(c2w, gt_c2w):
     """(largest rotation error in degrees, largest camera-centre error)."""
     return (_rotation_error_deg(c2w[:, :3, :3], gt_c2w[:, :3, :3]).max(),
             np.linalg.norm(c2w[:, :3, 3] - gt_c2w[:, :3, 3], axis=-1).max())
 
 
-def test_parallel_pnp_is_identical_to_serial():
+def test_parallel_pnp_is_identical_to_serial(known_scene):
     # Noisy points with outliers and few RANSAC iterations: each view's result depends on its RANSAC draws,
     # which must not depend on the thread that solves it or on the other views.
-    outputs, _ = _outputs_with_cameras(_known_intrinsics())
+    _, outputs, _ = known_scene
     rng = np.random.default_rng(8)
     pts = [o["pts3d_in_other_view"] + rng.normal(0, 0.02, o["pts3d_in_other_view"].shape).astype(np.float32)
            for o in outputs]
@@ -318,9 +325,8 @@ def test_parallel_pnp_is_identical_to_serial():
     np.testing.assert_array_equal(alone[0], serial[0][[0, 3]])
 
 
-def test_known_intrinsics_give_exact_pnp_poses():
-    K = _known_intrinsics()
-    outputs, gt_c2w = _outputs_with_cameras(K)
+def test_known_intrinsics_give_exact_pnp_poses(known_scene):
+    K, outputs, gt_c2w = known_scene
     cams = cameras.estimate_cameras(outputs, "pnp", intrinsics=K)
     assert cams.failed == ()
     np.testing.assert_array_equal(cams.intrinsics, K)
@@ -331,9 +337,8 @@ def test_known_intrinsics_give_exact_pnp_poses():
     assert _max_pose_errors(estimated.c2w, gt_c2w)[0] > 100 * KNOWN_K_ROT_TOL_DEG
 
 
-def test_known_intrinsics_are_reported_by_procrustes():
-    K = _known_intrinsics()
-    outputs, gt_c2w = _outputs_with_cameras(K)
+def test_known_intrinsics_are_reported_by_procrustes(known_scene):
+    K, outputs, gt_c2w = known_scene
     cams = cameras.estimate_cameras(outputs, "procrustes", intrinsics=K)
     estimated = cameras.estimate_cameras(outputs, "procrustes")
     assert cams.failed == ()
@@ -355,8 +360,8 @@ def test_failed_views_keep_known_intrinsics():
         np.testing.assert_array_equal(cams.intrinsics, K)
 
 
-def test_estimate_cameras_rejects_bad_solver_and_intrinsics():
-    outputs, _ = _outputs_with_cameras(_known_intrinsics(2), num_views=2)
+def test_estimate_cameras_rejects_bad_solver_and_intrinsics(known_scene):
+    outputs = known_scene[1][:2]
     with pytest.raises(ValueError, match="pose solver must be one of"):
         cameras.estimate_cameras(outputs, "icp")
     with pytest.raises(ValueError, match=r"shape \(2, 3, 3\)"):
