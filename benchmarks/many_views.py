@@ -22,8 +22,9 @@ import numpy as np
 
 from fast3r_jax import load_pretrained
 from fast3r_jax.data.synthetic import SyntheticScenes
-from fast3r_jax.evaluation.protocols import apply_similarity, estimate_poses
 from fast3r_jax.geometry import metrics
+from fast3r_jax.geometry.cameras import estimate_cameras
+from fast3r_jax.geometry.transforms import align_points, inverse_rigid
 from fast3r_jax.inference.engine import Engine, make_image_ids
 from fast3r_jax.io.images import normalize
 
@@ -36,7 +37,7 @@ def point_error(pts: np.ndarray, conf: np.ndarray, gt: np.ndarray, valid: np.nda
     index = np.flatnonzero(valid)
     index = np.random.default_rng(seed).choice(index, min(max_points, index.size), replace=False)
     src, dst = pts[index], gt[index]
-    aligned = apply_similarity(src, dst, conf[index])
+    aligned = align_points(src, dst, conf[index])
     spread = np.linalg.norm(dst - dst.mean(0), axis=-1).mean()
     return float(np.linalg.norm(aligned - dst, axis=-1).mean() / spread)
 
@@ -46,9 +47,9 @@ def evaluate(engine: Engine, views: list[dict], ids: np.ndarray) -> dict[str, fl
     pred = jax.device_get(engine([{"img": normalize(v["img"])[None]} for v in views], ids))
     seconds = time.perf_counter() - start
     gt_c2w = np.stack([v["camera_pose"] for v in views]).astype(np.float32)  # (V, 4, 4)
-    pred_c2w = estimate_poses(pred, "procrustes").astype(np.float32)
+    pred_c2w = estimate_cameras(pred, "procrustes", min_conf_percentile=0.0).c2w.astype(np.float32)
     rot, trans = (np.asarray(e) for e in metrics.relative_pose_errors(pred_c2w, gt_c2w))
-    to_first = np.linalg.inv(gt_c2w[0])  # predictions live in view 0's camera frame
+    to_first = inverse_rigid(gt_c2w[0].astype(np.float64))  # predictions live in view 0's camera frame
     gt = np.concatenate([v["pts3d"].reshape(-1, 3) @ to_first[:3, :3].T + to_first[:3, 3] for v in views])
     pts = np.concatenate([p["pts3d_in_other_view"].reshape(-1, 3) for p in pred])
     conf = np.concatenate([p["conf"].reshape(-1) for p in pred])

@@ -21,17 +21,14 @@ reported after a similarity alignment of the predicted cameras onto the ground t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import os
 import pathlib
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
@@ -41,8 +38,8 @@ from fast3r_jax.checkpoint import load_config, load_pretrained
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.data.synthetic import CAMERAS_FILE, read_example_cameras
 from fast3r_jax.errors import InputError
-from fast3r_jax.geometry import cameras as cameras_lib
-from fast3r_jax.geometry import metrics
+from fast3r_jax.geometry.cameras import POSE_SOLVERS, Cameras, estimate_cameras
+from fast3r_jax.geometry.metrics import pose_errors
 from fast3r_jax.inference.engine import Engine
 from fast3r_jax.inference.sharded import ShardedEngine
 from fast3r_jax.io import export, images
@@ -51,10 +48,7 @@ from fast3r_jax.io.files import atomic_folder, check_output_folder
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).parent / "assets" / "builtin"  # trained by configs/train_builtin.py
 BUILTIN_IMAGE_SIZE = 128  # long side of the images the built-in model was trained on (128x96)
 UPSTREAM_IMAGE_SIZE = 512  # long side of the released upstream model's inputs
-POSE_SOLVERS = ("pnp", "procrustes")
 BAD_IMAGE_POLICIES = ("fail", "skip")
-FOCAL_CONF_PERCENTILE = 10.0  # upstream's confidence percentile for the focal fit
-PNP_ITERATIONS = 100  # RANSAC iterations of upstream's demo
 DEFAULT_VIDEO_FPS = 1.0
 
 log = logging.getLogger(__name__)
@@ -200,130 +194,8 @@ def image_names(views: Sequence[Mapping]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------
-# Cameras.
+# Pose errors against ground truth (cameras and pose errors themselves: fast3r_jax.geometry).
 # ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Cameras:
-    """Estimated cameras in the frame of view 0: c2w (V, 4, 4), intrinsics (V, 3, 3), image_sizes (V, 2) (W, H),
-    and the views whose estimate failed (identity pose and/or a 60-degree field-of-view focal substituted)."""
-
-    c2w: np.ndarray
-    intrinsics: np.ndarray
-    image_sizes: np.ndarray
-    failed: tuple[int, ...]
-
-    @property
-    def focals(self) -> np.ndarray:
-        return self.intrinsics[:, 0, 0]
-
-
-def _fallback_focal(height: int, width: int) -> float:
-    return max(height, width) / (2 * math.tan(math.radians(30.0)))
-
-
-@jax.jit
-def _procrustes(pts3d_local: jax.Array, pts3d_global: jax.Array, conf: jax.Array, conf_local: jax.Array,
-                min_conf_percentile: float) -> tuple[jax.Array, jax.Array]:
-    """Focals (V,) from the local maps and c2w (V, 4, 4) aligning local onto global, on confident pixels."""
-    focals = cameras_lib.focal_from_local(pts3d_local, conf_local, min_conf_percentile)
-    cut = jax.vmap(cameras_lib.conf_quantile, in_axes=(0, None))(conf, min_conf_percentile / 100.0)  # (V,)
-    weights = jnp.where(conf >= cut[:, None, None], conf, 0.0)  # (V, H, W)
-    c2w, _ = cameras_lib.procrustes_poses(pts3d_local, pts3d_global, weights)
-    return focals, c2w
-
-
-def estimate_cameras(outputs: Sequence[Mapping], solver: str = "pnp",
-                     min_conf_percentile: float = FOCAL_CONF_PERCENTILE) -> Cameras:
-    """Cameras from per-view predictions (dicts with pts3d_in_other_view, conf, pts3d_local, conf_local; maps
-    (H, W, ...) in true orientation, numpy or device arrays, any mix of shapes).
-
-    'pnp': upstream's estimator (view 0's focal for every view, RANSAC-PnP with PNP_ITERATIONS iterations).
-    'procrustes': per-view focal from the local pointmap and pose from the confidence-weighted similarity between
-    local and global pointmaps, one jitted call per image shape.
-    """
-    if solver not in POSE_SOLVERS:
-        raise ValueError(f"pose solver must be one of {POSE_SOLVERS}, got {solver!r}")
-    num = len(outputs)
-    hw = [tuple(np.shape(o["conf"])) for o in outputs]
-    if solver == "pnp":
-        c2w, focals = cameras_lib.estimate_camera_poses_pnp(
-            [np.asarray(o["pts3d_in_other_view"]) for o in outputs], [np.asarray(o["conf"]) for o in outputs],
-            focal_mode="first_view_from_global_head", niter=PNP_ITERATIONS)
-        c2w, focals = c2w.astype(np.float64), focals.astype(np.float64)
-    else:
-        c2w, focals = np.zeros((num, 4, 4)), np.zeros(num)
-        for shape in dict.fromkeys(hw):
-            idx = [i for i in range(num) if hw[i] == shape]
-            stack = {k: jnp.stack([jnp.asarray(outputs[i][k], jnp.float32) for i in idx])
-                     for k in ("pts3d_local", "pts3d_in_other_view", "conf", "conf_local")}  # (G, H, W[, 3])
-            f, pose = _procrustes(stack["pts3d_local"], stack["pts3d_in_other_view"], stack["conf"],
-                                  stack["conf_local"], min_conf_percentile)
-            focals[idx], c2w[idx] = np.asarray(f), np.asarray(pose)
-    bad_pose = ~np.isfinite(c2w).all(axis=(1, 2))
-    bad_focal = ~(np.isfinite(focals) & (focals > 0))
-    c2w[bad_pose] = np.eye(4)
-    focals = np.where(bad_focal, [_fallback_focal(*s) for s in hw], focals)
-    intrinsics = np.zeros((num, 3, 3))
-    intrinsics[:, 0, 0] = intrinsics[:, 1, 1] = focals
-    intrinsics[:, 0, 2] = [w / 2 for _, w in hw]
-    intrinsics[:, 1, 2] = [h / 2 for h, _ in hw]
-    intrinsics[:, 2, 2] = 1.0
-    sizes = np.asarray([(w, h) for h, w in hw], np.int64)
-    return Cameras(c2w, intrinsics, sizes, tuple(int(i) for i in np.flatnonzero(bad_pose | bad_focal)))
-
-
-# ----------------------------------------------------------------------------
-# Pose errors against ground truth.
-# ----------------------------------------------------------------------------
-
-
-def _nearest_rotation(m: np.ndarray) -> np.ndarray:
-    u, _, vt = np.linalg.svd(m)
-    return u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
-
-
-def align_cameras(pred_c2w: np.ndarray, gt_c2w: np.ndarray) -> np.ndarray:
-    """Predicted c2w (V, 4, 4) moved onto the ground truth by one similarity x -> s R x + t.
-
-    R is the chordal mean of the per-view rotation offsets R_gt R_pred^T; s and t are then the least-squares fit of
-    the camera centres (s = 1 for a single view). Rotation columns of the result stay orthonormal.
-    """
-    pred_c2w, gt_c2w = np.asarray(pred_c2w, np.float64), np.asarray(gt_c2w, np.float64)
-    rot = _nearest_rotation(np.einsum("vij,vkj->ik", gt_c2w[:, :3, :3], pred_c2w[:, :3, :3]))
-    src = pred_c2w[:, :3, 3] @ rot.T  # (V, 3)
-    dst = gt_c2w[:, :3, 3]
-    src_c, dst_c = src - src.mean(0), dst - dst.mean(0)
-    var = float(np.sum(src_c * src_c))
-    scale = float(np.sum(src_c * dst_c)) / var if var > 0 else 1.0
-    out = np.tile(np.eye(4), (len(pred_c2w), 1, 1))
-    out[:, :3, :3] = rot @ pred_c2w[:, :3, :3]
-    out[:, :3, 3] = scale * src + (dst.mean(0) - scale * src.mean(0))
-    return out
-
-
-def rotation_errors_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> np.ndarray:
-    """Geodesic angles (...) between rotations, from |Ra - Rb|_F = 2 sqrt(2) sin(angle / 2) (accurate near 0)."""
-    diff = np.linalg.norm(np.asarray(rot_a, np.float64) - np.asarray(rot_b, np.float64), axis=(-2, -1))
-    return np.rad2deg(2 * np.arcsin(np.minimum(diff / (2 * np.sqrt(2)), 1.0)))
-
-
-def pose_errors(pred_c2w: np.ndarray, gt_c2w: np.ndarray) -> dict[str, float]:
-    """RRA/RTA at 5/15/30 degrees and mAA(30) of the relative poses (the reference evaluation), plus the mean
-    rotation error (degrees) and camera-centre error (ground-truth units, and relative to the mean distance of the
-    ground-truth cameras from their centroid) after `align_cameras`."""
-    pred_c2w, gt_c2w = np.asarray(pred_c2w, np.float64), np.asarray(gt_c2w, np.float64)
-    if pred_c2w.shape != gt_c2w.shape or pred_c2w.shape[1:] != (4, 4) or len(pred_c2w) < 2:
-        raise ValueError(f"need matching (V >= 2, 4, 4) poses, got {pred_c2w.shape} and {gt_c2w.shape}")
-    out = metrics.camera_pose_metrics(jnp.asarray(pred_c2w, jnp.float32), jnp.asarray(gt_c2w, jnp.float32))
-    aligned = align_cameras(pred_c2w, gt_c2w)
-    centre_err = np.linalg.norm(aligned[:, :3, 3] - gt_c2w[:, :3, 3], axis=-1)  # (V,)
-    spread = np.linalg.norm(gt_c2w[:, :3, 3] - gt_c2w[:, :3, 3].mean(0), axis=-1).mean()
-    out["rotation_error_deg"] = float(rotation_errors_deg(aligned[:, :3, :3], gt_c2w[:, :3, :3]).mean())
-    out["translation_error"] = float(centre_err.mean())
-    out["translation_error_rel"] = float(centre_err.mean() / spread) if spread > 0 else float("nan")
-    return out
 
 
 def ground_truth_poses(views: Sequence[Mapping], notify: Callable[[str], None] = log.warning

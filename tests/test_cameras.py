@@ -1,13 +1,18 @@
 """Tests of focal / pose recovery from pointmaps against the upstream goldens and closed forms."""
 
+import json
 import pathlib
 
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
+import pycolmap
 import pytest
 
+from fast3r_jax.data.synthetic import SyntheticScenes
 from fast3r_jax.geometry import cameras
 from fast3r_jax.geometry import transforms as geometry
+from fast3r_jax.io import export, images
 
 DATA = pathlib.Path(__file__).parent / "data" / "pose_goldens.npz"
 NUM_VIEWS = 3
@@ -17,6 +22,10 @@ FOCAL_RTOL = 1e-5  # measured 3.8e-7 vs the golden 59.99999
 POSE_ATOL = 1e-5  # measured 2.1e-7 (PnP poses vs goldens)
 ALIGN_RTOL = 1e-4  # measured 3.1e-7 of max |value|
 ANGLE_TOL_DEG = 1e-4  # measured <= 6.0e-5 deg (closed-form pose recovery, float32)
+KNOWN_K_ROT_TOL_DEG = 1e-3  # exact float32 pointmaps, true intrinsics; measured 2.8e-6 (pnp), 3.7e-5 (procrustes)
+KNOWN_K_CENTRE_TOL = 1e-4  # camera-centre error in metres; measured 5.6e-8 (pnp), 9.8e-6 (procrustes)
+RESIZE_CENTROID_ATOL_PX = 0.02  # blob centroid after the loader's resize and crop: measured 7e-4 (0.29 without the
+# half-pixel shift of the pixel-centre convention)
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +257,255 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match=r"pts3d_global\[0\]"):
         cameras.estimate_camera_poses_pnp(pts[:, 0], conf[:, 0])
 
+
+
+# ---- the dispatcher: parallel PnP and known intrinsics ----
+
+def _outputs_with_cameras(intrinsics, resolution=(64, 48)):
+    """Exact pointmaps of a rendered synthetic scene re-projected through the given (V, 3, 3) intrinsics (any
+    principal point, fx != fy): global points in camera 0's frame, local ones in each camera's, confidence 2; and the
+    true c2w (V, 4, 4) in camera 0's frame."""
+    views = SyntheticScenes(1, len(intrinsics), resolution, seed=5, split="test")[0]
+    w2c0 = np.linalg.inv(views[0]["camera_pose"].astype(np.float64))
+    ys, xs = np.mgrid[:resolution[1], :resolution[0]].astype(np.float64)
+    outputs, gt_c2w = [], []
+    for view, K in zip(views, intrinsics):
+        c2w = w2c0 @ view["camera_pose"].astype(np.float64)  # in camera 0's frame
+        w2c = np.linalg.inv(view["camera_pose"].astype(np.float64))
+        depth = (view["pts3d"].astype(np.float64) @ w2c[:3, :3].T + w2c[:3, 3])[..., 2]  # (H, W) rendered depth
+        local = np.stack([(xs - K[0, 2]) / K[0, 0] * depth, (ys - K[1, 2]) / K[1, 1] * depth, depth], -1)
+        conf = np.full(depth.shape, 2.0, np.float32)
+        outputs.append(dict(pts3d_in_other_view=(local @ c2w[:3, :3].T + c2w[:3, 3]).astype(np.float32),
+                            pts3d_local=local.astype(np.float32), conf=conf, conf_local=conf))
+        gt_c2w.append(c2w)
+    return outputs, np.stack(gt_c2w)
+
+
+def _known_intrinsics(num_views=5, resolution=(64, 48)):
+    """Per-view focals far apart (so view 0's focal does not fit the others), fx != fy, off-centre principal
+    points."""
+    rng = np.random.default_rng(7)
+    K = np.tile(np.eye(3), (num_views, 1, 1))
+    K[:, 0, 0] = rng.uniform(40, 90, num_views)
+    K[:, 1, 1] = K[:, 0, 0] * rng.uniform(0.9, 1.1, num_views)
+    K[:, 0, 2] = resolution[0] / 2 + rng.uniform(-4, 4, num_views)
+    K[:, 1, 2] = resolution[1] / 2 + rng.uniform(-3, 3, num_views)
+    return K
+
+
+@pytest.fixture(scope="module")
+def known_scene():
+    """(true intrinsics (V, 3, 3), exact outputs, true c2w (V, 4, 4)), rendered once for the tests below."""
+    K = _known_intrinsics()
+    return (K, *_outputs_with_cameras(K))
+
+
+def _max_pose_errors(c2w, gt_c2w):
+    """(largest rotation error in degrees, largest camera-centre error)."""
+    return (_rotation_error_deg(c2w[:, :3, :3], gt_c2w[:, :3, :3]).max(),
+            np.linalg.norm(c2w[:, :3, 3] - gt_c2w[:, :3, 3], axis=-1).max())
+
+
+def test_parallel_pnp_is_identical_to_serial(known_scene):
+    # Noisy points with outliers and few RANSAC iterations: each view's result depends on its RANSAC draws,
+    # which must not depend on the thread that solves it or on the other views.
+    _, outputs, _ = known_scene
+    rng = np.random.default_rng(8)
+    pts = [o["pts3d_in_other_view"] + rng.normal(0, 0.02, o["pts3d_in_other_view"].shape).astype(np.float32)
+           for o in outputs]
+    for p in pts:
+        outliers = rng.random(p.shape[:2]) < 0.3
+        p[outliers] = rng.uniform(-3, 3, (outliers.sum(), 3))
+    conf = [o["conf"] for o in outputs]
+    serial = cameras.estimate_camera_poses_pnp(pts, conf, niter=5, workers=1)
+    parallel = cameras.estimate_camera_poses_pnp(pts, conf, niter=5, workers=4)
+    np.testing.assert_array_equal(parallel[0], serial[0])
+    np.testing.assert_array_equal(parallel[1], serial[1])
+    alone = cameras.estimate_camera_poses_pnp(pts[:1] + pts[3:4], conf[:1] + conf[3:4], niter=5, workers=2)
+    np.testing.assert_array_equal(alone[0], serial[0][[0, 3]])
+
+
+def test_known_intrinsics_give_exact_pnp_poses(known_scene):
+    K, outputs, gt_c2w = known_scene
+    cams = cameras.estimate_cameras(outputs, "pnp", intrinsics=K)
+    assert cams.failed == ()
+    np.testing.assert_array_equal(cams.intrinsics, K)
+    rot_err, centre_err = _max_pose_errors(cams.c2w, gt_c2w)
+    assert rot_err < KNOWN_K_ROT_TOL_DEG and centre_err < KNOWN_K_CENTRE_TOL
+    # Without them, view 0's focal serves every view and the other poses are off.
+    estimated = cameras.estimate_cameras(outputs, "pnp")
+    assert _max_pose_errors(estimated.c2w, gt_c2w)[0] > 100 * KNOWN_K_ROT_TOL_DEG
+
+
+def test_known_intrinsics_are_reported_by_procrustes(known_scene):
+    K, outputs, gt_c2w = known_scene
+    cams = cameras.estimate_cameras(outputs, "procrustes", intrinsics=K)
+    estimated = cameras.estimate_cameras(outputs, "procrustes")
+    assert cams.failed == ()
+    np.testing.assert_array_equal(cams.intrinsics, K)
+    np.testing.assert_array_equal(cams.c2w, estimated.c2w)  # the pose does not use the intrinsics
+    rot_err, centre_err = _max_pose_errors(cams.c2w, gt_c2w)
+    assert rot_err < KNOWN_K_ROT_TOL_DEG and centre_err < KNOWN_K_CENTRE_TOL
+
+
+def test_failed_views_keep_known_intrinsics():
+    flat = np.zeros((48, 64, 3), np.float32)  # every point at the camera centre: no pose
+    conf = np.full((48, 64), 2.0, np.float32)
+    K = _known_intrinsics(2)
+    for solver in cameras.POSE_SOLVERS:
+        cams = cameras.estimate_cameras([dict(pts3d_in_other_view=flat, conf=conf, pts3d_local=flat,
+                                              conf_local=conf)] * 2, solver, intrinsics=K)
+        assert cams.failed == (0, 1), solver
+        np.testing.assert_array_equal(cams.c2w, np.tile(np.eye(4), (2, 1, 1)))
+        np.testing.assert_array_equal(cams.intrinsics, K)
+
+
+def test_estimate_cameras_rejects_bad_solver_and_intrinsics(known_scene):
+    outputs = known_scene[1][:2]
+    with pytest.raises(ValueError, match="pose solver must be one of"):
+        cameras.estimate_cameras(outputs, "icp")
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 3\)"):
+        cameras.estimate_cameras(outputs, intrinsics=np.eye(3)[None])
+    skewed = _known_intrinsics(2)
+    skewed[1, 0, 1] = 0.5
+    with pytest.raises(ValueError, match="pinhole"):
+        cameras.estimate_cameras(outputs, intrinsics=skewed)
+    negative = _known_intrinsics(2)
+    negative[0, 1, 1] = -1.0
+    with pytest.raises(ValueError, match="positive focals"):
+        cameras.estimate_cameras(outputs, "procrustes", intrinsics=negative)
+
+
+# ---- known intrinsics from files ----
+
+def _colmap_text_model(folder, cameras_lines, images):
+    """A COLMAP text model (cameras.txt, images.txt with identity poses and no observations, empty points3D.txt)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cameras.txt").write_text("# CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n" + "\n".join(cameras_lines)
+                                        + "\n")
+    (folder / "images.txt").write_text("".join(f"{i + 1} 1 0 0 0 0 0 0 {camera} {name}\n\n"
+                                               for i, (name, camera) in enumerate(images)))
+    (folder / "points3D.txt").write_text("")
+    return folder
+
+
+@pytest.fixture
+def colmap_models(tmp_path):
+    """The same COLMAP model as text (written by hand, as the spec says) and as binary (written by pycolmap)."""
+    text = _colmap_text_model(tmp_path / "text", [
+        "1 SIMPLE_PINHOLE 640 480 500 320.5 240.5",
+        "2 PINHOLE 800 600 700 710 401 299",
+        "3 OPENCV 640 480 510 520 330 250 -0.1 0.01 0.001 0.002",
+    ], [("a.jpg", 1), ("b.jpg", 2), ("c.jpg", 3)])
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    pycolmap.Reconstruction(str(text)).write_binary(str(binary))
+    return text, binary
+
+
+EXPECTED_COLMAP_K = {  # COLMAP's principal point minus 0.5: it puts pixel centres at half-integers
+    "a.jpg": [[500, 0, 320], [0, 500, 240], [0, 0, 1]],
+    "b.jpg": [[700, 0, 400.5], [0, 710, 298.5], [0, 0, 1]],
+    "c.jpg": [[510, 0, 329.5], [0, 520, 249.5], [0, 0, 1]],
+}
+COLMAP_SIZES = {"a.jpg": (640, 480), "b.jpg": (800, 600), "c.jpg": (640, 480)}
+
+
+@pytest.mark.parametrize("form", ["text", "binary"])
+def test_read_colmap_intrinsics(colmap_models, form):
+    folder = colmap_models[form == "binary"]
+    notes = []
+    path = folder / ("cameras.bin" if form == "binary" else "cameras.txt")
+    read = cameras.read_intrinsics(path, {"photos/" + name: size for name, size in COLMAP_SIZES.items()},
+                                   notify=notes.append)
+    assert sorted(read) == ["photos/a.jpg", "photos/b.jpg", "photos/c.jpg"]
+    for name, K in EXPECTED_COLMAP_K.items():
+        np.testing.assert_array_equal(read["photos/" + name], K)
+    assert len(notes) == 1 and "camera 3" in notes[0] and "OPENCV" in notes[0] and "distortion" in notes[0]
+    # A folder works too, and one camera serves every image.
+    by_folder = cameras.read_intrinsics(folder, {"b.jpg": (800, 600)}, notify=notes.append)
+    np.testing.assert_array_equal(by_folder["b.jpg"], EXPECTED_COLMAP_K["b.jpg"])
+    single = _colmap_text_model(folder.parent / "single", ["7 PINHOLE 640 480 500 500 320 240"], [("x.png", 7)])
+    (single / "images.txt").unlink()
+    shared = cameras.read_intrinsics(single / "cameras.txt", {"p.png": (640, 480), "q.png": (640, 480)})
+    np.testing.assert_array_equal(shared["p.png"], shared["q.png"])
+    np.testing.assert_array_equal(shared["q.png"], [[500, 0, 319.5], [0, 500, 239.5], [0, 0, 1]])
+
+
+def test_read_cameras_json_intrinsics(tmp_path):
+    K = _known_intrinsics(2, (640, 480))
+    export.write_cameras_json(tmp_path / "cameras.json", np.tile(np.eye(4), (2, 1, 1)), K, [(640, 480), (320, 240)],
+                              ["a.png", "b.png"])
+    read = cameras.read_intrinsics(tmp_path / "cameras.json", {"in/b.png": (320, 240), "in/a.png": (640, 480)})
+    np.testing.assert_array_equal(read["in/a.png"], K[0])
+    np.testing.assert_array_equal(read["in/b.png"], K[1])
+
+
+def _truncated(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - 5])
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("fisheye", r"text/cameras.txt: camera 1: camera model OPENCV_FISHEYE is not a pinhole"),
+    ("params", r"text/cameras.txt: camera 1: model PINHOLE takes 4 parameters"),
+    ("line", r"text/cameras.txt: line 2: expected CAMERA_ID MODEL WIDTH HEIGHT"),
+    ("size", r"cameras.txt: width/height of the camera of a.jpg is 640x480, but the image is 1280x960"),
+    ("missing_image", r"cameras.txt: no camera for image z.jpg"),
+    ("no_images_file", r"cameras.txt: 3 cameras but no images.txt"),
+    ("truncated_bin", r"binary/cameras.bin: file ends inside"),
+    ("json_field", r"cameras.json: cameras\[0\]: field 'intrinsics' is missing"),
+    ("json_value", r"cameras.json: cameras\[0\]: field 'intrinsics' or 'width'/'height' is not valid"),
+    ("not_a_file", r"nowhere.txt: intrinsics file not found"),
+])
+def test_bad_intrinsics_files_name_the_file_and_field(tmp_path, colmap_models, case, message):
+    text, binary = colmap_models
+    path, sizes = text / "cameras.txt", {"a.jpg": (640, 480)}
+    if case == "fisheye":
+        _colmap_text_model(text, ["1 OPENCV_FISHEYE 640 480 500 500 320 240 0 0 0 0"], [("a.jpg", 1)])
+    elif case == "params":
+        _colmap_text_model(text, ["1 PINHOLE 640 480 500 320 240"], [("a.jpg", 1)])
+    elif case == "line":
+        _colmap_text_model(text, ["1 PINHOLE 640 four 500 500 320 240"], [("a.jpg", 1)])
+    elif case == "size":
+        sizes = {"a.jpg": (1280, 960)}
+    elif case == "missing_image":
+        sizes = {"z.jpg": (640, 480)}
+    elif case == "no_images_file":
+        (text / "images.txt").unlink()
+    elif case == "truncated_bin":
+        path = _truncated(binary / "cameras.bin")
+    elif case in ("json_field", "json_value"):
+        path = tmp_path / "cameras.json"
+        entry = {"name": "a.jpg", "width": 640, "height": 480}
+        if case == "json_value":
+            entry["intrinsics"] = [[500, 0, 320], [0, 500, 240]]
+        path.write_text(json.dumps({"cameras": [entry]}))
+    else:
+        path = tmp_path / "nowhere.txt"
+    with pytest.raises(ValueError, match=message):
+        cameras.read_intrinsics(path, sizes)
+
+
+def test_resize_crop_intrinsics_follow_the_image_loader():
+    # A blob at a known sub-pixel position of a 300x200 photo lands, after io.images.resize_and_crop, where the
+    # mapped intrinsics project the same ray.
+    width, height, size = 300, 200, 128
+    K = np.array([[250.0, 0, 141.3], [0, 260.0, 93.7], [0, 0, 1]])
+    ray = np.array([0.12, -0.05, 1.0])
+    u, v = (K @ ray)[:2]
+    ys, xs = np.mgrid[:height, :width]
+    blob = np.exp(-((xs - u) ** 2 + (ys - v) ** 2) / (2 * 6.0 ** 2))
+    photo = PIL.Image.fromarray(np.repeat((255 * blob).round().astype(np.uint8)[..., None], 3, -1))
+    small = np.asarray(images.resize_and_crop(photo, size), np.float64)[..., 0]  # (H', W')
+    resized = images.resized_size(width, height, size)
+    left, top, _, _ = images.crop_box(*resized, size)
+    mapped = cameras.resize_crop_intrinsics(K, np.array(resized) / (width, height), (left, top))
+    expected = (mapped @ ray)[:2]
+    weights = np.clip(small - 0.05 * small.max(), 0, None)
+    ys, xs = np.mgrid[:small.shape[0], :small.shape[1]]
+    centroid = [np.sum(weights * xs) / weights.sum(), np.sum(weights * ys) / weights.sum()]
+    np.testing.assert_allclose(centroid, expected, atol=RESIZE_CENTROID_ATOL_PX)
+    # Batched form, and the identity for a plain copy.
+    np.testing.assert_array_equal(cameras.resize_crop_intrinsics(np.stack([K, K]), (1.0, 1.0), (0, 0)), [K, K])

@@ -15,6 +15,8 @@ from small_model import small_config, small_params
 from fast3r_jax import cli, reconstruct
 from fast3r_jax.checkpoint import save_pretrained
 from fast3r_jax.data.synthetic import SyntheticScenes, write_example_scene
+from fast3r_jax.geometry.cameras import estimate_cameras
+from fast3r_jax.geometry.metrics import align_cameras, pose_errors
 from fast3r_jax.io.files import MARKER
 
 NUM_VIEWS = 4
@@ -242,7 +244,7 @@ def _ground_truth_outputs(views):
 def test_ground_truth_pointmaps_give_exact_cameras(solver, focal_range, resolution):
     views = SyntheticScenes(1, 6, resolution, seed=3, focal_range=focal_range, split="test")[0]
     outputs, gt_c2w = _ground_truth_outputs(views)
-    cams = reconstruct.estimate_cameras(outputs, solver)
+    cams = estimate_cameras(outputs, solver)
     gt_focal = np.array([v["camera_intrinsics"][0, 0] for v in views])
     assert cams.failed == ()
     assert np.abs(cams.focals / gt_focal - 1).max() <= FOCAL_RTOL
@@ -257,8 +259,8 @@ def test_ground_truth_pointmaps_give_exact_cameras(solver, focal_range, resoluti
 def test_unusable_pointmaps_fall_back_to_identity_and_a_60_degree_focal():
     flat = np.zeros((48, 64, 3), np.float32)  # every point at the camera centre: no focal, no pose
     conf = np.full((48, 64), 2.0, np.float32)
-    cams = reconstruct.estimate_cameras([dict(pts3d_in_other_view=flat, conf=conf, pts3d_local=flat,
-                                              conf_local=conf)] * 2, "pnp")
+    cams = estimate_cameras([dict(pts3d_in_other_view=flat, conf=conf, pts3d_local=flat,
+                                  conf_local=conf)] * 2, "pnp")
     assert cams.failed == (0, 1)
     np.testing.assert_array_equal(cams.c2w, np.tile(np.eye(4), (2, 1, 1)))
     np.testing.assert_allclose(cams.focals, 64 / (2 * np.tan(np.radians(30))))
@@ -274,9 +276,9 @@ def test_pose_errors_vanish_for_a_similarity_of_the_ground_truth():
     sim[:3, 3] = [1.0, -2.0, 0.5]
     pred = sim @ gt
     pred[:, :3, :3] /= 2.5  # c2w rotations stay rotations; centres carry the scale
-    np.testing.assert_allclose(reconstruct.align_cameras(pred, gt), gt, atol=1e-9)
-    errors = reconstruct.pose_errors(pred, gt)
+    np.testing.assert_allclose(align_cameras(pred, gt), gt, atol=1e-9)
+    errors = pose_errors(pred, gt)
     assert errors["rotation_error_deg"] < 1e-6 and errors["translation_error"] < 1e-9
     assert errors["RRA_at_5"] == errors["RTA_at_5"] == errors["mAA_30"] == 1.0
     pred[2, :3, :3] = pred[2, :3, :3] @ Rotation.from_euler("z", 20, degrees=True).as_matrix()
-    assert reconstruct.pose_errors(pred, gt)["RRA_at_15"] < 1.0
+    assert pose_errors(pred, gt)["RRA_at_15"] < 1.0

@@ -38,6 +38,7 @@ import numpy as np
 
 from fast3r_jax.data import augment, geometry_np
 from fast3r_jax.data.readers import View, make_view, read_depth, read_npz, read_rgb
+from fast3r_jax.geometry.transforms import inverse_rigid
 
 Resolution = Union[int, tuple[int, int]]
 
@@ -84,13 +85,6 @@ def _checked_pose(pose: np.ndarray, source: str) -> np.ndarray:
     except ValueError as err:
         raise ValueError(f"bad camera pose in {source}: {err}") from err
     return np.array(pose, np.float32)
-
-
-def _inverse(pose: np.ndarray) -> np.ndarray:
-    """(4, 4) float32 inverse of a 4x4 pose whose last row is (0, 0, 0, 1), kept exact."""
-    inv = np.linalg.inv(np.asarray(pose, np.float64)).astype(np.float32)
-    inv[3] = (0, 0, 0, 1)
-    return inv
 
 
 def _pinhole(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
@@ -481,7 +475,7 @@ class DTU(_KeyframeSequences):
         depth = depth * _eroded_mask(mask, depth.shape)
         cam_path = os.path.join(folder, "cams", f"{stem}_cam.txt")
         K, w2c = load_mvsnet_cam(cam_path)
-        c2w = _inverse(_checked_pose(w2c, cam_path))
+        c2w = inverse_rigid(_checked_pose(w2c, cam_path).astype(np.float64)).astype(np.float32)
         names = (self.DATASET, f"{scan}/{name}", name)
         rgb = read_rgb(image_path, self.DATASET)
         return _crop_resize_view(rgb, depth, K, c2w, self.resolution, rng, names, image_path)
@@ -747,6 +741,7 @@ class RealEstate10KPoses:
         resolution = self.resolution[::-1] if img.shape[0] > img.shape[1] else self.resolution  # portrait: H > W
         img, no_depth, K = augment.rescale_image_depthmap(img, no_depth, K, resolution)
         img, no_depth, K = augment.center_crop(img, no_depth, K, resolution)
-        c2w = _inverse(_checked_pose(w2c, os.path.join(self.camera_root, f"{sequence}.txt")))
+        w2c = _checked_pose(w2c, os.path.join(self.camera_root, f"{sequence}.txt"))
+        c2w = inverse_rigid(w2c.astype(np.float64)).astype(np.float32)
         view = make_view(img, no_depth, K, c2w, self.DATASET, sequence, frame)
         return dict(view, pts3d=np.zeros_like(view["pts3d"]))

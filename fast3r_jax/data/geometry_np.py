@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fast3r_jax.geometry.transforms import inverse_rigid
+
 
 def check_intrinsics(K: np.ndarray) -> None:
     """Raises ValueError unless K is a (3, 3) zero-skew pinhole matrix with positive focals."""
@@ -72,16 +74,6 @@ def depthmap_to_world(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tupl
     return pts.astype(np.float32), valid
 
 
-def inverse_pose(c2w: np.ndarray) -> np.ndarray:
-    """(4, 4) float64 inverse of a rigid pose, [R^T | -R^T t]."""
-    check_pose(c2w)
-    c2w = np.asarray(c2w, np.float64)
-    inv = np.eye(4)
-    inv[:3, :3] = c2w[:3, :3].T
-    inv[:3, 3] = -c2w[:3, :3].T @ c2w[:3, 3]
-    return inv
-
-
 def world_to_pixels(pts: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Projects world points into a camera.
 
@@ -95,7 +87,8 @@ def world_to_pixels(pts: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np
         z: (...) float64 z-depth in the camera frame.
     """
     check_intrinsics(K)
-    w2c = inverse_pose(c2w)
+    check_pose(c2w)
+    w2c = inverse_rigid(np.asarray(c2w, np.float64))
     pts_cam = np.asarray(pts, np.float64) @ w2c[:3, :3].T + w2c[:3, 3]  # (..., 3)
     z = pts_cam[..., 2]
     K = np.asarray(K, np.float64)

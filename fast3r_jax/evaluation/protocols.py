@@ -5,9 +5,10 @@ dict per view with the model's four maps (`pts3d_in_other_view` (H, W, 3), `conf
 `conf_local`), in the view's true orientation. Scores are computed per sample and averaged over samples, as the
 reference evaluation does.
 
-Camera poses: cameras are recovered from the prediction (PnP on the global pointmap with the focal of view 0, 100
-RANSAC iterations, as the reference; or the Procrustes alignment of each local pointmap onto its global pointmap)
-and compared with the ground truth pair by pair: RRA/RTA at 5/15/30 degrees and mAA(30) (`metrics`).
+Camera poses: cameras are recovered from the prediction by `cameras.estimate_cameras` (PnP on the global pointmap
+with the focal of view 0, 100 RANSAC iterations, as the reference; or the Procrustes alignment of each local
+pointmap onto its global pointmap, every pixel weighted by its confidence) and compared with the ground truth pair
+by pair: RRA/RTA at 5/15/30 degrees and mAA(30) (`metrics`).
 
 Reconstruction, for two point sources as the reference reports them:
   global         the global head's pointmaps (the reference's ablation 'without local head');
@@ -34,20 +35,20 @@ from tqdm import tqdm
 from fast3r_jax import distributed
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.geometry import cameras, metrics
+from fast3r_jax.geometry.cameras import POSE_SOLVERS
+from fast3r_jax.geometry.transforms import align_points
 from fast3r_jax.inference.engine import Engine
 from fast3r_jax.inference.sharded import ShardedEngine
 from fast3r_jax.io.images import normalize
 
-POSE_SOLVERS = ("procrustes", "pnp")
 TASKS = ("pose", "recon")
 HEADS = ("global", "local_aligned")
 RECON_METRICS = ("acc", "acc_med", "comp", "comp_med", "nc1", "nc1_med", "nc2", "nc2_med")
 POSE_METRICS = tuple(f"{p}_at_{tau}" for p in ("RRA", "RTA") for tau in metrics.POSE_THRESHOLDS_DEG) + (
     f"mAA_{metrics.MAA_MAX_THRESHOLD_DEG}",)
-PNP_ITERATIONS = 100  # RANSAC iterations of the reference's pose evaluation
 CONFIDENT_PERCENTILE = 85.0  # pixels used to fit the local->global and prediction->GT similarities
+PROCRUSTES_CONF_PERCENTILE = 0.0  # Procrustes poses weight every pixel by its confidence
 NORMAL_NEIGHBOURS = 30
-_MIN_ALIGN_POINTS = 3
 _NORMAL_CHUNK = 1 << 16
 
 Prediction = list[dict[str, np.ndarray]]
@@ -107,27 +108,13 @@ def scene_name(views: Sequence[Mapping]) -> str:
 # ----------------------------------------------------------------------------
 
 
-def estimate_poses(pred: Prediction, solver: str) -> np.ndarray:
-    """Camera-to-world poses (V, 4, 4) in the frame of the global pointmaps."""
-    if solver == "procrustes":  # view by view: the views of a sample may differ in shape
-        poses = [cameras.procrustes_poses(p["pts3d_local"][None], p["pts3d_in_other_view"][None], p["conf"][None])[0]
-                 for p in pred]
-        return np.concatenate([np.asarray(c2w) for c2w in poses])
-    if solver == "pnp":
-        c2w, _ = cameras.estimate_camera_poses_pnp([p["pts3d_in_other_view"] for p in pred], [p["conf"] for p in pred],
-                                                   niter=PNP_ITERATIONS)
-        return c2w
-    raise ValueError(f"pose solver must be one of {POSE_SOLVERS}, got {solver!r}")
-
-
 def aligned_camera_centres(pred_c2w: np.ndarray, gt_c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Predicted camera centres moved onto the ground-truth ones by their best similarity, and the latter: (V, 3) each.
 
     The prediction's frame and scale are arbitrary; the similarity makes the two trajectories comparable.
     """
     src, dst = pred_c2w[:, :3, 3].astype(np.float32), gt_c2w[:, :3, 3].astype(np.float32)
-    scale, rot, trans = metrics.align_similarity(src, dst)
-    return np.asarray(scale * src @ np.asarray(rot).T + trans), dst
+    return align_points(src, dst), dst
 
 
 # ----------------------------------------------------------------------------
@@ -150,28 +137,17 @@ def estimate_normals(points: np.ndarray, neighbours: int = NORMAL_NEIGHBOURS) ->
     return normals
 
 
-def apply_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """src (..., 3) moved by the similarity that best maps it onto dst (..., 3) under per-point weights (...)."""
-    scale, rot, trans = metrics.align_similarity(src.reshape(-1, 3), dst.reshape(-1, 3), weights.reshape(-1))
-    return np.asarray(scale * src @ np.asarray(rot).T + trans)
-
-
 def _confident(conf: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(H, W) valid pixels whose confidence is at least the view's CONFIDENT_PERCENTILE percentile."""
     return (conf >= np.asarray(_quantile(conf, CONFIDENT_PERCENTILE / 100.0))) & valid
 
 
 def local_in_global_frame(pred: Prediction, views: Sequence[Mapping]) -> list[np.ndarray]:
-    """Each view's local pointmap (H, W, 3) moved into the global frame (unweighted fit on its confident valid
-    pixels; on all valid pixels if fewer than 3 qualify; unmoved if still fewer)."""
-    out = []
-    for p, v in zip(pred, views):
-        mask = _confident(p["conf"], v["valid_mask"])
-        if mask.sum() < _MIN_ALIGN_POINTS:
-            mask = v["valid_mask"]
-        out.append(apply_similarity(p["pts3d_local"], p["pts3d_in_other_view"], mask.astype(np.float32))
-                   if mask.sum() >= _MIN_ALIGN_POINTS else p["pts3d_local"])
-    return out
+    """Each view's local pointmap (H, W, 3) moved into the global frame by `cameras.align_local_to_global`, fitted
+    on its valid pixels of at least the CONFIDENT_PERCENTILE confidence percentile (views may differ in shape)."""
+    return [np.asarray(cameras.align_local_to_global(p["pts3d_local"][None], p["pts3d_in_other_view"][None],
+                                                     p["conf"][None], CONFIDENT_PERCENTILE, v["valid_mask"][None])[0])
+            for p, v in zip(pred, views)]
 
 
 class GroundTruthCloud(NamedTuple):
@@ -196,7 +172,7 @@ def reconstruction_scores(points: Sequence[np.ndarray], conf: Sequence[np.ndarra
     """RECON_METRICS of per-view predicted points (H, W, 3) with confidences (H, W) against the views' GT cloud."""
     weights = np.concatenate([_confident(c, v["valid_mask"]).reshape(-1) for c, v in zip(conf, views)])  # (N,)
     src = np.concatenate([p.reshape(-1, 3) for p in points]).astype(np.float32)  # (N, 3)
-    rec = apply_similarity(src, gt.points, (weights if weights.any() else gt.valid).astype(np.float32))[gt.valid]
+    rec = align_points(src, gt.points, (weights if weights.any() else gt.valid).astype(np.float32))[gt.valid]
     ref = gt.points[gt.valid]
     rec_normals = estimate_normals(rec)
     acc = metrics.accuracy(ref, rec, gt.normals, rec_normals)  # (mean, median, nc mean, nc median)
@@ -215,7 +191,8 @@ def evaluate_sample(views: Sequence[Mapping], pred: Prediction, tasks: Sequence[
     result = SampleResult(scene_name(views), len(views), {})
     if "pose" in tasks:
         gt_c2w = np.stack([v["camera_pose"] for v in views]).astype(np.float32)  # (V, 4, 4)
-        pred_c2w = estimate_poses(pred, pose_solver).astype(np.float32)
+        pred_c2w = cameras.estimate_cameras(pred, pose_solver,
+                                            min_conf_percentile=PROCRUSTES_CONF_PERCENTILE).c2w.astype(np.float32)
         result.scores |= metrics.camera_pose_metrics(pred_c2w, gt_c2w)
         rot_err, trans_err = metrics.relative_pose_errors(pred_c2w, gt_c2w)
         result.rot_err, result.trans_err = np.asarray(rot_err), np.asarray(trans_err)

@@ -1,34 +1,59 @@
-"""Camera focal lengths and poses recovered from predicted pointmaps.
+"""Cameras from predicted pointmaps: focal lengths, poses, and the one dispatcher `estimate_cameras`.
 
 Fast3R predicts, per view, a global pointmap (in the frame of view 0) and a local pointmap (in the view's own
-camera frame). Cameras follow from them in two ways:
+camera frame). Cameras follow from them with one of POSE_SOLVERS:
 
-* reference evaluation path: focal by Weiszfeld on view 0's global pointmap, then RANSAC-PnP per view with
-  OpenCV (host-side numpy; needs ``opencv-python-headless``);
-* on-device path: focal by Weiszfeld on each local pointmap and the pose of each camera as the similarity
-  that maps its local pointmap onto its global pointmap (confidence-weighted Umeyama), all views in one
-  jitted, vmapped call.
+* 'pnp', the reference path: focal by Weiszfeld on view 0's global pointmap, then RANSAC-PnP per view with
+  OpenCV (host-side numpy, views solved in a thread pool; needs ``opencv-python-headless``);
+* 'procrustes', on the device: focal by Weiszfeld on each local pointmap and the pose of each camera as the
+  similarity that maps its local pointmap onto its global pointmap (confidence-weighted Umeyama), all views of
+  one image shape in one jitted, vmapped call.
 
-Pixel conventions: integer pixel coordinates (x, y) = (column, row), principal point (W/2, H/2), square pixels.
-Poses are camera-to-world 4x4 matrices in the frame of the global pointmaps.
+Known intrinsics (`read_intrinsics`, `resize_crop_intrinsics`) replace the estimated focal: PnP solves with
+them and Procrustes reports them.
+
+Pixel conventions: integer pixel coordinates (x, y) = (column, row), principal point (W/2, H/2), square pixels
+(given intrinsics may have any principal point and fx != fy). Poses are camera-to-world 4x4 matrices in the frame
+of the global pointmaps.
 """
 
-from collections.abc import Sequence
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import pathlib
+import struct
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fast3r_jax.geometry.transforms import apply_transform, inverse_rigid, rigid_from_rotation_translation
+from fast3r_jax.geometry.transforms import (
+    apply_transform,
+    fit_similarity,
+    inverse_rigid,
+    rigid_from_rotation_translation,
+    similarity_matrix,
+)
 
+POSE_SOLVERS = ("pnp", "procrustes")
+PNP_ITERATIONS = 100  # RANSAC iterations of upstream's demo and of the reference's pose evaluation
+FOCAL_CONF_PERCENTILE = 10.0  # upstream's confidence percentile for the focal fit
 WEISZFELD_ITERS = 100
 PNP_REPROJ_ERROR_PX = 5.0
 PNP_MIN_CONF = 1.0  # PnP uses pixels with conf strictly above this (all of them for conf = 1 + exp(.)).
 NUM_GUESSED_FOCALS = 100
 FOCAL_MODES = ("first_view_from_global_head", "individual")
-_MIN_PNP_POINTS = 4
-_MIN_ALIGN_POINTS = 3
-_EXACT = jax.lax.Precision.HIGHEST
+MIN_PNP_POINTS = 4
+MIN_ALIGN_POINTS = 3
+
+log = logging.getLogger(__name__)
 
 
 def _check_pointmaps(pts3d, conf, batched: bool, name: str = "pts3d") -> None:
@@ -121,41 +146,13 @@ def focal_from_local(pts3d_local: jax.Array, conf_local: jax.Array,
     return estimate_focals(pts3d_local, conf_local, min_conf_percentile)
 
 
-def _umeyama(src: jax.Array, dst: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Weighted similarity (rot, trans, scale) minimising sum_i w_i |scale * rot @ src_i + trans - dst_i|^2.
-
-    Args:
-        src, dst: (N, 3) corresponding points. Points with zero weight may hold any value (even NaN).
-        weights: (N,) non-negative weights, not all zero.
-
-    Returns:
-        rot (3, 3) with det +1 (the reflection sign is folded into the last singular vector), trans (3,), scale ().
-    """
-    keep = (weights > 0)[:, None]
-    src = jnp.where(keep, src, 0.0)
-    dst = jnp.where(keep, dst, 0.0)
-    w = weights / jnp.sum(weights)  # (N,)
-    src_mean = jnp.einsum("n,ni->i", w, src, precision=_EXACT)  # (3,)
-    dst_mean = jnp.einsum("n,ni->i", w, dst, precision=_EXACT)  # (3,)
-    src_c, dst_c = src - src_mean, dst - dst_mean  # (N, 3)
-    cov = jnp.einsum("n,ni,nj->ij", w, dst_c, src_c, precision=_EXACT)  # (3, 3)
-    u, sing, vt = jnp.linalg.svd(cov)
-    sign = jnp.where(jnp.linalg.det(u) * jnp.linalg.det(vt) < 0, -1.0, 1.0).astype(cov.dtype)
-    flip = jnp.stack([jnp.ones_like(sign), jnp.ones_like(sign), sign])  # (3,)
-    rot = jnp.matmul(u * flip, vt, precision=_EXACT)  # (3, 3)
-    src_var = jnp.sum(w * jnp.sum(src_c * src_c, axis=-1))
-    scale = jnp.sum(sing * flip) / src_var
-    trans = dst_mean - scale * jnp.matmul(rot, src_mean, precision=_EXACT)  # (3,)
-    return rot, trans, scale
-
-
 def _check_pair(pts3d_local, pts3d_global, conf) -> None:
     _check_pointmaps(pts3d_global, conf, batched=True, name="pts3d_global")
     if pts3d_local.shape != pts3d_global.shape:
         raise ValueError(
             f"pts3d_local {tuple(pts3d_local.shape)} and pts3d_global {tuple(pts3d_global.shape)} must match")
-    if pts3d_local.shape[1] * pts3d_local.shape[2] < _MIN_ALIGN_POINTS:
-        raise ValueError(f"need at least {_MIN_ALIGN_POINTS} pixels per view, got {tuple(pts3d_local.shape)}")
+    if pts3d_local.shape[1] * pts3d_local.shape[2] < MIN_ALIGN_POINTS:
+        raise ValueError(f"need at least {MIN_ALIGN_POINTS} pixels per view, got {tuple(pts3d_local.shape)}")
 
 
 @jax.jit
@@ -176,53 +173,72 @@ def procrustes_poses(pts3d_local: jax.Array, pts3d_global: jax.Array,
     """
     _check_pair(pts3d_local, pts3d_global, conf)
     num_views = conf.shape[0]
-    rot, trans, scale = jax.vmap(_umeyama)(
+    scale, rot, trans = jax.vmap(fit_similarity)(
         pts3d_local.reshape(num_views, -1, 3), pts3d_global.reshape(num_views, -1, 3),
-        conf.reshape(num_views, -1))  # (V, 3, 3), (V, 3), (V,)
+        conf.reshape(num_views, -1))  # (V,), (V, 3, 3), (V, 3)
     return rigid_from_rotation_translation(rot, trans), scale
 
 
 @jax.jit
 def align_local_to_global(pts3d_local: jax.Array, pts3d_global: jax.Array, conf: jax.Array,
-                          min_conf_percentile: float = 0.0) -> jax.Array:
+                          min_conf_percentile: float = 0.0, valid: jax.Array | None = None) -> jax.Array:
     """Maps every local pointmap into the global frame by its best unweighted similarity.
 
-    The similarity is fitted on the pixels whose confidence is at least the `min_conf_percentile` percentile
-    (all pixels if fewer than 3 qualify), then applied to all pixels, as the reference evaluation does
-    before computing reconstruction metrics.
+    The similarity is fitted on the valid pixels whose confidence is at least the `min_conf_percentile` percentile
+    of the view's confidences (on all valid pixels if fewer than 3 qualify), then applied to all pixels, as the
+    reference evaluation does before computing reconstruction metrics. A view with fewer than 3 valid pixels is
+    left where it is.
 
     Args:
         pts3d_local: (V, H, W, 3) local-head points.
         pts3d_global: (V, H, W, 3) global-head points.
         conf: (V, H, W) global-head confidences (only used for the percentile mask).
         min_conf_percentile: percentile in [0, 100].
+        valid: optional (V, H, W) bool pixels that may take part in the fit (all when None).
 
     Returns:
         (V, H, W, 3) local points in the global frame.
     """
     _check_pair(pts3d_local, pts3d_global, conf)
+    valid = jnp.ones(conf.shape, bool) if valid is None else jnp.asarray(valid, bool)
+    if valid.shape != conf.shape:
+        raise ValueError(f"valid must have shape {tuple(conf.shape)} to match conf, got {tuple(valid.shape)}")
 
-    def align_view(local, glob, view_conf):
-        mask = view_conf >= conf_quantile(view_conf, min_conf_percentile / 100.0)  # (H, W)
-        mask = jnp.where(jnp.sum(mask) >= _MIN_ALIGN_POINTS, mask, True)
-        rot, trans, scale = _umeyama(local.reshape(-1, 3), glob.reshape(-1, 3),
-                                     mask.reshape(-1).astype(local.dtype))
-        return apply_transform(rigid_from_rotation_translation(scale * rot, trans), local)
+    def align_view(local, glob, view_conf, view_valid):
+        mask = (view_conf >= conf_quantile(view_conf, min_conf_percentile / 100.0)) & view_valid  # (H, W)
+        mask = jnp.where(jnp.sum(mask) >= MIN_ALIGN_POINTS, mask, view_valid)
+        scale, rot, trans = fit_similarity(local.reshape(-1, 3), glob.reshape(-1, 3),
+                                           mask.reshape(-1).astype(local.dtype))
+        moved = apply_transform(similarity_matrix(scale, rot, trans), local)  # (H, W, 3)
+        return jnp.where(jnp.sum(mask) >= MIN_ALIGN_POINTS, moved, local)
 
-    return jax.vmap(align_view)(pts3d_local, pts3d_global, conf)
+    return jax.vmap(align_view)(pts3d_local, pts3d_global, conf, valid)
 
 
-def _pnp_ransac(cv2, pts3d: np.ndarray, mask: np.ndarray, focals: Sequence[float],
-                niter: int) -> tuple[float, np.ndarray, np.ndarray] | None:
-    """Best (focal, rvec, tvec) over candidate focals by RANSAC-PnP inlier count, or None if all fail."""
-    if mask.sum() < _MIN_PNP_POINTS:
+# ---------------------------------------------------------------------------------------------------------------------
+# PnP (reference path, host)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _pinhole(focal: float, height: int, width: int) -> np.ndarray:
+    """(3, 3) float32 K with square pixels and the principal point at (W/2, H/2)."""
+    return np.float32([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]])
+
+
+def _pnp_ransac(cv2, pts3d: np.ndarray, mask: np.ndarray, candidates: Sequence[np.ndarray],
+                niter: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """(index of the best candidate K, rvec, tvec) by RANSAC-PnP inlier count, or None if all fail.
+
+    Safe to call from several threads: OpenCV releases the GIL and seeds the RANSAC generator of every call the
+    same way, so a view's result does not depend on what else runs.
+    """
+    if mask.sum() < MIN_PNP_POINTS:
         return None
     height, width = mask.shape
     xs, ys = np.meshgrid(np.arange(width), np.arange(height), indexing="xy")
     pixels = np.stack([xs, ys], axis=-1).astype(np.float32)  # (H, W, 2)
     best_inliers, best = 0, None
-    for focal in focals:
-        intrinsics = np.float32([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]])
+    for index, intrinsics in enumerate(candidates):
         try:
             ok, rvec, tvec, inliers = cv2.solvePnPRansac(
                 pts3d[mask], pixels[mask], intrinsics, None, iterationsCount=niter,
@@ -230,7 +246,7 @@ def _pnp_ransac(cv2, pts3d: np.ndarray, mask: np.ndarray, focals: Sequence[float
         except cv2.error:  # degenerate inputs (e.g. zero focal) make the solver throw
             continue
         if ok and len(inliers) > best_inliers:
-            best_inliers, best = len(inliers), (focal, rvec, tvec)
+            best_inliers, best = len(inliers), (index, rvec, tvec)
     return best
 
 
@@ -239,6 +255,9 @@ def estimate_camera_poses_pnp(
     conf: Sequence[np.ndarray] | np.ndarray,
     focal_mode: str = "first_view_from_global_head",
     niter: int = 10,
+    *,
+    intrinsics: np.ndarray | None = None,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference-evaluation cameras: Weiszfeld focal and OpenCV RANSAC-PnP (SQPnP) per view, on the host.
 
@@ -246,16 +265,20 @@ def estimate_camera_poses_pnp(
     5 px inlier threshold, `niter` RANSAC iterations). With 'first_view_from_global_head' every view uses
     the focal estimated on view 0's global pointmap (10th confidence percentile); with 'individual' each
     view keeps the focal among 100 geometric steps in [max(H, W) / 2, 3 max(H, W)] with the most inliers.
-    A view whose PnP fails gets the identity pose and a NaN focal.
+    Given `intrinsics`, each view is solved with its own K instead (focal_mode is then unused).
+    A view whose PnP fails gets the identity pose and a NaN focal. Views are solved in a pool of `workers`
+    threads (default: one per CPU, at most one per view); the result does not depend on it.
 
     Args:
         pts3d_global: V arrays (H_i, W_i, 3) (or one (V, H, W, 3) array) of points in the global frame.
         conf: V matching (H_i, W_i) confidence arrays (or one (V, H, W) array).
         focal_mode: one of FOCAL_MODES.
         niter: RANSAC iterations.
+        intrinsics: optional known (V, 3, 3) pinhole matrices at the pointmaps' resolution.
+        workers: threads solving views concurrently.
 
     Returns:
-        c2w (V, 4, 4) float32 and focals (V,) float32.
+        c2w (V, 4, 4) float32 and focals (V,) float32 (fx of the K used).
     """
     try:
         import cv2  # pylint: disable=import-outside-toplevel
@@ -270,23 +293,348 @@ def estimate_camera_poses_pnp(
     for i, (pts, view_conf) in enumerate(zip(views, confs)):
         _check_pointmaps(pts, view_conf, batched=False, name=f"pts3d_global[{i}]")
 
-    shared_focal = None
-    if focal_mode == "first_view_from_global_head":
-        shared_focal = float(estimate_focal(views[0], confs[0], 10.0))
+    if intrinsics is not None:
+        known = check_intrinsics(intrinsics, len(confs))
+        candidates = [[k.astype(np.float32)] for k in known]
+    elif focal_mode == "first_view_from_global_head":
+        shared_focal = float(estimate_focal(views[0], confs[0], FOCAL_CONF_PERCENTILE))
+        candidates = [[_pinhole(shared_focal, *c.shape)] for c in confs]
+    else:
+        candidates = [[_pinhole(f, *c.shape) for f in np.geomspace(max(c.shape) / 2, max(c.shape) * 3,
+                                                                   num=NUM_GUESSED_FOCALS)] for c in confs]
 
-    poses, focals = [], []
-    for pts, view_conf in zip(views, confs):
-        size = max(view_conf.shape)
-        candidates = ([shared_focal] if shared_focal is not None
-                      else np.geomspace(size / 2, size * 3, num=NUM_GUESSED_FOCALS))
-        found = _pnp_ransac(cv2, pts, view_conf > PNP_MIN_CONF, candidates, niter)
-        if found is None:
-            poses.append(np.eye(4, dtype=np.float32))
-            focals.append(np.nan)
+    def solve(view: int):
+        return _pnp_ransac(cv2, views[view], confs[view] > PNP_MIN_CONF, candidates[view], niter)
+
+    workers = min(len(views), workers or os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        found = list(pool.map(solve, range(len(views))))
+
+    w2c = np.tile(np.eye(4), (len(views), 1, 1))  # (V, 4, 4) float64
+    focals = np.full(len(views), np.nan, np.float32)
+    for view, result in enumerate(found):
+        if result is not None:
+            index, rvec, tvec = result
+            w2c[view, :3, :3], w2c[view, :3, 3] = cv2.Rodrigues(rvec)[0], tvec.reshape(3)
+            focals[view] = candidates[view][index][0, 0]
+    c2w = inverse_rigid(w2c).astype(np.float32)  # (V, 4, 4)
+    c2w[np.isnan(focals)] = np.eye(4)
+    return c2w, focals
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The dispatcher
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Cameras:
+    """Estimated cameras in the frame of view 0: c2w (V, 4, 4), intrinsics (V, 3, 3), image_sizes (V, 2) (W, H),
+    and the views whose estimate failed (identity pose and/or a 60-degree field-of-view focal substituted)."""
+
+    c2w: np.ndarray
+    intrinsics: np.ndarray
+    image_sizes: np.ndarray
+    failed: tuple[int, ...]
+
+    @property
+    def focals(self) -> np.ndarray:
+        return self.intrinsics[:, 0, 0]
+
+
+def _fallback_focal(height: int, width: int) -> float:
+    return max(height, width) / (2 * math.tan(math.radians(30.0)))
+
+
+@functools.partial(jax.jit, static_argnames="with_focals")
+def _procrustes(pts3d_local: jax.Array, pts3d_global: jax.Array, conf: jax.Array, conf_local: jax.Array,
+                min_conf_percentile: float, with_focals: bool) -> tuple[jax.Array, jax.Array | None]:
+    """c2w (V, 4, 4) aligning local onto global on confident pixels (weighted by conf), and focals (V,) from the
+    local maps (None unless with_focals)."""
+    focals = focal_from_local(pts3d_local, conf_local, min_conf_percentile) if with_focals else None
+    cut = jax.vmap(conf_quantile, in_axes=(0, None))(conf, min_conf_percentile / 100.0)  # (V,)
+    weights = jnp.where(conf >= cut[:, None, None], conf, 0.0)  # (V, H, W)
+    c2w, _ = procrustes_poses(pts3d_local, pts3d_global, weights)
+    return c2w, focals
+
+
+def estimate_cameras(outputs: Sequence[Mapping], solver: str = "pnp", *,
+                     min_conf_percentile: float = FOCAL_CONF_PERCENTILE,
+                     intrinsics: np.ndarray | None = None) -> Cameras:
+    """Cameras from per-view predictions (dicts with pts3d_in_other_view, conf, pts3d_local, conf_local; maps
+    (H, W, ...) in true orientation, numpy or device arrays, any mix of shapes).
+
+    'pnp': upstream's estimator (view 0's focal for every view, RANSAC-PnP with PNP_ITERATIONS iterations, views
+    in parallel threads). 'procrustes': per-view focal from the local pointmap and pose from the similarity between
+    local and global pointmaps weighted by the confidences at or above their `min_conf_percentile` percentile (0:
+    every pixel, as the reference evaluation weights them), one jitted call per image shape. `min_conf_percentile`
+    applies to Procrustes only; PnP keeps upstream's fixed rules.
+
+    intrinsics: known (V, 3, 3) pinhole matrices at the pointmaps' resolution (see `read_intrinsics` and
+    `resize_crop_intrinsics`): PnP solves with them instead of the estimated focal; Procrustes keeps its poses.
+    Either way they are the intrinsics returned. A view whose pose is not finite gets the identity and is listed
+    in `failed`, as is one whose estimated focal is unusable (a 60-degree field of view is substituted).
+    """
+    if solver not in POSE_SOLVERS:
+        raise ValueError(f"pose solver must be one of {POSE_SOLVERS}, got {solver!r}")
+    num = len(outputs)
+    hw = [tuple(np.shape(o["conf"])) for o in outputs]
+    known = None if intrinsics is None else check_intrinsics(intrinsics, num)
+    if solver == "pnp":
+        c2w, focals = estimate_camera_poses_pnp(
+            [np.asarray(o["pts3d_in_other_view"]) for o in outputs], [np.asarray(o["conf"]) for o in outputs],
+            focal_mode="first_view_from_global_head", niter=PNP_ITERATIONS, intrinsics=known)
+        c2w, focals = c2w.astype(np.float64), focals.astype(np.float64)
+        c2w[np.isnan(focals)] = np.nan  # PnP failed: a failed pose, also when the intrinsics are known
+    else:
+        c2w, focals = np.zeros((num, 4, 4)), np.zeros(num)
+        for shape in dict.fromkeys(hw):
+            idx = [i for i in range(num) if hw[i] == shape]
+            stack = {k: jnp.stack([jnp.asarray(outputs[i][k], jnp.float32) for i in idx])
+                     for k in ("pts3d_local", "pts3d_in_other_view", "conf", "conf_local")}  # (G, H, W[, 3])
+            pose, f = _procrustes(stack["pts3d_local"], stack["pts3d_in_other_view"], stack["conf"],
+                                  stack["conf_local"], min_conf_percentile, with_focals=known is None)
+            c2w[idx] = np.asarray(pose)
+            if f is not None:
+                focals[idx] = np.asarray(f)
+    bad_pose = ~np.isfinite(c2w).all(axis=(1, 2))
+    c2w[bad_pose] = np.eye(4)
+    sizes = np.asarray([(w, h) for h, w in hw], np.int64)
+    if known is not None:
+        return Cameras(c2w, known, sizes, tuple(int(i) for i in np.flatnonzero(bad_pose)))
+    bad_focal = ~(np.isfinite(focals) & (focals > 0))
+    focals = np.where(bad_focal, [_fallback_focal(*s) for s in hw], focals)
+    estimated = np.zeros((num, 3, 3))
+    estimated[:, 0, 0] = estimated[:, 1, 1] = focals
+    estimated[:, 0, 2] = [w / 2 for _, w in hw]
+    estimated[:, 1, 2] = [h / 2 for h, _ in hw]
+    estimated[:, 2, 2] = 1.0
+    return Cameras(c2w, estimated, sizes, tuple(int(i) for i in np.flatnonzero(bad_pose | bad_focal)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Known intrinsics
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def check_intrinsics(intrinsics, num_views: int) -> np.ndarray:
+    """(V, 3, 3) float64 copy of known intrinsics, one per view; ValueError unless each is a finite zero-skew
+    pinhole matrix [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0."""
+    known = np.asarray(intrinsics, np.float64)
+    if known.shape != (num_views, 3, 3):
+        raise ValueError(f"intrinsics must have shape ({num_views}, 3, 3), one per view, got {known.shape}")
+    zeros = known[:, [0, 1, 2, 2], [1, 0, 0, 1]]  # (V, 4)
+    if not np.isfinite(known).all() or (zeros != 0).any() or (known[:, 2, 2] != 1).any():
+        raise ValueError("intrinsics must be finite pinhole matrices [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]")
+    if (known[:, [0, 1], [0, 1]] <= 0).any():
+        raise ValueError(f"intrinsics must have positive focals, got fx {known[:, 0, 0]} and fy {known[:, 1, 1]}")
+    return known
+
+
+def resize_crop_intrinsics(intrinsics, scale, offset) -> np.ndarray:
+    """Known intrinsics (..., 3, 3) of original images mapped onto the model's input: resized by `scale` (sx, sy)
+    (new size / original size per axis), then cropped at `offset` (left, top) pixels of the resized image.
+
+    Pixel centres sit at integer coordinates, so a resize maps u to (u + 0.5) * sx - 0.5 (as PIL resamples) and a
+    crop subtracts its offset. For `io.images.resize_and_crop`: scale = resized_size(...) / (W, H) and offset =
+    crop_box(...)[:2].
+    """
+    mapped = np.array(intrinsics, np.float64)  # (..., 3, 3)
+    scale, offset = np.asarray(scale, np.float64), np.asarray(offset, np.float64)  # (..., 2)
+    mapped[..., [0, 1], [0, 1]] *= scale
+    mapped[..., [0, 1], [2, 2]] = (mapped[..., [0, 1], [2, 2]] + 0.5) * scale - 0.5 - offset
+    return mapped
+
+
+# COLMAP camera models: name -> (model id, parameter names). Pinhole ones are read as they are; the distortion
+# terms of the others are ignored (with a note); fisheye and other non-pinhole projections are refused.
+_COLMAP_MODELS = {
+    "SIMPLE_PINHOLE": (0, ("f", "cx", "cy")),
+    "PINHOLE": (1, ("fx", "fy", "cx", "cy")),
+    "SIMPLE_RADIAL": (2, ("f", "cx", "cy", "k")),
+    "RADIAL": (3, ("f", "cx", "cy", "k1", "k2")),
+    "OPENCV": (4, ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2")),
+    "OPENCV_FISHEYE": (5, ("fx", "fy", "cx", "cy", "k1", "k2", "k3", "k4")),
+    "FULL_OPENCV": (6, ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6")),
+    "FOV": (7, ("fx", "fy", "cx", "cy", "omega")),
+    "SIMPLE_RADIAL_FISHEYE": (8, ("f", "cx", "cy", "k")),
+    "RADIAL_FISHEYE": (9, ("f", "cx", "cy", "k1", "k2")),
+    "THIN_PRISM_FISHEYE": (10, ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3", "k4", "sx1", "sy1")),
+}
+_COLMAP_NAMES = {model_id: name for name, (model_id, _) in _COLMAP_MODELS.items()}
+_COLMAP_PERSPECTIVE = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")
+
+
+def _colmap_camera(path: pathlib.Path, camera_id: int, model: str, width: int, height: int,
+                   params: Sequence[float], notify: Callable[[str], None]) -> tuple[tuple[int, int], np.ndarray]:
+    """((W, H), K in our pixel convention) of one COLMAP camera."""
+    where = f"{path}: camera {camera_id}"
+    if model not in _COLMAP_MODELS:
+        raise ValueError(f"{where}: unknown camera model {model!r}")
+    if model not in _COLMAP_PERSPECTIVE:
+        raise ValueError(f"{where}: camera model {model} is not a pinhole projection; use one of "
+                         f"{', '.join(_COLMAP_PERSPECTIVE)}")
+    names = _COLMAP_MODELS[model][1]
+    if len(params) != len(names):
+        raise ValueError(f"{where}: model {model} takes {len(names)} parameters ({' '.join(names)}), "
+                         f"got {len(params)}")
+    values = dict(zip(names, params))
+    if any(name not in ("f", "fx", "fy", "cx", "cy") and values[name] != 0 for name in names):
+        notify(f"{where}: ignoring the distortion terms of its {model} model (the model predicts undistorted "
+               "pinhole cameras)")
+    fx, fy = values.get("fx", values.get("f")), values.get("fy", values.get("f"))
+    # COLMAP puts the centre of the top-left pixel at (0.5, 0.5), we put it at (0, 0).
+    K = np.array([[fx, 0.0, values["cx"] - 0.5], [0.0, fy, values["cy"] - 0.5], [0.0, 0.0, 1.0]])
+    return (width, height), K
+
+
+def _read_colmap_cameras_txt(path: pathlib.Path, notify) -> dict[int, tuple[tuple[int, int], np.ndarray]]:
+    cameras = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
             continue
-        focal, rvec, tvec = found
-        w2c = rigid_from_rotation_translation(jnp.asarray(cv2.Rodrigues(rvec)[0], jnp.float32),
-                                              jnp.asarray(tvec.reshape(3), jnp.float32))
-        poses.append(np.asarray(inverse_rigid(w2c)))
-        focals.append(focal)
-    return np.stack(poses).astype(np.float32), np.asarray(focals, np.float32)
+        try:
+            camera_id, model, width, height = int(fields[0]), fields[1], int(fields[2]), int(fields[3])
+            params = [float(x) for x in fields[4:]]
+        except (ValueError, IndexError) as err:
+            raise ValueError(f"{path}: line {number}: expected CAMERA_ID MODEL WIDTH HEIGHT PARAMS[], "
+                             f"got {line.strip()!r}") from err
+        cameras[camera_id] = _colmap_camera(path, camera_id, model, width, height, params, notify)
+    return cameras
+
+
+def _unpack(path: pathlib.Path, data: bytes, offset: int, fmt: str, what: str) -> tuple[tuple, int]:
+    size = struct.calcsize(fmt)
+    if offset + size > len(data):
+        raise ValueError(f"{path}: file ends inside {what}")
+    return struct.unpack_from(fmt, data, offset), offset + size
+
+
+def _read_colmap_cameras_bin(path: pathlib.Path, notify) -> dict[int, tuple[tuple[int, int], np.ndarray]]:
+    data = path.read_bytes()
+    (count,), offset = _unpack(path, data, 0, "<Q", "the camera count")
+    cameras = {}
+    for _ in range(count):
+        (camera_id, model_id, width, height), offset = _unpack(path, data, offset, "<iiQQ", "a camera header")
+        if model_id not in _COLMAP_NAMES:
+            raise ValueError(f"{path}: camera {camera_id}: unknown camera model id {model_id}")
+        model = _COLMAP_NAMES[model_id]
+        params, offset = _unpack(path, data, offset, f"<{len(_COLMAP_MODELS[model][1])}d",
+                                 f"the parameters of camera {camera_id}")
+        cameras[camera_id] = _colmap_camera(path, camera_id, model, width, height, params, notify)
+    if offset != len(data):
+        raise ValueError(f"{path}: {len(data) - offset} bytes after the {count} cameras")
+    return cameras
+
+
+def _read_colmap_images(path: pathlib.Path) -> dict[str, int]:
+    """Image name -> camera id from the images.txt or images.bin next to a COLMAP cameras file ({} if none)."""
+    text, binary = path.with_name("images.txt"), path.with_name("images.bin")
+    names = {}
+    if path.suffix == ".bin" and binary.is_file():
+        data = binary.read_bytes()
+        (count,), offset = _unpack(binary, data, 0, "<Q", "the image count")
+        for _ in range(count):
+            (image_id, *_, camera_id), offset = _unpack(binary, data, offset, "<i7di", "an image header")
+            end = data.find(b"\0", offset)
+            if end < 0:
+                raise ValueError(f"{binary}: file ends inside the name of image {image_id}")
+            names[data[offset:end].decode()] = camera_id
+            (num_points,), offset = _unpack(binary, data, end + 1, "<Q", f"the point count of image {image_id}")
+            offset += 24 * num_points  # (x, y, point3D_id) per observation
+    elif text.is_file():
+        lines = [line for line in text.read_text().splitlines() if not line.startswith("#")]
+        for line in lines[::2]:  # every image line is followed by its observations line
+            fields = line.split()
+            if len(fields) < 10:
+                raise ValueError(f"{text}: expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, got {line!r}")
+            names[" ".join(fields[9:])] = int(fields[8])
+    return names
+
+
+def _read_cameras_json(path: pathlib.Path) -> dict[str, tuple[tuple[int, int], np.ndarray]]:
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(doc, dict) or not isinstance(doc.get("cameras"), list):
+        raise ValueError(f"{path}: field 'cameras' (a list) is missing")
+    cameras = {}
+    for i, entry in enumerate(doc["cameras"]):
+        where = f"{path}: cameras[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected an object")
+        for field in ("name", "width", "height", "intrinsics"):
+            if field not in entry:
+                raise ValueError(f"{where}: field '{field}' is missing")
+        try:
+            K = check_intrinsics(np.asarray(entry["intrinsics"], np.float64)[None], 1)[0]
+            size = (int(entry["width"]), int(entry["height"]))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{where}: field 'intrinsics' or 'width'/'height' is not valid: {err}") from err
+        cameras[os.path.basename(str(entry["name"]))] = size, K
+    return cameras
+
+
+def read_intrinsics(path: str | os.PathLike, image_sizes: Mapping[str, tuple[int, int]],
+                    notify: Callable[[str], None] = log.warning) -> dict[str, np.ndarray]:
+    """Known intrinsics of the input images at their original resolution, from a file the user gives.
+
+    Formats: COLMAP `cameras.txt` / `cameras.bin` (or a folder holding one): one camera serves every image, several
+    are matched to images by name through the `images.txt` / `images.bin` next to it. SIMPLE_PINHOLE and PINHOLE
+    are read as they are; SIMPLE_RADIAL, RADIAL, OPENCV and FULL_OPENCV lose their distortion terms (`notify` says
+    so). Our own `cameras.json` (io.export.write_cameras_json): matched by image name.
+
+    Args:
+        path: the file (or COLMAP model folder).
+        image_sizes: image name (file name; folders are ignored) -> original (W, H); every one must be covered by a
+            camera of exactly that size.
+        notify: receives notes for the user.
+
+    Returns:
+        image name -> (3, 3) float64 K, pixel centres at integer coordinates (our convention).
+
+    Raises:
+        ValueError naming the file and the field that is wrong, or the image that has no camera.
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        found = [path / n for n in ("cameras.bin", "cameras.txt", "cameras.json") if (path / n).is_file()]
+        if not found:
+            raise ValueError(f"{path}: no cameras.bin, cameras.txt or cameras.json in this folder")
+        path = found[0]
+    if not path.is_file():
+        raise ValueError(f"{path}: intrinsics file not found")
+    if path.suffix == ".json":
+        by_name = _read_cameras_json(path)
+    else:
+        if path.suffix not in (".txt", ".bin"):
+            raise ValueError(f"{path}: expected a COLMAP cameras.txt / cameras.bin or a cameras.json")
+        read = _read_colmap_cameras_bin if path.suffix == ".bin" else _read_colmap_cameras_txt
+        cameras = read(path, notify)
+        if not cameras:
+            raise ValueError(f"{path}: no cameras in the file")
+        images = _read_colmap_images(path)
+        if len(cameras) == 1:
+            by_name = {os.path.basename(name): next(iter(cameras.values())) for name in image_sizes}
+        elif not images:
+            raise ValueError(f"{path}: {len(cameras)} cameras but no images.txt / images.bin next to it to say "
+                             "which image each belongs to")
+        else:
+            missing = sorted({cid for cid in images.values() if cid not in cameras})
+            if missing:
+                raise ValueError(f"{path.with_name('images' + path.suffix)}: camera ids {missing} are not in {path}")
+            by_name = {os.path.basename(name): cameras[cid] for name, cid in images.items()}
+    out = {}
+    for name, size in image_sizes.items():
+        key = os.path.basename(name)
+        if key not in by_name:
+            raise ValueError(f"{path}: no camera for image {key}")
+        file_size, K = by_name[key]
+        if tuple(file_size) != tuple(size):
+            raise ValueError(f"{path}: width/height of the camera of {key} is {file_size[0]}x{file_size[1]}, but "
+                             f"the image is {size[0]}x{size[1]}; intrinsics must be given at the images' original "
+                             "resolution")
+        out[name] = K
+    return out

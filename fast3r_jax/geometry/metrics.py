@@ -5,12 +5,15 @@ of the prediction is compared with that of the ground truth, giving a rotation e
 error in degrees. From those come RRA/RTA@tau (fraction of pairs with error below tau) and mAA(30) (area under the
 accuracy curve of max(rotation, translation) error).
 
+`pose_errors` adds absolute errors after aligning the predicted cameras onto the ground truth (`align_cameras`).
+
 Point clouds are compared through nearest neighbours: accuracy (reconstruction -> GT), completion (GT ->
 reconstruction) and normal consistency |n_a . n_b| of the matched points.
 
 The pose functions are jitted jax.numpy that follow the reference's float32 operation order and rounding (no FMA
-contraction), reproducing its angles to an ulp or two. This matters: the acos of a cosine near 1 amplifies
-rounding, and a one-ulp cosine difference moves a near-zero translation angle by ~0.02 degrees. The point-cloud
+contraction; `transforms.matmul_in_order`), reproducing its angles to an ulp or two. This matters: the acos of a
+cosine near 1 amplifies rounding, and a one-ulp cosine difference moves a near-zero translation angle by ~0.02
+degrees. The point-cloud
 functions are float64 numpy with a scipy KD-tree, as in the reference.
 """
 
@@ -25,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.spatial import cKDTree
 
-from fast3r_jax.geometry import cameras
+from fast3r_jax.geometry.transforms import dot_in_order, inverse_rigid, matmul_in_order, rounded
 
 # Rotation cosines beyond +-(1 - _COS_BOUND) use the tangent line of acos instead of acos.
 _COS_BOUND = 1e-4
@@ -61,15 +64,6 @@ def pair_indices(num_cameras: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(num_cameras, k=1)
 
 
-def _rounded(x: jax.Array) -> jax.Array:
-    """x, rounded on its own before it is added to anything.
-
-    Under jit, XLA contracts a multiply that feeds an add into one FMA with a single rounding (its CPU backend always
-    allows this), which the reference does not do. A select in between (that keeps NaN as NaN) blocks it.
-    """
-    return jnp.where(jnp.isnan(x), jnp.nan, x)
-
-
 def _true_divide(num: jax.Array, den: jax.Array | float) -> jax.Array:
     """num / den with one IEEE division per element (den broadcasts to num).
 
@@ -79,39 +73,16 @@ def _true_divide(num: jax.Array, den: jax.Array | float) -> jax.Array:
     return num / jax.lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(den, num.dtype), num.shape))
 
 
-def _sequential_dot(a: jax.Array, b: jax.Array) -> jax.Array:
-    """sum(a * b, axis=-1) accumulated left to right: the order of the reference's small float32 kernels."""
-    products = _rounded(a * b)
-    total = products[..., 0]
-    for k in range(1, products.shape[-1]):
-        total = total + products[..., k]
-    return total
-
-
-def _sequential_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """a @ b for (..., n, k) @ (..., k, m), each entry summed like `_sequential_dot`."""
-    return _sequential_dot(a[..., :, None, :], jnp.swapaxes(b, -1, -2)[..., None, :, :])  # (..., n, m)
-
-
-def _invert_rigid(c2w: jax.Array) -> jax.Array:
-    """Closed-form inverse [R^T, -R^T t; 0, 1] of (..., 4, 4) rigid transforms, in the reference's rounding order."""
-    rot_t = jnp.swapaxes(c2w[..., :3, :3], -1, -2)
-    trans = -_sequential_matmul(rot_t, c2w[..., :3, 3:])  # (..., 3, 1)
-    top = jnp.concatenate([rot_t, trans], axis=-1)  # (..., 3, 4)
-    bottom = jnp.broadcast_to(jnp.asarray([0, 0, 0, 1], c2w.dtype), c2w.shape[:-2] + (1, 4))
-    return jnp.concatenate([top, bottom], axis=-2)
-
-
 def _pairwise_relative(c2w: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Relative motions inv(P_i) @ P_j over pairs i < j: rotations (P, 3, 3) and translations (P, 3)."""
     first, second = pair_indices(c2w.shape[0])
-    rel = _sequential_matmul(_invert_rigid(c2w[first]), c2w[second])  # (P, 4, 4)
+    rel = matmul_in_order(inverse_rigid(c2w[first]), c2w[second])  # (P, 4, 4)
     return rel[:, :3, :3], rel[:, :3, 3]
 
 
 def rotation_cosine(rot_a: jax.Array, rot_b: jax.Array) -> jax.Array:
     """Cosine (trace(rot_a @ rot_b^T) - 1) / 2 of the angle between (..., 3, 3) rotations."""
-    rel = _sequential_matmul(rot_a, jnp.swapaxes(rot_b, -1, -2))  # (..., 3, 3)
+    rel = matmul_in_order(rot_a, jnp.swapaxes(rot_b, -1, -2))  # (..., 3, 3)
     trace = rel[..., 0, 0] + rel[..., 1, 1] + rel[..., 2, 2]
     return (trace - 1.0) * 0.5
 
@@ -119,8 +90,8 @@ def rotation_cosine(rot_a: jax.Array, rot_b: jax.Array) -> jax.Array:
 def _acos_linear_extension(cos: jax.Array, bound: float) -> jax.Array:
     """acos on [-bound, bound] and its tangent lines at +-bound outside (finite for any cosine)."""
     slope = -1.0 / math.sqrt(1.0 - bound * bound)
-    upper = _rounded((cos - bound) * slope) + math.acos(bound)
-    lower = _rounded((cos + bound) * slope) + math.acos(-bound)
+    upper = rounded((cos - bound) * slope) + math.acos(bound)
+    lower = rounded((cos + bound) * slope) + math.acos(-bound)
     inside = jnp.arccos(jnp.clip(cos, -bound, bound))
     return jnp.where(cos >= bound, upper, jnp.where(cos <= -bound, lower, inside))
 
@@ -142,7 +113,7 @@ def rotation_angle_deg(rot_a: jax.Array, rot_b: jax.Array) -> jax.Array:
 
 def _unit_directions(t: jax.Array) -> jax.Array:
     """t / (|t| + 1e-15) for (..., 3) vectors."""
-    norm = jnp.sqrt(_sequential_dot(t, t)) + _TRANSLATION_EPS  # (...,)
+    norm = jnp.sqrt(dot_in_order(t, t)) + _TRANSLATION_EPS  # (...,)
     return _true_divide(t, norm[..., None])
 
 
@@ -159,7 +130,7 @@ def translation_angle_deg(t_a: jax.Array, t_b: jax.Array) -> jax.Array:
         raise ValueError(
             f"translations must both have shape (..., 3), got {tuple(t_a.shape)} and {tuple(t_b.shape)}")
     unit_a, unit_b = _unit_directions(t_a), _unit_directions(t_b)
-    sin_sq = jnp.maximum(1.0 - _rounded(_sequential_dot(unit_b, unit_a) ** 2), _TRANSLATION_EPS)
+    sin_sq = jnp.maximum(1.0 - rounded(dot_in_order(unit_b, unit_a) ** 2), _TRANSLATION_EPS)
     angle = jnp.arccos(jnp.sqrt(1.0 - sin_sq))
     angle = jnp.where(jnp.isfinite(angle), angle, _INVALID_TRANSLATION_ANGLE)
     return _true_divide(angle * 180.0, math.pi)
@@ -255,37 +226,57 @@ def camera_pose_metrics(pred_c2w: jax.Array, gt_c2w: jax.Array) -> dict[str, flo
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Point-cloud alignment
+# Camera poses after aligning the prediction onto the ground truth
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@jax.jit
-def align_similarity(
-    src: jax.Array, dst: jax.Array, weights: Optional[jax.Array] = None
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Least-squares similarity (s, R, t) with dst ~ s * src @ R^T + t (Umeyama, weights normalised to sum to 1).
+def _nearest_rotation(m: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(m)
+    return u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
 
-    R is a proper rotation (a reflection flips the last singular direction). This is the registration the reference
-    evaluation uses to bring local pointmaps into the global frame and predicted points onto GT points; the solver
-    is shared with `fast3r_jax.geometry.cameras`.
 
-    Args:
-        src: (N, 3) points to move.
-        dst: (N, 3) corresponding target points.
-        weights: optional (N,) non-negative weights, not all zero (uniform when None).
+def align_cameras(pred_c2w: np.ndarray, gt_c2w: np.ndarray) -> np.ndarray:
+    """Predicted c2w (V, 4, 4) moved onto the ground truth by one similarity x -> s R x + t (float64, host).
 
-    Returns:
-        (scale (), rotation (3, 3), translation (3,)).
+    R is the chordal mean of the per-view rotation offsets R_gt R_pred^T; s and t are then the least-squares fit of
+    the camera centres (s = 1 for a single view). Unlike a point fit (`transforms.fit_similarity` on the centres),
+    the rotation comes from the camera orientations, so it is defined for two cameras or collinear centres too.
+    Rotation columns of the result stay orthonormal.
     """
-    src, dst = jnp.asarray(src), jnp.asarray(dst)
-    if src.ndim != 2 or src.shape[1] != 3 or src.shape[0] == 0 or dst.shape != src.shape:
-        raise ValueError(
-            f"src and dst must both have shape (N, 3) with N > 0, got {tuple(src.shape)} and {tuple(dst.shape)}")
-    weights = jnp.ones(src.shape[0], src.dtype) if weights is None else jnp.asarray(weights, src.dtype)
-    if weights.shape != src.shape[:1]:
-        raise ValueError(f"weights must have shape ({src.shape[0]},), got {tuple(weights.shape)}")
-    rot, trans, scale = cameras._umeyama(src, dst, weights)  # pylint: disable=protected-access
-    return scale, rot, trans
+    pred_c2w, gt_c2w = np.asarray(pred_c2w, np.float64), np.asarray(gt_c2w, np.float64)
+    rot = _nearest_rotation(np.einsum("vij,vkj->ik", gt_c2w[:, :3, :3], pred_c2w[:, :3, :3]))
+    src = pred_c2w[:, :3, 3] @ rot.T  # (V, 3)
+    dst = gt_c2w[:, :3, 3]
+    src_c, dst_c = src - src.mean(0), dst - dst.mean(0)
+    var = float(np.sum(src_c * src_c))
+    scale = float(np.sum(src_c * dst_c)) / var if var > 0 else 1.0
+    out = np.tile(np.eye(4), (len(pred_c2w), 1, 1))
+    out[:, :3, :3] = rot @ pred_c2w[:, :3, :3]
+    out[:, :3, 3] = scale * src + (dst.mean(0) - scale * src.mean(0))
+    return out
+
+
+def rotation_errors_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> np.ndarray:
+    """Geodesic angles (...) between rotations, from |Ra - Rb|_F = 2 sqrt(2) sin(angle / 2) (accurate near 0)."""
+    diff = np.linalg.norm(np.asarray(rot_a, np.float64) - np.asarray(rot_b, np.float64), axis=(-2, -1))
+    return np.rad2deg(2 * np.arcsin(np.minimum(diff / (2 * np.sqrt(2)), 1.0)))
+
+
+def pose_errors(pred_c2w: np.ndarray, gt_c2w: np.ndarray) -> dict[str, float]:
+    """RRA/RTA at 5/15/30 degrees and mAA(30) of the relative poses (the reference evaluation), plus the mean
+    rotation error (degrees) and camera-centre error (ground-truth units, and relative to the mean distance of the
+    ground-truth cameras from their centroid) after `align_cameras`."""
+    pred_c2w, gt_c2w = np.asarray(pred_c2w, np.float64), np.asarray(gt_c2w, np.float64)
+    if pred_c2w.shape != gt_c2w.shape or pred_c2w.shape[1:] != (4, 4) or len(pred_c2w) < 2:
+        raise ValueError(f"need matching (V >= 2, 4, 4) poses, got {pred_c2w.shape} and {gt_c2w.shape}")
+    out = camera_pose_metrics(jnp.asarray(pred_c2w, jnp.float32), jnp.asarray(gt_c2w, jnp.float32))
+    aligned = align_cameras(pred_c2w, gt_c2w)
+    centre_err = np.linalg.norm(aligned[:, :3, 3] - gt_c2w[:, :3, 3], axis=-1)  # (V,)
+    spread = np.linalg.norm(gt_c2w[:, :3, 3] - gt_c2w[:, :3, 3].mean(0), axis=-1).mean()
+    out["rotation_error_deg"] = float(rotation_errors_deg(aligned[:, :3, :3], gt_c2w[:, :3, :3]).mean())
+    out["translation_error"] = float(centre_err.mean())
+    out["translation_error_rel"] = float(centre_err.mean() / spread) if spread > 0 else float("nan")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -354,9 +345,3 @@ def completion(
     gt_points, rec_points, gt_normals, rec_normals = _checked_clouds(gt_points, rec_points, gt_normals, rec_normals)
     return _nearest_neighbour_stats(gt_points, rec_points, gt_normals, rec_normals)
 
-
-def completion_ratio(gt_points: np.ndarray, rec_points: np.ndarray, dist_th: float = 0.05) -> float:
-    """Fraction of GT points whose nearest reconstructed point is closer than dist_th."""
-    gt_points, rec_points, _, _ = _checked_clouds(gt_points, rec_points, None, None)
-    distances, _ = cKDTree(rec_points).query(gt_points, workers=-1)  # (N,)
-    return float(np.mean(distances < dist_th))

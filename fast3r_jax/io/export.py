@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 from scipy.spatial import cKDTree
 
+from fast3r_jax.geometry.transforms import inverse_rigid
 from fast3r_jax.io.files import atomic_file
 
 log = logging.getLogger(__name__)
@@ -238,8 +239,8 @@ def rotation_to_quaternion(rot: np.ndarray) -> np.ndarray:
 
 def world_to_camera(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rotations (V, 3, 3) and translations (V, 3) with x_cam = R x_world + t, for rigid c2w (V, 4, 4)."""
-    rot = np.swapaxes(c2w[:, :3, :3], 1, 2)  # (V, 3, 3)
-    return rot, -np.einsum("vij,vj->vi", rot, c2w[:, :3, 3])
+    w2c = inverse_rigid(np.asarray(c2w))  # (V, 4, 4)
+    return w2c[:, :3, :3], w2c[:, :3, 3]
 
 
 def camera_frustums(c2w, intrinsics, image_sizes, depth: float) -> np.ndarray:
