@@ -95,7 +95,7 @@ class _Budget:
     def take(self, nbytes: int, what: str) -> None:
         if nbytes > self.left:
             raise CheckpointFormatError(
-                f"{what} needs {nbytes:,} bytes, beyond the reader's cap of {self.cap:,} bytes for this file "
+                f"{what}: {nbytes:,} bytes would exceed the reader's cap of {self.cap:,} bytes for this file "
                 f"({self.left:,} left); pass max_bytes to read a larger checkpoint")
         self.left -= nbytes
 
