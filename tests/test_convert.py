@@ -58,6 +58,8 @@ def test_roundtrip_to_torch_layout_is_exact(state_dict):
     ("drop", ["missing", "decoder.dec_blocks.3.mlp.fc1.bias"]),
     ("reshape", ["mis-shaped", "decoder.decoder_embed.weight"]),
     ("extra", ["unexpected", "decoder.extra_token"]),
+    ("int32", ["not floating point", "encoder.enc_norm.bias: int32"]),
+    ("nan", ["NaN or infinite", "decoder.dec_norm.weight: 2 of 64 values"]),
 ])
 def test_bad_checkpoints_fail_naming_the_tensor(tmp_path, state_dict, edit, names, capsys):
     sd = dict(state_dict)
@@ -67,6 +69,11 @@ def test_bad_checkpoints_fail_naming_the_tensor(tmp_path, state_dict, edit, name
         del sd["decoder.dec_blocks.3.mlp.fc1.bias"]
     elif edit == "reshape":
         sd["decoder.decoder_embed.weight"] = sd["decoder.decoder_embed.weight"][:, :-1]
+    elif edit == "int32":
+        sd["encoder.enc_norm.bias"] = sd["encoder.enc_norm.bias"].astype(np.int32)
+    elif edit == "nan":
+        sd["decoder.dec_norm.weight"] = sd["decoder.dec_norm.weight"].copy()
+        sd["decoder.dec_norm.weight"][[3, 7]] = np.nan, -np.inf
     else:
         sd["decoder.extra_token"] = np.zeros(3, np.float32)
     with pytest.raises(CheckpointMismatchError) as err:

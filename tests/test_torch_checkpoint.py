@@ -4,12 +4,16 @@ The fixtures and their expected arrays come from tests/data/torch_fixtures/make_
 comparison is bit-exact (dtype, shape and raw bits).
 """
 
+import functools
 import json
 import os
 import pathlib
 import pickle
+import re
 import shutil
+import struct
 import subprocess
+import tracemalloc
 import zipfile
 
 import ml_dtypes
@@ -25,6 +29,7 @@ from fast3r_jax.convert.readers import (
     read_safetensors,
     read_torch_pickle,
 )
+from fast3r_jax.errors import InputError
 
 FIXTURES = pathlib.Path(__file__).parent / "data" / "torch_fixtures"
 LIGHTNING_NET_KEYS = ["encoder.patch_embed.proj.weight", "decoder.dec_norm.bias",
@@ -262,3 +267,195 @@ def test_big_endian_archive(tmp_path, expected):
                 data = b"big"
             dst.writestr(info, data)
     assert_bit_exact(tensors_of(read_torch_pickle(path), "dust3r"), subset(expected, "dust3r"))
+
+
+# ----------------------------------------------------------------------------- hostile files: bounded, strict reading
+
+
+def _p(value):
+    """The opcodes that pickle a plain value (protocol 2, without PROTO and STOP), to splice into a pickle."""
+    return pickle.dumps(value, protocol=2)[2:-1]
+
+
+def _tensor_pickle(numel, offset, size, stride, storage="FloatStorage"):
+    """data.pkl of torch.save({'w': tensor}) for a tensor over storage 'data/0', written opcode by opcode (the test
+    has no torch): _rebuild_tensor_v2(persistent ('storage', torch.<storage>, '0', 'cpu', numel), offset, size,
+    stride, False, OrderedDict())."""
+    storage_id = (b"(" + _p("storage") + b"ctorch\n" + storage.encode() + b"\n" + _p("0") + _p("cpu") + _p(numel)
+                  + b"tQ")
+    rebuild = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage_id + _p(offset) + _p(tuple(size))
+               + _p(tuple(stride)) + b"\x89ccollections\nOrderedDict\n)RtR")
+    return b"\x80\x02}" + _p("w") + rebuild + b"s."
+
+
+def _write_tensor_zip(path, pickled, storage=b"", compress_type=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", pickled)
+        zf.writestr("archive/byteorder", "little")
+        zf.writestr("archive/data/0", storage, compress_type=compress_type, compresslevel=1)
+
+
+def assert_refused(call, error, pattern, declared_bytes):
+    """`call` raises `error` matching `pattern`, writes nothing next to its input, and never allocates more than
+    a small fraction of what the hostile file declares (tracemalloc sees numpy, zlib and pickle allocations)."""
+    folder = pathlib.Path(call.args[0]).parent
+    before = sorted(folder.iterdir())
+    tracemalloc.start()
+    try:
+        with pytest.raises(error, match=pattern) as info:
+            call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < declared_bytes / 16, f"peak {peak} bytes for a file declaring {declared_bytes}"
+    assert sorted(folder.iterdir()) == before
+    return info.value
+
+
+def test_readable_tensor_zip_is_read(tmp_path):
+    """The hand-written pickle of the tests below reads as intended when nothing in it is hostile: a permuted
+    (3, 2) view with storage offset 1 over 7 floats."""
+    path = tmp_path / "ok.pth"
+    _write_tensor_zip(path, _tensor_pickle(7, 1, (3, 2), (1, 3)), np.arange(7, dtype="<f4").tobytes())
+    np.testing.assert_array_equal(read_torch_pickle(path)["w"], np.arange(1, 7, dtype=np.float32).reshape(2, 3).T)
+
+
+@pytest.mark.parametrize("numel,size,stride", [
+    (1, (16384, 16384), (0, 0)),  # a few hundred bytes declaring a 1 GiB expanded tensor
+    (8191, (4096, 4096), (1, 1)),  # overlapping strides: 64 MiB out of a 32 KiB storage
+])
+def test_self_overlapping_view_is_refused_before_copying(tmp_path, numel, size, stride):
+    path = tmp_path / "expand.pth"
+    _write_tensor_zip(path, _tensor_pickle(numel, 0, size, stride), bytes(4 * numel))
+    err = assert_refused(functools.partial(load_state_dict, path), CheckpointFormatError,
+                         r"expand\.pth: tensor in storage 'data/0'.*more than once.*contiguous", 4 * size[0] * size[1])
+    assert isinstance(err, InputError)
+
+
+def test_view_beyond_its_storage_is_refused(tmp_path):
+    path = tmp_path / "beyond.pth"
+    _write_tensor_zip(path, _tensor_pickle(4, 3, (2,), (1,)), bytes(16))
+    with pytest.raises(CheckpointFormatError, match=r"beyond\.pth: .*'data/0'.*reaches element 4 .* has 4"):
+        read_torch_pickle(path)
+
+
+@pytest.fixture(scope="module")
+def zeros_80mib():
+    """80 MiB of zeros deflated into a 0.4 MB zip member: beyond the default cap of a file that size."""
+    return bytes(80 << 20)
+
+
+@pytest.mark.parametrize("numel,pattern", [
+    (4, r"storage 'data/0' declares 83886080 bytes, expected 4 x 4"),  # the pickle needs far less
+    (20 << 20, r"zip member 'archive/data/0': 83,886,080 bytes would exceed the reader's cap"),  # honest, too big
+])
+def test_deflate_bomb_is_refused_before_inflating(tmp_path, zeros_80mib, numel, pattern):
+    path = tmp_path / "bomb.pth"
+    _write_tensor_zip(path, _tensor_pickle(numel, 0, (numel,), (1,)), zeros_80mib, zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 1 << 20
+    assert_refused(functools.partial(read_torch_pickle, path), CheckpointFormatError, rf"bomb\.pth: {pattern}",
+                   len(zeros_80mib))
+
+
+def _declare_size(path, member, size):
+    """Rewrites the uncompressed size that the zip's local and central headers declare for `member`."""
+    data = bytearray(path.read_bytes())
+    found = [m.start() for m in re.finditer(re.escape(member.encode()), data)]
+    for signature, name_at, size_at in ((b"PK\x03\x04", 30, 22), (b"PK\x01\x02", 46, 24)):
+        header = next(i - name_at for i in found if data.startswith(signature, i - name_at))  # the member's header
+        data[header + size_at:header + size_at + 4] = struct.pack("<I", size)
+    path.write_bytes(bytes(data))
+
+
+def test_deflated_member_larger_than_declared_is_not_inflated(tmp_path, zeros_80mib):
+    """A member declaring 16 bytes that inflates to 80 MiB: the read stops at 16 bytes and the CRC fails."""
+    path = tmp_path / "liar.pth"
+    _write_tensor_zip(path, _tensor_pickle(4, 0, (4,), (1,)), zeros_80mib, zipfile.ZIP_DEFLATED)
+    _declare_size(path, "archive/data/0", 16)
+    assert_refused(functools.partial(read_torch_pickle, path), CheckpointFormatError,
+                   r"liar\.pth: damaged zip archive: Bad CRC-32 for file 'archive/data/0'", len(zeros_80mib))
+
+
+def test_member_compressed_with_unbounded_method_is_refused(tmp_path):
+    path = tmp_path / "bzip2.pth"
+    _write_tensor_zip(path, _tensor_pickle(4, 0, (4,), (1,)), bytes(16), zipfile.ZIP_BZIP2)
+    with pytest.raises(CheckpointFormatError, match=r"bzip2\.pth: zip member 'archive/data/0' uses compression "
+                                                    r"method 12"):
+        read_torch_pickle(path)
+
+
+def test_max_bytes_caps_what_is_read():
+    """The cap counts storages read and tensors copied; the fixtures read with the default, not with a tiny cap."""
+    read_torch_pickle(FIXTURES / "plain.pth")
+    with pytest.raises(CheckpointFormatError, match=r"plain\.pth: .* exceed the reader's cap of 1,000 bytes"):
+        read_torch_pickle(FIXTURES / "plain.pth", max_bytes=1000)
+    with pytest.raises(CheckpointFormatError, match=r"weights\.safetensors: \d+ tensors: .* cap of 10 bytes"):
+        load_state_dict(FIXTURES / "weights.safetensors", max_bytes=10)
+
+
+def test_pickle_opcode_declaring_gigabytes_is_refused(tmp_path):
+    """BINBYTES8 with a 1 GiB length and 3 bytes behind it: the C unpickler would allocate the 1 GiB first."""
+    path = tmp_path / "opcode.pth"
+    _write_tensor_zip(path, b"\x80\x04\x8e" + struct.pack("<Q", 1 << 30) + b"abc")
+    assert_refused(functools.partial(read_torch_pickle, path), CheckpointFormatError,
+                   r"opcode\.pth: data\.pkl is damaged: expected 1073741824 bytes", 1 << 30)
+
+
+def test_damaged_zip_is_one_error(tmp_path):
+    path = tmp_path / "crc.pth"
+    _write_tensor_zip(path, _tensor_pickle(4, 0, (4,), (1,)), np.arange(4, dtype="<f4").tobytes())
+    data = bytearray(path.read_bytes())
+    data[data.index(np.arange(4, dtype="<f4").tobytes()) + 5] ^= 0xFF  # one flipped bit of tensor data
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointFormatError, match=r"crc\.pth: damaged zip archive: Bad CRC-32"):
+        read_torch_pickle(path)
+
+
+def test_reader_errors_are_input_errors():
+    assert issubclass(CheckpointFormatError, InputError)
+    assert issubclass(UnsafeCheckpointError, InputError) and issubclass(UnsafeCheckpointError, pickle.UnpicklingError)
+
+
+def _write_safetensors(path, header, data=b""):
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+def test_deeply_nested_safetensors_header(tmp_path):
+    path = tmp_path / "deep.safetensors"
+    _write_safetensors(path, b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert_refused(functools.partial(read_safetensors, path), CheckpointFormatError,
+                   r"deep\.safetensors: header is nested too deeply", 1 << 30)
+
+
+def test_deeply_nested_shard_index(tmp_path):
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CheckpointFormatError, match=r"model\.safetensors\.index\.json is nested too deeply"):
+        load_state_dict(tmp_path)
+
+
+def test_safetensors_header_larger_than_the_format_allows(tmp_path):
+    """A sparse 200 MB file whose header claims 150 MB: refused before the header is read."""
+    path = tmp_path / "huge_header.safetensors"
+    with open(path, "wb") as f:
+        f.write((150 << 20).to_bytes(8, "little"))
+        f.truncate(200 << 20)
+    assert_refused(functools.partial(read_safetensors, path), CheckpointFormatError,
+                   r"huge_header\.safetensors: header claims 157,286,400 bytes, more than", 150 << 20)
+
+
+def test_safetensors_shape_whose_element_count_overflows(tmp_path):
+    """2**32 x 2**32 elements wrap to 0 in int64; with Python ints the shape needs 2**66 bytes, not 0."""
+    path = tmp_path / "overflow.safetensors"
+    _write_safetensors(path, {"big": {"dtype": "F32", "shape": [2 ** 32, 2 ** 32], "data_offsets": [0, 0]}})
+    assert_refused(functools.partial(read_safetensors, path), CheckpointFormatError,
+                   rf"overflow\.safetensors: tensor 'big': .* span 0 bytes .* needs {2 ** 66}", 1 << 30)
+
+
+def test_safetensors_tensors_sharing_bytes(tmp_path):
+    """1000 tensors over the same 64 KiB would yield 64 MB from a 64 KiB file; the format forbids overlaps."""
+    path = tmp_path / "shared.safetensors"
+    header = {f"t{i}": {"dtype": "F32", "shape": [16384], "data_offsets": [0, 65536]} for i in range(1000)}
+    _write_safetensors(path, header, bytes(65536))
+    assert_refused(functools.partial(read_safetensors, path), CheckpointFormatError,
+                   r"shared\.safetensors: tensors 't\d+' and 't\d+' overlap", 1000 * 65536)

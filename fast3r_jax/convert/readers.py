@@ -3,7 +3,8 @@
 Supported inputs:
 
 * ``.safetensors``: parsed directly (8-byte little-endian header length, JSON header, raw
-  little-endian tensor bytes); every offset is validated against the file.
+  little-endian tensor bytes); every shape and offset is validated against the file, and tensors
+  may not overlap, before anything is read.
 * ``torch.save`` zip archives (``.pth``, ``.pt``, ``.bin``, ``.ckpt``): ``<archive>/data.pkl`` is
   unpickled with a restricted unpickler and tensors are rebuilt from the raw storages in
   ``<archive>/data/<key>``. The legacy (pre zip) ``torch.save`` format and TorchScript archives are
@@ -32,6 +33,18 @@ explicit lists and refuses everything else with :class:`UnsafeCheckpointError` (
 
 Anything else (``os.system``, ``builtins.eval``, ``builtins.getattr``, arbitrary classes) is refused,
 even when it sits far from the tensors: a stub could only be justified for names known to be inert.
+
+Bounded memory on hostile files
+-------------------------------
+A few hundred bytes can declare gigabytes (a stride-0 view, a deflated zip member of zeros, a
+pickle opcode with a huge length), so every declared size is checked before anything is allocated
+or inflated: the opcodes of ``data.pkl`` are scanned before unpickling, a zip member's declared
+size must match what its storage needs and is read with that bound, views must lie inside their
+storage and must not overlap themselves (upstream checkpoints hold no expanded tensors; re-save one
+with ``.contiguous()``), and all bytes a reader allocates for one file (zip members read and
+tensors copied) are charged to a cap, ``max_bytes``. Its default, 4 x the file size + 64 MiB,
+covers every storage read once and every tensor copied from it with room for tied weights; only a
+re-zipped (deflated) archive can need more, and then ``max_bytes`` must be passed explicitly.
 """
 
 from __future__ import annotations
@@ -42,23 +55,59 @@ import dataclasses
 import functools
 import io
 import json
+import math
 import os
 import pickle
+import pickletools
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import ml_dtypes
 import numpy as np
 
-
-class CheckpointFormatError(ValueError):
-    """A checkpoint file is malformed, truncated or has an unexpected layout."""
+from fast3r_jax.errors import InputError
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class CheckpointFormatError(InputError):
+    """A checkpoint file is malformed, truncated, has an unexpected layout or declares more data than allowed."""
+
+
+class UnsafeCheckpointError(InputError, pickle.UnpicklingError):
     """A pickled checkpoint names a global that is not on the allow-list."""
+
+
+# Default cap on the bytes read for one file: 4 x its size + 64 MiB (see the module docstring).
+_DEFAULT_CAP_PER_FILE_BYTE = 4
+_DEFAULT_CAP_SLACK = 64 << 20
+# The safetensors library's own bound on the JSON header; also applied to a shard index.
+_MAX_HEADER_BYTES = 100 << 20
+
+
+class _Budget:
+    """The bytes a reader may still allocate for one file; `take` refuses before the allocation happens."""
+
+    def __init__(self, max_bytes: int | None, file_size: int):
+        self.cap = _DEFAULT_CAP_PER_FILE_BYTE * file_size + _DEFAULT_CAP_SLACK if max_bytes is None else max_bytes
+        self.left = self.cap
+
+    def take(self, nbytes: int, what: str) -> None:
+        if nbytes > self.left:
+            raise CheckpointFormatError(
+                f"{what}: {nbytes:,} bytes would exceed the reader's cap of {self.cap:,} bytes for this file "
+                f"({self.left:,} left); pass max_bytes to read a larger checkpoint")
+        self.left -= nbytes
+
+
+def _parse_json(text: bytes, where: str) -> Any:
+    """json.loads that reports bad or absurdly nested JSON as a CheckpointFormatError naming `where`."""
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointFormatError(f"{where} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise CheckpointFormatError(f"{where} is nested too deeply to be a checkpoint header") from None
 
 
 # torch dtype name -> numpy dtype (only dtypes with an exact numpy counterpart).
@@ -120,34 +169,47 @@ def _decode(raw: np.ndarray, dtype: np.dtype, little_endian: bool) -> np.ndarray
 # ----------------------------------------------------------------------------- safetensors
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads every tensor of a .safetensors file (the `__metadata__` entry is ignored)."""
+class _Entry(NamedTuple):
+    """One validated safetensors header entry; `begin`/`end` are offsets into the data section."""
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def read_safetensors(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Reads every tensor of a .safetensors file (the `__metadata__` entry is ignored).
+
+    The whole header is validated (shapes, offsets inside the file, no two tensors sharing bytes) and the total is
+    charged to `max_bytes` (default: see the module docstring) before any tensor is allocated.
+    """
     path = Path(path)
     with open(path, "rb") as f:
         file_size = os.fstat(f.fileno()).st_size
         if file_size < 8:
             raise CheckpointFormatError(f"{path}: {file_size} bytes, too short for a safetensors header")
         header_size = int.from_bytes(f.read(8), "little")
-        data_start = 8 + header_size
-        if data_start > file_size:
+        if header_size > file_size - 8:
             raise CheckpointFormatError(
                 f"{path}: header claims {header_size} bytes but the file has {file_size} (truncated?)")
-        try:
-            header = json.loads(f.read(header_size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointFormatError(f"{path}: header is not valid JSON: {e}") from e
+        if header_size > _MAX_HEADER_BYTES:
+            raise CheckpointFormatError(
+                f"{path}: header claims {header_size:,} bytes, more than the {_MAX_HEADER_BYTES:,} a safetensors "
+                "header may have")
+        header = _parse_json(f.read(header_size), f"{path}: header")
         if not isinstance(header, dict):
             raise CheckpointFormatError(f"{path}: header is not a JSON object")
         header.pop("__metadata__", None)
-        return {
-            name: _read_safetensors_entry(f, path, name, entry, data_start, file_size - data_start)
-            for name, entry in header.items()
-        }
+        data_start = 8 + header_size
+        entries = [_safetensors_entry(path, name, entry, file_size - data_start) for name, entry in header.items()]
+        _check_disjoint(path, entries)
+        _Budget(max_bytes, file_size).take(sum(e.end - e.begin for e in entries), f"{path}: {len(entries)} tensors")
+        return {e.name: _read_entry(f, path, e, data_start) for e in entries}
 
 
-def _read_safetensors_entry(f: io.BufferedReader, path: Path, name: str, entry: Any,
-                            data_start: int, data_size: int) -> np.ndarray:
-    """Validates one header entry and reads its bytes."""
+def _safetensors_entry(path: Path, name: str, entry: Any, data_size: int) -> _Entry:
+    """Validates one header entry against the data section, with exact (Python int) sizes."""
     where = f"{path}: tensor {name!r}"
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise CheckpointFormatError(f"{where}: header entry needs dtype, shape and data_offsets")
@@ -161,7 +223,7 @@ def _read_safetensors_entry(f: io.BufferedReader, path: Path, name: str, entry: 
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_index(o) for o in offsets)):
         raise CheckpointFormatError(f"{where}: bad data_offsets {offsets!r}")
     begin, end = offsets
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if end - begin != expected:
         raise CheckpointFormatError(
             f"{where}: data_offsets {offsets} span {end - begin} bytes but shape {shape} of "
@@ -169,10 +231,26 @@ def _read_safetensors_entry(f: io.BufferedReader, path: Path, name: str, entry: 
     if end > data_size:
         raise CheckpointFormatError(
             f"{where}: data ends at byte {end} but the data section has {data_size} bytes (truncated?)")
-    raw = np.empty(expected, np.uint8)
-    f.seek(data_start + begin)
+    return _Entry(name, dtype, tuple(shape), begin, end)
+
+
+def _check_disjoint(path: Path, entries: list[_Entry]) -> None:
+    """Refuses tensors that share bytes: the format forbids it, and it would multiply what a small file yields."""
+    reach, owner = 0, ""
+    for e in sorted((e for e in entries if e.end > e.begin), key=lambda e: e.begin):
+        if e.begin < reach:
+            raise CheckpointFormatError(f"{path}: tensors {owner!r} and {e.name!r} overlap in the data section")
+        reach, owner = e.end, e.name
+
+
+def _read_entry(f: io.BufferedReader, path: Path, e: _Entry, data_start: int) -> np.ndarray:
+    raw = np.empty(e.end - e.begin, np.uint8)
+    f.seek(data_start + e.begin)
     f.readinto(memoryview(raw))
-    return _decode(raw, dtype, little_endian=True).reshape(shape)
+    try:
+        return _decode(raw, e.dtype, little_endian=True).reshape(e.shape)
+    except ValueError as err:  # e.g. more dimensions than numpy supports
+        raise CheckpointFormatError(f"{path}: tensor {e.name!r}: {err}") from None
 
 
 def _is_index(x: Any) -> bool:
@@ -251,6 +329,7 @@ class _Storage:
     raw: np.ndarray  # (nbytes,) uint8, read-only
     dtype: np.dtype | None
     little_endian: bool
+    budget: _Budget  # charged for every tensor copied out of this storage
 
 
 def _rebuild_tensor_v2(storage: _Storage, storage_offset: int, size: tuple[int, ...],
@@ -287,26 +366,48 @@ def _rebuild_parameter(data: np.ndarray, requires_grad: bool, backward_hooks: An
 
 def _strided_copy(storage: _Storage, dtype: np.dtype, offset: int, size: tuple[int, ...],
                   stride: tuple[int, ...], metadata: Any) -> np.ndarray:
-    """Copies the view `storage[offset + sum(i_k * stride_k)]` of shape `size` into a new array."""
-    where = f"tensor in storage {storage.key!r}"
+    """Copies the view `storage[offset + sum(i_k * stride_k)]` of shape `size` into a new array.
+
+    The view must lie inside the storage and must not reach one element twice, so the copy is never larger than
+    the storage; it is charged to the storage's budget before it is allocated.
+    """
+    where = f"tensor in storage 'data/{storage.key}'"
     if metadata:
         raise CheckpointFormatError(f"{where}: lazy conj/neg views are not supported ({metadata!r})")
-    size, stride = tuple(size), tuple(stride)
-    if not (_is_index(offset) and all(map(_is_index, size)) and all(map(_is_index, stride))
-            and len(size) == len(stride)):
+    if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and _is_index(offset)
+            and all(map(_is_index, size)) and all(map(_is_index, stride)) and len(size) == len(stride)):
         raise CheckpointFormatError(f"{where}: bad offset {offset!r}, size {size!r}, stride {stride!r}")
+    size, stride = tuple(size), tuple(stride)
     if storage.raw.size % dtype.itemsize:
         raise CheckpointFormatError(f"{where}: {storage.raw.size} bytes are not whole {dtype} elements")
-    elements = _decode(storage.raw, dtype, storage.little_endian)  # (n,)
-    if 0 not in size:
-        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-        if last >= elements.size:
-            raise CheckpointFormatError(
-                f"{where}: view (offset {offset}, size {size}, stride {stride}) reaches element {last} "
-                f"but the storage has {elements.size}")
-    view = np.lib.stride_tricks.as_strided(
-        elements[offset:], shape=size, strides=[s * dtype.itemsize for s in stride], writeable=False)
-    return view.copy()
+    numel = storage.raw.size // dtype.itemsize
+    view = f"view (offset {offset}, size {size}, stride {stride})"
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))  # the furthest element a non-empty view reaches
+    if offset > numel or (0 not in size and last >= numel):
+        raise CheckpointFormatError(f"{where}: {view} reaches element {last} but the storage has {numel}")
+    if 0 not in size and _self_overlapping(size, stride):
+        raise CheckpointFormatError(
+            f"{where}: {view} reaches some elements more than once (an expanded or as_strided tensor); "
+            "re-save it with .contiguous()")
+    storage.budget.take(math.prod(size) * dtype.itemsize, f"{where}: {view} of {dtype}")
+    elements = _decode(storage.raw, dtype, storage.little_endian)  # (numel,)
+    try:
+        strided = np.lib.stride_tricks.as_strided(
+            elements[offset:], shape=size, strides=[s * dtype.itemsize for s in stride], writeable=False)
+    except ValueError as e:  # e.g. more dimensions than numpy supports
+        raise CheckpointFormatError(f"{where}: {view}: {e}") from None
+    return strided.copy()
+
+
+def _self_overlapping(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether two indices may reach one element: the sufficient test of disjointness that every slice, transpose
+    and permutation of a contiguous tensor passes (each stride exceeds the reach of the smaller ones)."""
+    reach = 0  # furthest offset reachable through the dimensions with smaller strides
+    for s, n in sorted((s, n) for n, s in zip(size, stride) if n > 1):
+        if s <= reach:
+            return True
+        reach += (n - 1) * s
+    return False
 
 
 def _encode_latin1(text: str, encoding: str = "latin1") -> bytes:
@@ -370,36 +471,79 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._load_storage(storage_type, key, numel)
 
 
-def _archive_prefix(zf: zipfile.ZipFile, path: Path) -> str:
+def _archive_prefix(zf: zipfile.ZipFile) -> str:
     """The top-level folder of a torch.save archive (e.g. 'archive/')."""
     names = zf.namelist()
     pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
         raise CheckpointFormatError(
-            f"{path}: zip file without a single '<archive>/data.pkl'; not a torch.save checkpoint")
+            "zip file without a single '<archive>/data.pkl'; not a torch.save checkpoint")
     prefix = pickles[0][: -len("data.pkl")]
     if prefix + "constants.pkl" in names:
         raise CheckpointFormatError(
-            f"{path}: TorchScript archive; save the weights with torch.save(model.state_dict(), ...)")
+            "TorchScript archive; save the weights with torch.save(model.state_dict(), ...)")
     return prefix
 
 
-def _little_endian(zf: zipfile.ZipFile, prefix: str, path: Path) -> bool:
-    """Byte order of the storages; archives without a `byteorder` record are little-endian."""
+def _member(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo | None:
     try:
-        order = zf.read(prefix + "byteorder")
+        return zf.getinfo(name)
     except KeyError:
+        return None
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget, archive_size: int) -> bytes:
+    """Reads one zip member after checking its declared sizes against the archive and the budget; the read stops at
+    the declared size, so a deflated member that inflates further is never inflated past it (and then fails its
+    CRC)."""
+    name = info.filename
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):  # bzip2/lzma reads are not bounded
+        raise CheckpointFormatError(
+            f"zip member {name!r} uses compression method {info.compress_type}; torch.save stores members "
+            "uncompressed (deflate is accepted too)")
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        raise CheckpointFormatError(
+            f"zip member {name!r} is stored uncompressed but declares {info.compress_size} bytes stored and "
+            f"{info.file_size} bytes of data")
+    if info.header_offset + info.compress_size > archive_size:
+        raise CheckpointFormatError(
+            f"zip member {name!r} declares {info.compress_size} bytes at offset {info.header_offset}, past the end "
+            f"of the {archive_size}-byte file (truncated?)")
+    budget.take(info.file_size, f"zip member {name!r}")
+    with zf.open(info) as member:
+        data = member.read(info.file_size)
+    if len(data) != info.file_size:
+        raise CheckpointFormatError(f"zip member {name!r} holds {len(data)} of its {info.file_size} bytes")
+    return data
+
+
+def _little_endian(zf: zipfile.ZipFile, prefix: str, budget: _Budget, archive_size: int) -> bool:
+    """Byte order of the storages; archives without a `byteorder` record are little-endian."""
+    info = _member(zf, prefix + "byteorder")
+    if info is None:
         return True
+    order = _read_member(zf, info, budget, archive_size) if info.file_size <= len(b"little") else b""
     if order not in (b"little", b"big"):
-        raise CheckpointFormatError(f"{path}: unknown byteorder record {order!r}")
+        raise CheckpointFormatError(f"byteorder record of {info.file_size} bytes is neither 'little' nor 'big'")
     return order == b"little"
 
 
-def read_torch_pickle(path: str | os.PathLike) -> Any:
+def _check_opcodes(data: bytes) -> None:
+    """Walks the pickle's opcodes without building anything: the C unpickler allocates the length an opcode
+    declares (up to 2**64 bytes for BINBYTES8) before it finds that the data is not there."""
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except ValueError as e:
+        raise CheckpointFormatError(f"data.pkl is damaged: {e}") from None
+
+
+def read_torch_pickle(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
     """Loads a zip-format `torch.save` file; returns its top-level object with tensors as arrays.
 
     Containers are preserved; tensors sharing a storage become independent arrays with equal
-    contents. Non-tensor objects follow the policy in the module docstring.
+    contents. Non-tensor objects follow the policy in the module docstring. At most `max_bytes` are
+    read and copied in all (default: 4 x the file size + 64 MiB), every size checked before it is allocated.
     """
     path = Path(path)
     if not path.is_file():
@@ -408,33 +552,40 @@ def read_torch_pickle(path: str | os.PathLike) -> Any:
         raise CheckpointFormatError(
             f"{path}: not a zip-format torch.save file (the legacy torch.save format is not "
             "supported: re-save it with a modern torch, e.g. torch.save(torch.load(p), p))")
-    with zipfile.ZipFile(path) as zf:
-        prefix = _archive_prefix(zf, path)
-        little_endian = _little_endian(zf, prefix, path)
-        storages: dict[str, _Storage] = {}
+    archive_size = path.stat().st_size
+    budget = _Budget(max_bytes, archive_size)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            prefix = _archive_prefix(zf)
+            little_endian = _little_endian(zf, prefix, budget, archive_size)
+            pickled = _read_member(zf, zf.getinfo(prefix + "data.pkl"), budget, archive_size)
+            _check_opcodes(pickled)
+            storages: dict[str, _Storage] = {}
 
-        def load_storage(storage_type: _StorageType, key: str, numel: int) -> _Storage:
-            if key not in storages:
-                try:
-                    raw = np.frombuffer(zf.read(f"{prefix}data/{key}"), np.uint8)  # (nbytes,)
-                except KeyError:
-                    raise CheckpointFormatError(f"{path}: storage record 'data/{key}' is missing") from None
-                itemsize = 1 if storage_type.dtype is None else storage_type.dtype.itemsize
-                if raw.size != numel * itemsize:
-                    raise CheckpointFormatError(
-                        f"{path}: storage 'data/{key}' has {raw.size} bytes, expected {numel} x {itemsize}")
-                storages[key] = _Storage(key, raw, storage_type.dtype, little_endian)
-            return storages[key]
+            def load_storage(storage_type: _StorageType, key: str, numel: int) -> _Storage:
+                if key not in storages:
+                    info = _member(zf, f"{prefix}data/{key}")
+                    if info is None:
+                        raise CheckpointFormatError(f"storage record 'data/{key}' is missing")
+                    itemsize = 1 if storage_type.dtype is None else storage_type.dtype.itemsize
+                    if info.file_size != numel * itemsize:
+                        raise CheckpointFormatError(
+                            f"storage 'data/{key}' declares {info.file_size} bytes, expected {numel} x {itemsize}")
+                    raw = np.frombuffer(_read_member(zf, info, budget, archive_size), np.uint8)  # (nbytes,)
+                    storages[key] = _Storage(key, raw, storage_type.dtype, little_endian, budget)
+                return storages[key]
 
-        unpickler = _RestrictedUnpickler(io.BytesIO(zf.read(prefix + "data.pkl")), load_storage)
-        try:
-            return unpickler.load()
-        except UnsafeCheckpointError as e:
-            raise UnsafeCheckpointError(f"{path}: {e}") from None
-        except CheckpointFormatError as e:
-            raise CheckpointFormatError(f"{path}: {e}") from None
-        except Exception as e:  # Any other failure means a malformed or unsupported pickle.
-            raise CheckpointFormatError(f"{path}: cannot unpickle data.pkl: {e!r}") from e
+            return _RestrictedUnpickler(io.BytesIO(pickled), load_storage).load()
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f"{path}: {e}") from None
+    except CheckpointFormatError as e:
+        raise CheckpointFormatError(f"{path}: {e}") from None
+    except (zipfile.BadZipFile, EOFError, NotImplementedError) as e:  # damaged archive, unsupported compression
+        raise CheckpointFormatError(f"{path}: damaged zip archive: {e}") from None
+    except OSError:  # An unreadable file is not a malformed one.
+        raise
+    except Exception as e:  # Any other failure means a malformed or unsupported pickle.
+        raise CheckpointFormatError(f"{path}: cannot unpickle data.pkl: {e!r}") from e
 
 
 # ----------------------------------------------------------------------------- state dicts
@@ -449,8 +600,10 @@ _DUST3R_PREFIXES = ("patch_embed.", "enc_blocks.", "dec_blocks2.", "downstream_h
 _FAST3R_PREFIXES = ("encoder.", "decoder.")
 
 
-def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str]:
+def load_state_dict(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[dict[str, np.ndarray], str]:
     """Loads a model state dict from any supported checkpoint; returns (state_dict, layout).
+
+    `max_bytes` caps what is read from each file (default: see the module docstring).
 
     layout is "dust3r" whenever the keys use DUSt3R naming (top-level `patch_embed.`,
     `enc_blocks.`, `dec_blocks2.`, `downstream_head1.` and no `encoder.`/`decoder.`), whatever the
@@ -461,11 +614,11 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str
     """
     path = Path(path)
     if path.is_dir():
-        state, layout = _read_snapshot(path), "huggingface"
+        state, layout = _read_snapshot(path, max_bytes), "huggingface"
     elif path.is_file() and path.suffix == ".safetensors":
-        state, layout = read_safetensors(path), "safetensors"
+        state, layout = read_safetensors(path, max_bytes), "safetensors"
     elif path.is_file() and path.suffix in _TORCH_SUFFIXES:
-        state, layout = _unwrap_torch(read_torch_pickle(path), path)
+        state, layout = _unwrap_torch(read_torch_pickle(path, max_bytes), path)
     elif path.is_file():
         raise CheckpointFormatError(
             f"{path}: unknown checkpoint suffix; expected .safetensors or one of {_TORCH_SUFFIXES}")
@@ -477,22 +630,25 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str
     return state, "dust3r" if _is_dust3r(state) else layout
 
 
-def _read_snapshot(folder: Path) -> dict[str, np.ndarray]:
+def _read_snapshot(folder: Path, max_bytes: int | None) -> dict[str, np.ndarray]:
     """Reads the weights of a Hugging Face snapshot folder (single-file or sharded)."""
     if (folder / "model.safetensors").is_file():
-        return read_safetensors(folder / "model.safetensors")
+        return read_safetensors(folder / "model.safetensors", max_bytes)
     if (folder / "model.safetensors.index.json").is_file():
-        return _read_sharded(folder / "model.safetensors.index.json")
+        return _read_sharded(folder / "model.safetensors.index.json", max_bytes)
     if (folder / "pytorch_model.bin").is_file():
-        state, _ = _unwrap_torch(read_torch_pickle(folder / "pytorch_model.bin"), folder)
+        state, _ = _unwrap_torch(read_torch_pickle(folder / "pytorch_model.bin", max_bytes), folder)
         return state
     raise FileNotFoundError(
         f"{folder}: no weights found; looked for {', '.join(_SNAPSHOT_FILES)}")
 
 
-def _read_sharded(index_path: Path) -> dict[str, np.ndarray]:
+def _read_sharded(index_path: Path, max_bytes: int | None) -> dict[str, np.ndarray]:
     """Reads the shards named by a safetensors index, in index order."""
-    weight_map = json.loads(index_path.read_text()).get("weight_map")
+    if index_path.stat().st_size > _MAX_HEADER_BYTES:
+        raise CheckpointFormatError(f"{index_path}: larger than the {_MAX_HEADER_BYTES:,} bytes an index may have")
+    index = _parse_json(index_path.read_bytes(), str(index_path))
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointFormatError(f"{index_path}: needs a 'weight_map' of key -> shard file name")
     shards = {}
@@ -501,7 +657,7 @@ def _read_sharded(index_path: Path) -> dict[str, np.ndarray]:
             raise CheckpointFormatError(f"{index_path}: shard {shard!r} is not a plain file name")
         if not (index_path.parent / shard).is_file():
             raise FileNotFoundError(f"{index_path}: shard {shard!r} is missing")
-        shards[shard] = read_safetensors(index_path.parent / shard)
+        shards[shard] = read_safetensors(index_path.parent / shard, max_bytes)
     missing = [k for k, shard in weight_map.items() if k not in shards[shard]]
     if missing:
         raise CheckpointFormatError(f"{index_path}: keys absent from their shards: {missing[:10]}")

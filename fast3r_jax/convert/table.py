@@ -1,7 +1,7 @@
 """Conversion between upstream PyTorch state-dict names/layouts and this model's parameters: one table.
 
-Conversion is strict: every upstream tensor is mapped, and a missing, unexpected or mis-shaped tensor fails with one
-error that lists all of them.
+Conversion is strict: every upstream tensor is mapped, and a missing, unexpected, mis-shaped, non-floating-point or
+non-finite tensor fails with one error that lists all of them.
 """
 
 from __future__ import annotations
@@ -120,21 +120,35 @@ def fold_aliases(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def check_state_dict(state_dict: Mapping[str, np.ndarray], cfg: Fast3RConfig) -> dict[str, np.ndarray]:
-    """Returns the state dict with aliases folded, or raises one error listing every mismatch."""
+    """Returns the state dict with aliases folded, or raises one error listing every mismatch.
+
+    Every parameter of the model is floating point, so an integer, boolean or complex tensor is refused rather than
+    cast, and so is a NaN or infinity: either would convert without a word and only show as garbage outputs.
+    """
     sd = fold_aliases(state_dict)
     expected = upstream_shapes(cfg)
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
-    misshaped = sorted(f"{k}: checkpoint {tuple(np.shape(sd[k]))} vs model {expected[k]}"
-                       for k in set(expected) & set(sd) if tuple(np.shape(sd[k])) != expected[k])
-    if missing or unexpected or misshaped:
-        lines = ["checkpoint does not match the model config:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+    shared = sorted(set(expected) & set(sd))
+    misshaped = [f"{k}: checkpoint {tuple(np.shape(sd[k]))} vs model {expected[k]}"
+                 for k in shared if tuple(np.shape(sd[k])) != expected[k]]
+    not_float = [f"{k}: {sd[k].dtype}" for k in shared if not jax.dtypes.issubdtype(sd[k].dtype, np.floating)]
+    non_finite = [f"{k}: {count} of {sd[k].size} values" for k in shared
+                  if jax.dtypes.issubdtype(sd[k].dtype, np.floating) and (count := _non_finite(sd[k]))]
+    if missing or unexpected or misshaped or not_float or non_finite:
+        lines = ["checkpoint tensors do not fit the model config:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
+                             ("not floating point", not_float), ("with NaN or infinite values", non_finite)):
             if items:
                 lines.append(f"  {len(items)} {title}:")
                 lines += [f"    {k}" for k in items]
         raise CheckpointMismatchError("\n".join(lines))
     return sd
+
+
+def _non_finite(x: np.ndarray) -> int:
+    """How many entries are NaN or infinite."""
+    return x.size - int(np.count_nonzero(np.isfinite(x)))
 
 
 def _set(tree: dict, path: str, value) -> None:
