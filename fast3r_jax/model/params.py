@@ -15,10 +15,11 @@ import numpy as np
 from flax import nnx
 
 from fast3r_jax.config import Fast3RConfig
+from fast3r_jax.errors import InputError
 from fast3r_jax.model.fast3r import Fast3R
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """The checkpoint's tensors do not match the model config (names or shapes)."""
 
 
