@@ -1,6 +1,8 @@
 """The `fast3r-jax` command.
 
     fast3r-jax reconstruct INPUT... --checkpoint DIR --out DIR [options]
+    fast3r-jax view OUT [--port N] [--host 127.0.0.1]
+    fast3r-jax demo [--checkpoint DIR] [--port N] [--host 127.0.0.1]
 
 Problems with the inputs, the checkpoint or the output folder print one `error:` line and exit with status 2.
 """
@@ -13,6 +15,7 @@ from typing import Sequence
 
 from fast3r_jax import distributed
 from fast3r_jax import reconstruct as reconstruct_lib
+from fast3r_jax.app import demo, viewer
 from fast3r_jax.inference.engine import IMAGE_ID_POLICIES
 
 EXIT_USAGE = 2
@@ -68,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
     video.add_argument("--video-fps", type=float, default=None, help="frames per second sampled from videos (default 1)")
     video.add_argument("--video-frames", type=_positive_int, default=None, help="frames sampled evenly from each video")
     distributed.add_inference_arguments(r)
+    viewer.register(commands)
+    demo.register(commands)
     return p
 
 
@@ -92,6 +97,8 @@ def _silent(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "run", None):
+        return args.run(args)
     try:
         distributed.initialize_from_args(args)
     except ValueError as err:
