@@ -210,7 +210,7 @@ class Viewer:
         if not scene.per_view:
             gui.add_markdown("No pointmaps.npz in this folder: showing points.ply (global head, already filtered); "
                              "per-view filtering, confidence and the local head are not available.")
-        self.budget = gui.add_number("Point budget", max_points, min=1000, step=1000)
+        self.budget = gui.add_number("Point budget", max_points, min=1, step=1000)
         self.full = gui.add_checkbox("Full resolution", False, hint="show every point that passes the filters")
         self.percentile = gui.add_slider("Confidence %ile", 0.0, 100.0, 1.0, 10.0 if scene.per_view else 0.0,
                                          disabled=not scene.per_view)
@@ -219,7 +219,7 @@ class Viewer:
         self.view_percentile = gui.add_slider("View conf. %ile", 0.0, 100.0, 1.0, 0.0, disabled=not scene.per_view)
         self.color = gui.add_dropdown("Colour", COLOR_MODES if scene.per_view else ("rgb", "view"))
         self.head = gui.add_dropdown("Head", HEADS if scene.per_view else ("global",))
-        self.point_size = gui.add_slider("Point size", diagonal / 2000, diagonal / 50, diagonal / 2000, diagonal / 400)
+        self.point_size = gui.add_slider("Point size", diagonal / 4000, diagonal / 100, diagonal / 4000, diagonal / 600)
         self.download_ply = gui.add_button("Download PLY")
         self.download_glb = gui.add_button("Download GLB")
         self.status = gui.add_markdown("")
@@ -238,11 +238,11 @@ class Viewer:
             fy = scene.intrinsics[i, 1, 1]
             frustum = self.server.scene.add_camera_frustum(
                 f"/cameras/{i:04d}", fov=float(2 * np.arctan2(height / 2, fy)), aspect=float(width / height),
-                scale=0.06 * diagonal, image=scene.thumbnails[i], wxyz=tf.SO3.from_matrix(scene.c2w[i, :3, :3]).wxyz,
+                scale=0.06 * diagonal, thickness=0.002 * diagonal, image=scene.thumbnails[i], wxyz=tf.SO3.from_matrix(scene.c2w[i, :3, :3]).wxyz,
                 position=scene.c2w[i, :3, 3], color=tuple(int(v) for v in export.colorize(i, 0, max(len(scene.names) - 1, 1))))
             frustum.on_click(lambda event, i=i: self.fly_to(event.client, i))
             self.frustums.append(frustum)
-        self.server.on_client_connect(lambda client: self.fly_to(client, 0))
+        self.server.on_client_connect(lambda client: self.fly_to(client, 0, back=0.4 * diagonal))
         self.cloud = None
         self.refresh()
 
@@ -250,12 +250,13 @@ class Viewer:
     def address(self) -> str:
         return f"http://{self.server.get_host()}:{self.server.get_port()}"
 
-    def fly_to(self, client, index: int) -> None:
-        """Moves the client's camera onto camera `index` and selects that view in the per-view controls."""
-        frustum = self.frustums[index]
+    def fly_to(self, client, index: int, back: float = 0.0) -> None:
+        """Moves the client's camera onto camera `index` (`back` world units behind it) and selects that view in
+        the per-view controls."""
+        forward = self.scene.c2w[index, :3, 2]  # (3,) the camera's viewing direction
         with client.atomic():
-            client.camera.wxyz = frustum.wxyz
-            client.camera.position = frustum.position
+            client.camera.wxyz = self.frustums[index].wxyz
+            client.camera.position = self.scene.c2w[index, :3, 3] - back * forward
         if self.scene.per_view and self.view.value != self.scene.names[index]:
             self.view.value = self.scene.names[index]
 
