@@ -12,6 +12,7 @@ import pytest
 import trimesh
 from gradio_client import Client, handle_file
 
+from fast3r_jax import cli
 from fast3r_jax.app import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +64,7 @@ def test_reconstruct_endpoint_returns_a_glb_with_points_and_the_downloads(served
     old = time.time() - demo.RESULT_TTL_S - 60
     os.utime(results[0], (old, old))
     start = time.perf_counter()
-    client.predict(image_files=[handle_file(p) for p in VIEWS[:2]], video=None, api_name="/reconstruct")
+    client.predict(image_files=[handle_file(p) for p in VIEWS[1:]], video=None, api_name="/reconstruct")
     assert time.perf_counter() - start < 60  # the model stays loaded
     assert not results[0].exists() and len(list(app.root.iterdir())) == 1  # the expired result was deleted
 
@@ -73,3 +74,19 @@ def test_too_many_views_get_a_clear_message(served):
     with pytest.raises(Exception, match="4 images, but this demo takes at most 3"):
         Client(url, verbose=False).predict(image_files=[handle_file(p) for p in VIEWS], video=None,
                                            api_name="/reconstruct")
+
+
+def test_uploads_above_the_size_limit_are_refused_with_a_clear_message():
+    port = free_port()
+    blocks = demo.Demo(max_upload_mb=0.01).launch(port=port, block=False)
+    try:
+        with pytest.raises(ValueError, match="exceeds the maximum file size of 10000 bytes"):
+            Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+                image_files=[handle_file(VIEWS[0])], video=None, api_name="/reconstruct")
+    finally:
+        blocks.close()
+
+
+def test_demo_command_names_a_bad_checkpoint(tmp_path, capsys):
+    assert cli.main(["demo", "--checkpoint", str(tmp_path / "missing")]) == 2
+    assert "checkpoint folder not found" in capsys.readouterr().err

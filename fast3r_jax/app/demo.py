@@ -85,7 +85,7 @@ class Demo:
     """The app's settings and its result folders (under one temporary root, pruned by age, removed at exit)."""
 
     def __init__(self, checkpoint: str | None = None, max_views: int = DEFAULT_MAX_VIEWS,
-                 max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB) -> None:
+                 max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> None:
         _no_telemetry()
         self.checkpoint, self.is_default = reconstruct_lib.resolve_checkpoint(checkpoint)
         self.default_size = reconstruct_lib.BUILTIN_IMAGE_SIZE if self.is_default else reconstruct_lib.UPSTREAM_IMAGE_SIZE
@@ -142,7 +142,7 @@ class Demo:
 
         with gr.Blocks(title="Fast3R-JAX", analytics_enabled=False, delete_cache=(RESULT_TTL_S, RESULT_TTL_S)) as app:
             gr.Markdown(f"# Fast3R-JAX\nReconstruct a scene from images or a video. Checkpoint: `{self.checkpoint}`; "
-                        f"at most {self.max_views} views and {self.max_upload_mb} MB per file.")
+                        f"at most {self.max_views} views and {self.max_upload_mb:g} MB per file.")
             with gr.Row():
                 with gr.Column():
                     image_files = gr.File(label="Images", file_count="multiple", file_types=["image"])
@@ -168,7 +168,7 @@ class Demo:
 
         theme = gr.themes.Default(font=THEME_FONTS, font_mono=THEME_MONO_FONTS)
         app = self.blocks()
-        app.launch(server_name=host, server_port=port, share=False, theme=theme, max_file_size=f"{self.max_upload_mb}mb",
+        app.launch(server_name=host, server_port=port, share=False, theme=theme, max_file_size=int(self.max_upload_mb * 1e6),
                    prevent_thread_lock=not block, quiet=True, allowed_paths=[str(self.root)])
         return app
 
@@ -180,6 +180,20 @@ def _no_telemetry() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def register(subparsers) -> None:
     """Adds `demo` to the `fast3r-jax` subcommands."""
     p = subparsers.add_parser("demo", help="web app: upload images or a video, see and download the reconstruction",
@@ -188,9 +202,9 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the built-in checkpoint)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--max-views", type=int, default=DEFAULT_MAX_VIEWS,
+    p.add_argument("--max-views", type=_positive_int, default=DEFAULT_MAX_VIEWS,
                    help=f"most views per request (default {DEFAULT_MAX_VIEWS})")
-    p.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB,
+    p.add_argument("--max-upload-mb", type=_positive_float, default=DEFAULT_MAX_UPLOAD_MB,
                    help=f"largest uploaded file in MB (default {DEFAULT_MAX_UPLOAD_MB})")
     p.set_defaults(run=run)
 

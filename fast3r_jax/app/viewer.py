@@ -106,9 +106,12 @@ def load_scene(folder: str | pathlib.Path) -> Scene:
         zeros = np.zeros(len(pts), np.float16)
         return Scene(names, c2w, intrinsics, sizes, {"global": [pts.astype(np.float16)]}, {"global": [zeros]},
                      [rgb], [None] * len(names), per_view=False)
-    import jax.numpy as jnp  # the alignment of the local head runs in JAX; only needed here
+    import jax  # the alignment of the local head runs in JAX; only needed here
+    import jax.numpy as jnp
 
     from fast3r_jax.geometry.cameras import align_local_to_global
+
+    align = jax.jit(align_local_to_global, static_argnums=3)  # compiled once per image shape
 
     points: dict[str, list[np.ndarray]] = {h: [] for h in HEADS}
     conf: dict[str, list[np.ndarray]] = {h: [] for h in HEADS}
@@ -120,8 +123,8 @@ def load_scene(folder: str | pathlib.Path) -> Scene:
                 c, c_loc, pixels = maps[f"conf_{i}"], maps[f"conf_local_{i}"], maps[f"rgb_{i}"]  # (H, W), (H, W, 3)
             except KeyError as err:
                 raise ViewerError(f"{npz}: missing {err} ({len(names)} cameras in cameras.json)") from err
-            aligned = align_local_to_global(jnp.asarray(loc, jnp.float32)[None], jnp.asarray(glob, jnp.float32)[None],
-                                            jnp.asarray(c, jnp.float32)[None], ALIGN_CONF_PERCENTILE)[0]  # (H, W, 3)
+            aligned = align(jnp.asarray(loc, jnp.float32)[None], jnp.asarray(glob, jnp.float32)[None],
+                            jnp.asarray(c, jnp.float32)[None], ALIGN_CONF_PERCENTILE)[0]  # (H, W, 3)
             points["global"].append(glob.reshape(-1, 3))
             points["local"].append(np.asarray(aligned, np.float16).reshape(-1, 3))
             conf["global"].append(c.reshape(-1))
