@@ -1,5 +1,6 @@
 """The viewer and the demo in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven by
-selenium. Each test waits for the 3D canvas, checks that the screenshot is not blank, changes a control, checks that
+selenium. Each test waits for the 3D canvas, checks that the screenshot is not blank, changes a control in the page
+(the viewer's confidence percentile, the demo's camera by a mouse drag), checks that
 the screenshot changes, and checks that the page made no request beyond 127.0.0.1. Screenshots are kept under the
 test's tmp folder, in artifacts/."""
 
@@ -18,6 +19,7 @@ from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fast3r_jax.app import demo, viewer
@@ -100,9 +102,13 @@ def test_viewer_in_chromium(browser, tmp_path):
         WebDriverWait(browser, 60).until(lambda b: view.server.get_clients())
         first = wait_for_drawing(canvas, tmp_path / "artifacts" / "viewer.png")
         assert first.std() > 5, "the viewer's canvas stayed blank"
-        view.color.value = "confidence"
-        second = wait_for_change(canvas, first, tmp_path / "artifacts" / "viewer_confidence.png")
-        assert np.abs(second - first).mean() > 1, "colouring by confidence did not change the picture"
+        percentile = next(e for e in browser.find_elements(By.CSS_SELECTOR, "input[type=text]")
+                          if e.get_attribute("value") == "10" and e.is_displayed())  # the percentile's number box
+        percentile.send_keys(Keys.CONTROL, "a")
+        percentile.send_keys("90", Keys.ENTER)
+        WebDriverWait(browser, 30).until(lambda _: view.percentile.value == 90)
+        second = wait_for_change(canvas, first, tmp_path / "artifacts" / "viewer_percentile_90.png")
+        assert np.abs(second - first).mean() > 1, "raising the confidence percentile did not change the picture"
         outside = outside_requests(browser)
         assert not outside, f"the viewer requested {outside}"
     finally:

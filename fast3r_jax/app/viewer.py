@@ -245,7 +245,7 @@ class Viewer:
                 position=scene.c2w[i, :3, 3], color=tuple(int(v) for v in export.colorize(i, 0, max(len(scene.names) - 1, 1))))
             frustum.on_click(lambda event, i=i: self.fly_to(event.client, i))
             self.frustums.append(frustum)
-        self.server.on_client_connect(lambda client: self.fly_to(client, 0, back=0.4 * diagonal))
+        self.server.on_client_connect(lambda client: self.place_camera(client, 0, back=0.4 * diagonal))
         self.cloud = None
         self.refresh()
 
@@ -253,14 +253,17 @@ class Viewer:
     def address(self) -> str:
         return f"http://{self.server.get_host()}:{self.server.get_port()}"
 
-    def fly_to(self, client, index: int, back: float = 0.0) -> None:
-        """Moves the client's camera onto camera `index` (`back` world units behind it) and selects that view in
-        the per-view controls."""
+    def place_camera(self, client, index: int, back: float = 0.0) -> None:
+        """Puts the client's camera onto camera `index`, moved `back` world units behind it."""
         forward = self.scene.c2w[index, :3, 2]  # (3,) the camera's viewing direction
         with client.atomic():
             client.camera.wxyz = self.frustums[index].wxyz
             client.camera.position = self.scene.c2w[index, :3, 3] - back * forward
-        if self.scene.per_view and self.view.value != self.scene.names[index]:
+
+    def fly_to(self, client, index: int) -> None:
+        """Moves the client's camera onto camera `index` and selects that view in the per-view controls."""
+        self.place_camera(client, index)
+        if self.scene.per_view:
             self.view.value = self.scene.names[index]
 
     def _show_view_controls(self) -> None:
