@@ -63,7 +63,8 @@ def outside_requests(browser) -> list[str]:
         message = json.loads(entry["message"])["message"]
         if message["method"] in ("Network.requestWillBeSent", "Network.webSocketCreated"):
             urls.append(message["params"].get("request", message["params"]).get("url"))
-    return [u for u in urls if urlsplit(u).scheme in ("http", "https", "ws", "wss") and urlsplit(u).hostname != "127.0.0.1"]
+    return [u for u in urls
+            if urlsplit(u).scheme in ("http", "https", "ws", "wss") and urlsplit(u).hostname != "127.0.0.1"]
 
 
 def screenshot(element, path) -> np.ndarray:
@@ -120,7 +121,8 @@ def test_demo_in_chromium(browser, tmp_path):
     blocks = demo.Demo().launch(port=port, block=False)
     try:
         browser.get(f"http://127.0.0.1:{port}/")
-        upload = WebDriverWait(browser, 60).until(lambda b: b.find_element(By.CSS_SELECTOR, "input[type=file][multiple]"))
+        upload = WebDriverWait(browser, 60).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "input[type=file][multiple]"))
         upload.send_keys("\n".join(VIEWS))
         WebDriverWait(browser, 60).until(lambda b: all(os.path.basename(p) in b.page_source for p in VIEWS))
         browser.find_element(By.XPATH, "//button[normalize-space()='Reconstruct']").click()

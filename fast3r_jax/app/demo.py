@@ -88,7 +88,8 @@ class Demo:
                  max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> None:
         _no_telemetry()
         self.checkpoint, self.is_default = reconstruct_lib.resolve_checkpoint(checkpoint)
-        self.default_size = reconstruct_lib.BUILTIN_IMAGE_SIZE if self.is_default else reconstruct_lib.UPSTREAM_IMAGE_SIZE
+        self.default_size = (reconstruct_lib.BUILTIN_IMAGE_SIZE if self.is_default else
+                             reconstruct_lib.UPSTREAM_IMAGE_SIZE)
         self.max_views = max_views
         self.max_upload_mb = max_upload_mb
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="fast3r-demo-"))
@@ -123,11 +124,13 @@ class Demo:
         try:
             timings = _reconstruct(
                 inputs, out, self.checkpoint, int(size or self.default_size), dtype or reconstruct_lib.default_dtype(),
-                pose_solver, self.max_views, int(frames) if frame_mode == "count" else None,
+                pose_solver, self.max_views, max(1, round(frames)) if frame_mode == "count" else None,
                 float(frames) if frame_mode == "fps" else None, stage)
-        except reconstruct_lib.ReconstructError as err:
+        except Exception as err:
             shutil.rmtree(out.parent, ignore_errors=True)
-            raise gr.Error(str(err)) from err
+            if isinstance(err, reconstruct_lib.ReconstructError):
+                raise gr.Error(str(err)) from err
+            raise
         colmap = shutil.make_archive(str(out / "colmap"), "zip", out / "colmap")
         files = [str(out / "points.ply"), str(out / "scene.glb"), str(out / "cameras.json"), colmap]
         table = "| stage | seconds |\n|---|---|\n" + "".join(f"| {k[:-2]} | {v:.2f} |\n" for k, v in timings.items())
@@ -168,7 +171,8 @@ class Demo:
 
         theme = gr.themes.Default(font=THEME_FONTS, font_mono=THEME_MONO_FONTS)
         app = self.blocks()
-        app.launch(server_name=host, server_port=port, share=False, theme=theme, max_file_size=int(self.max_upload_mb * 1e6),
+        app.launch(server_name=host, server_port=port, share=False, theme=theme,
+                   max_file_size=int(self.max_upload_mb * 1e6),
                    prevent_thread_lock=not block, quiet=True, allowed_paths=[str(self.root)])
         return app
 

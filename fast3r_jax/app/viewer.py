@@ -203,11 +203,12 @@ class Viewer:
         self.visible = np.ones(num, bool)
         self.view_percentiles = np.zeros(num)
         self._lock = threading.Lock()
-        sample = np.concatenate([p[::max(1, len(p) // 10000)] for p in scene.points["global"]]).astype(np.float32)  # (~10k V, 3)
+        sample = np.concatenate([p[::max(1, len(p) // 10000)] for p in scene.points["global"]])  # (~10k V, 3)
+        sample = sample.astype(np.float32)
         low, high = np.nanpercentile(sample, [2, 98], axis=0) if len(sample) else (np.zeros(3), np.ones(3))
         diagonal = float(np.linalg.norm(high - low)) or 1.0
-        self.conf_range = {h: (min(float(np.min(c)) for c in scene.conf[h]), max(float(np.max(c)) for c in scene.conf[h]))
-                           for h in scene.conf}
+        self.conf_range = {h: (min(float(np.min(c)) for c in confs), max(float(np.max(c)) for c in confs))
+                           for h, confs in scene.conf.items()}
 
         gui = self.server.gui
         if not scene.per_view:
@@ -236,13 +237,13 @@ class Viewer:
         self.download_glb.on_click(lambda event: self._download(event.client, ".glb"))
 
         self.frustums = []
-        for i, name in enumerate(scene.names):
-            width, height = scene.image_sizes[i]
-            fy = scene.intrinsics[i, 1, 1]
+        colors = export.colorize(np.arange(len(scene.names)), 0, max(len(scene.names) - 1, 1))  # (V, 3)
+        for i, (width, height) in enumerate(scene.image_sizes):
             frustum = self.server.scene.add_camera_frustum(
-                f"/cameras/{i:04d}", fov=float(2 * np.arctan2(height / 2, fy)), aspect=float(width / height),
-                scale=0.06 * diagonal, thickness=0.002 * diagonal, image=scene.thumbnails[i], wxyz=tf.SO3.from_matrix(scene.c2w[i, :3, :3]).wxyz,
-                position=scene.c2w[i, :3, 3], color=tuple(int(v) for v in export.colorize(i, 0, max(len(scene.names) - 1, 1))))
+                f"/cameras/{i:04d}", fov=float(2 * np.arctan2(height / 2, scene.intrinsics[i, 1, 1])),
+                aspect=float(width / height), scale=0.06 * diagonal, thickness=0.002 * diagonal,
+                image=scene.thumbnails[i], wxyz=tf.SO3.from_matrix(scene.c2w[i, :3, :3]).wxyz,
+                position=scene.c2w[i, :3, 3], color=tuple(int(v) for v in colors[i]))
             frustum.on_click(lambda event, i=i: self.fly_to(event.client, i))
             self.frustums.append(frustum)
         self.server.on_client_connect(lambda client: self.place_camera(client, 0, back=0.4 * diagonal))
