@@ -7,6 +7,7 @@ writes into `out/` (atomically: a temporary folder renamed into place once every
     colmap/                     cameras.txt, images.txt, points3D.txt (COLMAP text model)
     cameras.json                c2w, intrinsics and image size per view
     scene.glb                   the point cloud and the camera frustums
+    pointmaps.npz               per-view pointmaps and confidences of both heads, and the pixels
     depth/NNNN_<name>.png       16-bit depth in each estimated camera (scale in the PNG text chunk)
     confidence/NNNN_<name>.png  8-bit confidence (range in the PNG text chunk)
     preview.png                 a rendering of the points and cameras
@@ -239,6 +240,7 @@ def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Seque
     export.write_colmap(folder / "colmap", cams.intrinsics, cams.c2w, cams.image_sizes, names, points, point_colors)
     export.write_cameras_json(folder / "cameras.json", *cam_args, names)
     export.write_glb(folder / "scene.glb", points, point_colors, *cam_args)
+    export.write_pointmaps(folder / "pointmaps.npz", colors, outputs)
     conf_range = (min(float(np.nanmin(c)) for c in conf), max(float(np.nanmax(c)) for c in conf))
     for i, (name, p, c) in enumerate(zip(names, pts, conf)):
         stem = f"{i:04d}_{pathlib.Path(name).stem}"

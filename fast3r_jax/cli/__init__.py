@@ -22,6 +22,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 COMMANDS = {  # name: (module, one-line help)
     "reconstruct": ("fast3r_jax.cli.reconstruct", "point cloud and cameras from images or videos"),
+    "view": ("fast3r_jax.cli.view", "interactive 3D viewer of a reconstruction folder"),
+    "demo": ("fast3r_jax.cli.demo", "web app: upload images or a video, see and download the reconstruction"),
 }
 
 # Operating-system errors that are the user's to fix (a missing, unreadable or full target), not bugs.
@@ -38,6 +40,30 @@ def error(message: str) -> int:
     """Prints the one-line error and returns EXIT_USAGE."""
     print(f"fast3r-jax: error: {' '.join(str(message).split())}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def percentile(text: str) -> float:
+    """argparse type: a number in [0, 100]."""
+    value = float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 100], got {text}")
+    return value
 
 
 def parser(command: str | None = None) -> argparse.ArgumentParser:

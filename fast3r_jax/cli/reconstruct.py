@@ -7,22 +7,8 @@ import argparse
 
 from fast3r_jax import distributed
 from fast3r_jax import reconstruct as reconstruct_lib
-from fast3r_jax.cli import note
+from fast3r_jax.cli import note, percentile, positive_int
 from fast3r_jax.inference.engine import IMAGE_ID_POLICIES
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _percentile(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 100], got {value}")
-    return value
 
 
 def add_arguments(r: argparse.ArgumentParser) -> None:
@@ -41,9 +27,9 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
                         "224 for a 224x224 centre crop (default: 128 with the built-in checkpoint, else 512)")
     r.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                    help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
-    r.add_argument("--max-views", type=_positive_int, default=None,
+    r.add_argument("--max-views", type=positive_int, default=None,
                    help="use at most N views, evenly spread over the inputs")
-    r.add_argument("--conf-percentile", type=_percentile, default=10.0,
+    r.add_argument("--conf-percentile", type=percentile, default=10.0,
                    help="keep points whose confidence is at least this percentile of all (default 10)")
     r.add_argument("--conf-threshold", type=float, default=None, help="keep points whose confidence exceeds this")
     r.add_argument("--pose-solver", choices=reconstruct_lib.POSE_SOLVERS, default="pnp",
@@ -56,7 +42,7 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     video = r.add_mutually_exclusive_group()
     video.add_argument("--video-fps", type=float, default=None, help="frames per second sampled from videos (default 1)")
-    video.add_argument("--video-frames", type=_positive_int, default=None, help="frames sampled evenly from each video")
+    video.add_argument("--video-frames", type=positive_int, default=None, help="frames sampled evenly from each video")
     distributed.add_inference_arguments(r)
 
 
@@ -71,12 +57,16 @@ def _report(summary: dict) -> None:
               f"({errors['translation_error_rel']:.2%} of the camera spread) after similarity alignment")
 
 
+def _silent(message: str) -> None:
+    del message
+
+
 def run(args: argparse.Namespace) -> int:
     distributed.initialize_from_args(args)
     lead = distributed.is_lead()  # process 0 speaks for all
     summary = reconstruct_lib.reconstruct(
         args.inputs, args.out, checkpoint=args.checkpoint, size=args.size, dtype=args.dtype,
-        max_views=args.max_views, conf_percentile=args.conf_percentile, conf_threshold=args.conf_threshold,
+        max_views=args.max_views, confpercentile=args.confpercentile, conf_threshold=args.conf_threshold,
         pose_solver=args.pose_solver, seed=args.seed, image_ids=args.image_ids, on_bad_image=args.on_bad_image,
         overwrite=args.overwrite, video_fps=args.video_fps, video_frames=args.video_frames,
         mesh=distributed.inference_mesh(args.sharded), seq_attention=args.seq_attention,

@@ -6,6 +6,7 @@ All writers take plain numpy arrays and produce standard files that other tools 
 * ``write_colmap``: COLMAP text model (``cameras.txt``, ``images.txt``, ``points3D.txt``).
 * ``write_cameras_json``: every camera in one small JSON file (schema in its docstring).
 * ``write_glb``: binary glTF 2.0 scene with the point cloud and the camera frustums.
+* ``write_pointmaps``: per-view pointmaps and confidences of both heads with the pixels (.npz), for viewers.
 * ``write_depth_png`` / ``write_confidence_png``: per-view maps as 16-bit / 8-bit grayscale PNGs.
 * ``write_preview_png``: a software rendering of the point cloud and the cameras.
 
@@ -396,6 +397,27 @@ def write_cameras_json(path: PathLike, c2w, intrinsics, image_sizes, image_names
     with atomic_file(path, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
+
+
+def write_pointmaps(path: PathLike, colors: Sequence[np.ndarray], outputs: Sequence) -> None:
+    """Writes the per-view pointmaps of both heads as one uncompressed .npz (keys read lazily, one view at a time).
+
+    For view i (0-based): ``global_{i}`` float16 (H, W, 3) in view 0's frame, ``conf_{i}`` float16 (H, W),
+    ``local_{i}`` float16 (H, W, 3) in the view's own camera frame, ``conf_local_{i}`` float16 (H, W) and
+    ``rgb_{i}`` uint8 (H, W, 3). ``outputs`` are the model's per-view dicts (pts3d_in_other_view, conf,
+    pts3d_local, conf_local); ``colors`` the views' uint8 pixels.
+    """
+    if len(colors) != len(outputs):
+        raise ValueError(f"expected one colour image per view ({len(outputs)}), got {len(colors)}")
+    arrays = {}
+    for i, (rgb, out) in enumerate(zip(colors, outputs)):
+        arrays |= {f"global_{i}": np.asarray(out["pts3d_in_other_view"], np.float16),  # (H, W, 3)
+                   f"conf_{i}": np.asarray(out["conf"], np.float16),  # (H, W)
+                   f"local_{i}": np.asarray(out["pts3d_local"], np.float16),  # (H, W, 3)
+                   f"conf_local_{i}": np.asarray(out["conf_local"], np.float16),  # (H, W)
+                   f"rgb_{i}": np.asarray(rgb, np.uint8)}  # (H, W, 3)
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
 
 
 def _glb_bytes(primitives: list[dict], buffers: list[tuple[np.ndarray, str, int, bool, int | None]]) -> bytes:
