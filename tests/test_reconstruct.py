@@ -49,7 +49,7 @@ def _run(capsys, *args) -> tuple[int, str, str]:
 def test_reconstruct_writes_every_output_and_each_reads_back(tmp_path, capsys, checkpoint, scene):
     out = tmp_path / "out"
     code, stdout, stderr = _run(capsys, "reconstruct", scene, "--checkpoint", checkpoint, "--out", out,
-                                "--size", SIZE, "--conf-percentile", 25)
+                                "--size", SIZE, "--conf-percentile", 25, "--colmap-text")
     assert code == 0, stderr
     assert str(out) in stdout and "pose errors vs ground truth (4 views, pnp)" in stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left behind
@@ -72,13 +72,17 @@ def test_reconstruct_writes_every_output_and_each_reads_back(tmp_path, capsys, c
     assert all((c["width"], c["height"]) == (SIZE, SIZE) for c in doc["cameras"])
     np.testing.assert_allclose(intrinsics[:, 0, 0], summary["focals"])
 
+    assert sorted(p.name for p in (out / "colmap").iterdir()) == ["cameras.txt", "images.txt", "points3D.txt"]
     model = pycolmap.Reconstruction(str(out / "colmap"))
     assert len(model.images) == NUM_VIEWS and len(model.points3D) == min(len(ply), 100_000)
     for image in model.images.values():
         i = names.index(image.name)
         np.testing.assert_allclose(np.asarray(image.cam_from_world().matrix()), np.linalg.inv(c2w[i])[:3],
                                    atol=1e-5)
-        np.testing.assert_allclose(model.cameras[image.camera_id].params[:2], intrinsics[i, 0, 0], rtol=1e-12)
+        camera = model.cameras[image.camera_id]
+        assert (camera.width, camera.height) == (64, 48)  # the original images' size
+        scale = np.array([round(64 * SIZE / 48) / 64, SIZE / 48])  # the resize (299x224), per axis
+        np.testing.assert_allclose(camera.params[:2], intrinsics[i, 0, 0] / scale, rtol=1e-9)
 
     glb = pygltflib.GLTF2().load(str(out / "scene.glb"))
     assert [n.name for n in glb.nodes] == ["points", "cameras"]
@@ -280,3 +284,70 @@ def test_pose_errors_vanish_for_a_similarity_of_the_ground_truth():
     assert errors["RRA_at_5"] == errors["RTA_at_5"] == errors["mAA_30"] == 1.0
     pred[2, :3, :3] = pred[2, :3, :3] @ Rotation.from_euler("z", 20, degrees=True).as_matrix()
     assert reconstruct.pose_errors(pred, gt)["RRA_at_15"] < 1.0
+
+
+# ----------------------------------------------------------------------------------------------- new formats
+
+
+def test_binary_colmap_tracks_pointmaps_and_glb_budget(tmp_path, capsys, checkpoint, scene):
+    """The binary COLMAP model (pycolmap) is at the original 64x48 images with their names; every point's track is
+    the pixel it came from (mapped back through our resize and crop, the pointmap there is the point); the GLB
+    holds the budget's most confident points (pygltflib), all of them points of the PLY (plyfile)."""
+    out = tmp_path / "out"
+    code, _, stderr = _run(capsys, "reconstruct", scene, "--checkpoint", checkpoint, "--out", out, "--size", SIZE,
+                           "--outputs", "ply,colmap,glb,pointmaps", "--max-glb-points", 500,
+                           "--max-colmap-points", 2000)
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == [".fast3r-jax", "colmap", "pointmaps.npz", "points.ply",
+                                                      "scene.glb", "summary.json"]
+    assert sorted(p.name for p in (out / "colmap").iterdir()) == ["cameras.bin", "images.bin", "points3D.bin"]
+    maps = np.load(out / "pointmaps.npz")
+    assert sorted(maps.files) == sorted(f"{k}_{i}" for k in ("global", "conf", "local", "conf_local", "rgb")
+                                        for i in range(NUM_VIEWS))
+    assert maps["global_0"].dtype == np.float16 and maps["global_0"].shape == (SIZE, SIZE, 3)
+    assert maps["rgb_0"].dtype == np.uint8 and maps["conf_local_0"].shape == (SIZE, SIZE)
+
+    model = pycolmap.Reconstruction(str(out / "colmap"))
+    names = [f"view_{i:03d}.png" for i in range(NUM_VIEWS)]
+    assert sorted(image.name for image in model.images.values()) == names
+    assert len(model.points3D) == 2000
+    # Our resize and crop, inverted here from first principles: 64x48 -> 299x224 (short side to 224), centre crop.
+    scale = SIZE / 48
+    left = (round(64 * scale) - SIZE) // 2
+    for image in model.images.values():
+        camera = model.cameras[image.camera_id]
+        assert (camera.width, camera.height) == (64, 48)
+        view = names.index(image.name)
+        for point2d_idx, point2d in enumerate(image.points2D):
+            if point2d_idx % 50:
+                continue  # a sample keeps the test quick
+            point = model.points3D[point2d.point3D_id]
+            assert [(e.image_id, e.point2D_idx) for e in point.track.elements] == [(image.image_id, point2d_idx)]
+            col, row = np.round(point2d.xy * scale - 0.5 - [left, 0]).astype(int)  # COLMAP pixel -> view pixel
+            np.testing.assert_allclose(maps[f"global_{view}"][row, col], point.xyz, rtol=2e-3, atol=2e-3)
+
+    glb = pygltflib.GLTF2().load(str(out / "scene.glb"))
+    accessor = glb.accessors[glb.meshes[0].primitives[0].attributes.POSITION]
+    assert glb.nodes[0].name == "points" and accessor.count == 500
+    view = glb.bufferViews[accessor.bufferView]
+    glb_points = np.frombuffer(glb.binary_blob()[view.byteOffset:view.byteOffset + view.byteLength],
+                               np.float32).reshape(-1, 3) * [1, -1, -1]
+    ply = plyfile.PlyData.read(str(out / "points.ply"))["vertex"]
+    ply_points = {tuple(p) for p in np.stack([ply[k] for k in "xyz"], -1).astype(np.float32).tolist()}
+    assert all(tuple(p) in ply_points for p in glb_points.astype(np.float32).tolist())
+    conf = np.concatenate([maps[f"conf_{i}"].reshape(-1) for i in range(NUM_VIEWS)]).astype(np.float32)
+    assert len(ply) > 500 and np.isfinite(conf).all()
+
+
+def test_reconstructor_keeps_its_engine_between_calls(tmp_path, checkpoint, scene, monkeypatch):
+    """Two calls of one Reconstructor load the checkpoint once and reuse one engine (no second build)."""
+    loads = []
+    real_load = reconstruct.load_model
+    monkeypatch.setattr(reconstruct, "load_model", lambda path: loads.append(path) or real_load(path))
+    rec = reconstruct.Reconstructor(checkpoint, compilation_cache_dir="off")
+    config = reconstruct.ReconstructConfig(size=64, outputs=("ply",), pose_solver="procrustes")
+    first = rec([scene], tmp_path / "a", config)
+    built = dict(rec._engines)
+    second = rec([scene], tmp_path / "b", config)
+    assert len(loads) == 1 and rec._engines == built and len(built) == 1
+    assert first["points"] == second["points"] and (tmp_path / "b" / "points.ply").is_file()
