@@ -1,7 +1,14 @@
 """`fast3r-jax reconstruct`: outputs read back by independent readers, cameras from ground-truth pointmaps, errors."""
 
+import errno
 import json
+import os
+import pathlib
 import shutil
+import struct
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import PIL.Image
@@ -17,6 +24,7 @@ from fast3r_jax.checkpoint import save_pretrained
 from fast3r_jax.data.synthetic import SyntheticScenes, write_example_scene
 from fast3r_jax.io.files import MARKER
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_VIEWS = 4
 SIZE = 224  # the 64x48 example images become 224x224 centre crops
 FOCAL_RTOL = 1e-3  # the issue's criterion; measured 0 (pnp) and 1.2e-7 (procrustes)
@@ -351,3 +359,126 @@ def test_reconstructor_keeps_its_engine_between_calls(tmp_path, checkpoint, scen
     second = rec([scene], tmp_path / "b", config)
     assert len(loads) == 1 and rec._engines == built and len(built) == 1
     assert first["points"] == second["points"] and (tmp_path / "b" / "points.ply").is_file()
+
+
+# ----------------------------------------------------------------------------------------------- hostile input
+
+
+def _snapshot(*folders) -> dict:
+    """Every file under the folders with its bytes: what a failed run must leave as it was."""
+    return {p: p.read_bytes() for folder in folders for p in sorted(pathlib.Path(folder).rglob("*")) if p.is_file()}
+
+
+def _png_header(path, width: int, height: int):
+    """A PNG whose header claims width x height pixels (a decompression bomb of a few bytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    return path
+
+
+def _one_error(code: int, stderr: str, *culprits: str) -> str:
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1, stderr
+    assert all(c in errors[0] for c in culprits), errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", ["bomb", "dot", "huge_size", "corrupt_video", "no_point_kept", "no_space",
+                                  "disk_full_while_writing", "parent_is_a_file"])
+def test_hostile_input_fails_with_one_line_and_touches_nothing(tmp_path, capsys, checkpoint, scene, monkeypatch,
+                                                               case):
+    inputs, extra, culprits = [scene], ["--size", 64], []
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    if case == "bomb":
+        inputs, culprits = [scene / "view_000.png", _png_header(work / "bomb.png", 100_000, 100_000)], ["bomb.png"]
+    elif case == "dot":
+        PIL.Image.new("RGB", (1, 1)).save(work / "dot.png")
+        inputs, culprits = [scene / "view_000.png", work / "dot.png"], ["dot.png", "too small"]
+    elif case == "huge_size":
+        extra, culprits = ["--size", 1_600_000], ["--size 1600000", "memory"]
+    elif case == "corrupt_video":
+        (work / "clip.mp4").write_bytes(np.random.default_rng(0).integers(0, 255, 4000, np.uint8).tobytes())
+        inputs, culprits = [scene, work / "clip.mp4"], ["clip.mp4"]
+    elif case == "no_point_kept":
+        extra, culprits = ["--size", 64, "--conf-threshold", 1e30], ["no point kept"]
+    elif case == "no_space":
+        monkeypatch.setattr(reconstruct.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1000))
+        culprits = [str(out), "free"]
+    elif case == "disk_full_while_writing":
+        def full(*_, **__):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "scene.glb")
+        monkeypatch.setattr(reconstruct.export, "write_glb", full)
+        culprits = ["No space left on device"]
+    else:
+        (work / "notes.txt").write_text("a file, not a folder")
+        out, culprits = work / "notes.txt" / "out", ["cannot write into"]
+    before = _snapshot(scene, work)
+    code, stdout, stderr = _run(capsys, "reconstruct", *inputs, "--checkpoint", checkpoint, "--out", out, *extra)
+    message = _one_error(code, stderr, *culprits)
+    assert "ffmpeg version" not in message and stdout == ""
+    assert not out.exists() and _snapshot(scene, work) == before  # nothing left, nothing touched
+
+
+def test_a_bomb_and_a_dot_are_skipped_on_request(tmp_path, capsys, checkpoint, scene):
+    images = tmp_path / "images"
+    shutil.copytree(scene, images)
+    _png_header(images / "bomb.png", 100_000, 100_000)
+    PIL.Image.new("RGB", (1, 1)).save(images / "dot.png")
+    code, _, stderr = _run(capsys, "reconstruct", images, "--checkpoint", checkpoint, "--out", tmp_path / "out",
+                           "--size", 64, "--on-bad-image", "skip", "--outputs", "ply")
+    assert code == 0, stderr
+    assert "skipping bad input" in stderr and "bomb.png" in stderr and "dot.png" in stderr
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["num_views"] == NUM_VIEWS
+
+
+def test_malformed_ground_truth_is_noted_and_ignored(tmp_path, capsys, checkpoint, scene):
+    images = tmp_path / "images"
+    shutil.copytree(scene, images)
+    cameras = json.loads((images / "cameras.json").read_text())
+    (images / "cameras.json").write_text(json.dumps(dict(cameras, images=5)))
+    code, stdout, stderr = _run(capsys, "reconstruct", images, "--checkpoint", checkpoint, "--out", tmp_path / "out",
+                                "--size", 64, "--outputs", "cameras")
+    assert code == 0, stderr
+    assert f"ignoring {images / 'cameras.json'}" in stderr and "pose errors" not in stdout
+
+
+@pytest.mark.parametrize("flag, value", [("--video-fps", "0"), ("--video-fps", "-2"), ("--conf-threshold", "nan"),
+                                         ("--outputs", "ply,mesh"), ("--max-glb-points", "-1")])
+def test_bad_flag_values_name_the_flag(tmp_path, capsys, scene, flag, value):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["reconstruct", str(scene), "--out", str(tmp_path / "out"), flag, value])
+    assert exit_.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field, value", [("video_fps", 0.0), ("conf_threshold", float("nan")),
+                                          ("outputs", ("ply", "mesh")), ("max_views", 0)])
+def test_config_check_names_the_setting(field, value):
+    with pytest.raises(reconstruct.ReconstructError, match=field.replace("_", "-")):
+        reconstruct.ReconstructConfig(**{field: value}).check()
+
+
+# ----------------------------------------------------------------------------------------------- compilation cache
+
+
+def test_second_run_hits_the_compilation_cache(tmp_path, checkpoint, scene):
+    """Two runs as separate processes: the first fills JAX_COMPILATION_CACHE_DIR, the second compiles nothing new."""
+    cache = tmp_path / "xla"
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+    def run(out: str) -> None:
+        subprocess.run([sys.executable, "-m", "fast3r_jax.cli", "reconstruct", str(scene), "--checkpoint",
+                        str(checkpoint), "--out", str(tmp_path / out), "--size", "64", "--outputs", "ply"],
+                       env=env, check=True, capture_output=True)
+
+    run("first")
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries  # the first run filled the cache
+    run("second")
+    assert sorted(p.name for p in cache.iterdir()) == entries  # every compilation of the second run was a hit
