@@ -588,7 +588,7 @@ def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Seque
                 future.cancel()
     if timings is not None:
         timings |= {f"{name}_s": value for name, value in seconds.items()}
-    return dict(points=int(len(cloud.points)), pixels=int(sum(c.size for c in conf)))
+    return dict(points=len(cloud.points), pixels=int(sum(c.size for c in conf)))
 
 
 def _write_depth(path: pathlib.Path, pts: np.ndarray, c2w: np.ndarray) -> None:

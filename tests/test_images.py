@@ -361,7 +361,7 @@ def test_corrupt_video_error_is_one_line_without_ffmpeg_banner(tmp_path):
 def test_load_all_keeps_input_order_and_raises_at_the_item():
     import time
 
-    order = list(load for load in images.load_all(lambda x: (time.sleep(0.01 * (5 - x)), x)[1], range(5)))
+    order = list(images.load_all(lambda x: (time.sleep(0.01 * (5 - x)), x)[1], range(5)))
     assert order == list(range(5))
 
     def fail_on_two(x: int) -> int:
