@@ -112,7 +112,7 @@ class ReconstructConfig:
     seq_attention: str = "allgather"
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     max_glb_points: int | None = 300_000
-    max_colmap_points: int | None = 100_000
+    max_colmap_points: int | None = 50_000
     max_preview_points: int = 200_000
     colmap_text: bool = False
     maps_format: str = "png"
