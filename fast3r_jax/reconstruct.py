@@ -1,16 +1,20 @@
 """Reconstruction from images: load views, run the model on all of them, recover cameras, write the outputs.
 
-    reconstruct(["photos/"], "out/", checkpoint="ckpt/")
+    reconstruct(["photos/"], "out/", ReconstructConfig(size=512), checkpoint="ckpt/")
+    rec = Reconstructor("ckpt/")            # loads the checkpoint once; keeps the compiled engine between calls
+    rec(["photos/"], "out/")                # -> the summary dict
 
-writes into `out/` (atomically: a temporary folder renamed into place once everything is written)
-    points.ply                  coloured point cloud (confident pixels of the global pointmaps)
-    colmap/                     cameras.txt, images.txt, points3D.txt (COLMAP text model)
-    cameras.json                c2w, intrinsics and image size per view
-    scene.glb                   the point cloud and the camera frustums
-    pointmaps.npz               per-view pointmaps and confidences of both heads, and the pixels
-    depth/NNNN_<name>.png       16-bit depth in each estimated camera (scale in the PNG text chunk)
-    confidence/NNNN_<name>.png  8-bit confidence (range in the PNG text chunk)
-    preview.png                 a rendering of the points and cameras
+writes into `out/` (atomically: a temporary folder renamed into place once everything is written; the files named
+by `ReconstructConfig.outputs`, written concurrently)
+    points.ply                  [ply] coloured point cloud (confident pixels of the global pointmaps), binary
+    colmap/                     [colmap] COLMAP binary model (text with colmap_text) at the input images' original
+                                resolution and names; each point's track is the pixel it came from
+    cameras.json                [cameras] c2w, intrinsics and image size per view (the model's resolution)
+    scene.glb                   [glb] the most confident points (up to max_glb_points) and the camera frustums
+    depth/NNNN_<name>.png       [depth] 16-bit depth in each estimated camera (scale in the PNG text chunk) or .npy
+    confidence/NNNN_<name>.png  [confidence] 8-bit confidence (range in the PNG text chunk) or .npy
+    preview.png                 [preview] a rendering of (a subsample of) the points and the cameras
+    pointmaps.npz               [pointmaps] every view's pointmaps, confidences and colours (io.export.write_pointmaps)
     summary.json                inputs, settings, cameras, timings and, with ground truth, pose errors
 
 Cameras come from one of two solvers: 'pnp' (upstream's: focal of view 0 by Weiszfeld, then RANSAC-PnP per view,
@@ -22,10 +26,15 @@ reported after a similarity alignment of the predicted cameras onto the ground t
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import json
 import logging
+import math
 import os
 import pathlib
+import shutil
+import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -34,12 +43,12 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from fast3r_jax import distributed
+from fast3r_jax import compilation_cache, distributed
 from fast3r_jax.checkpoint import load_config, load_pretrained
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.data.synthetic import CAMERAS_FILE, read_example_cameras
 from fast3r_jax.errors import InputError
-from fast3r_jax.geometry.cameras import POSE_SOLVERS, Cameras, estimate_cameras
+from fast3r_jax.geometry.cameras import POSE_SOLVERS, Cameras, estimate_cameras, read_intrinsics
 from fast3r_jax.geometry.metrics import pose_errors
 from fast3r_jax.inference.engine import Engine
 from fast3r_jax.inference.sharded import ShardedEngine
@@ -51,12 +60,86 @@ BUILTIN_IMAGE_SIZE = 128  # long side of the images the built-in model was train
 UPSTREAM_IMAGE_SIZE = 512  # long side of the released upstream model's inputs
 BAD_IMAGE_POLICIES = ("fail", "skip")
 DEFAULT_VIDEO_FPS = 1.0
+OUTPUTS = ("ply", "colmap", "cameras", "glb", "depth", "confidence", "preview", "pointmaps")
+DEFAULT_OUTPUTS = ("ply", "colmap", "cameras", "glb", "depth", "confidence", "preview")
+MAP_FORMATS = ("png", "npy")
+# Host memory per pixel of a view for the whole job (input image, device and host outputs, cloud, exports), an
+# upper bound used to refuse a --size or view count that cannot fit before anything is loaded.
+BYTES_PER_PIXEL = 160
+# Output bytes per pixel (upper bound) by file kind, for the free-space check: PLY 15 per point, depth PNG 2,
+# confidence PNG 1, npy maps 4, pointmaps 2 * 8 + 3; COLMAP (83) and GLB (16) per point of their budget.
+_OUTPUT_BYTES_PER_PIXEL = {"ply": 15, "depth": 2, "confidence": 1, "pointmaps": 19}
+_OUTPUT_BYTES_PER_POINT = {"colmap": 83, "glb": 16}
+_FIXED_OUTPUT_BYTES = 8 << 20  # preview, cameras, summary, file-system slack
 
 log = logging.getLogger(__name__)
 
 
 class ReconstructError(InputError):
     """A problem with the user's inputs, checkpoint or output folder (one message, no traceback needed)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconstructConfig:
+    """Settings of one reconstruction (the command's flags).
+
+    size: see `check_size`; None uses the resolution of the checkpoint's training (BUILTIN_IMAGE_SIZE for the
+    built-in checkpoint, UPSTREAM_IMAGE_SIZE otherwise). dtype: None uses the Reconstructor's. image_ids: 'random'
+    (upstream's draw, seeded by `seed`), 'sequential', or None to follow the checkpoint's config. on_bad_image:
+    'fail' or 'skip'. outputs: which files to write (OUTPUTS). max_glb_points / max_colmap_points: point budgets of
+    the GLB and the COLMAP model (the most confident points); max_preview_points: points rendered in the preview.
+    maps_format: depth and confidence maps as 'png' or 'npy'. colmap_text: COLMAP text model instead of binary.
+    intrinsics: a file of known intrinsics of the original images (COLMAP cameras, or our cameras.json), used by
+    both pose solvers instead of estimated focals (geometry.cameras.read_intrinsics).
+    """
+
+    size: int | None = None
+    dtype: str | None = None
+    max_views: int | None = None
+    conf_percentile: float | None = 10.0
+    conf_threshold: float | None = None
+    pose_solver: str = "pnp"
+    seed: int = 0
+    image_ids: str | None = None
+    on_bad_image: str = "fail"
+    overwrite: bool = False
+    video_fps: float | None = None
+    video_frames: int | None = None
+    encoder_chunk: int = 16
+    head_chunk: int = 8
+    seq_attention: str = "allgather"
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    max_glb_points: int | None = 300_000
+    max_colmap_points: int | None = 50_000
+    max_preview_points: int = 200_000
+    colmap_text: bool = False
+    maps_format: str = "png"
+    intrinsics: str | None = None
+
+    def check(self) -> None:
+        """Raises ReconstructError naming the first setting that is out of range."""
+        def positive(name: str, value: float | None, none_ok: bool = True) -> None:
+            if (value is None and not none_ok) or (value is not None and not (math.isfinite(value) and value > 0)):
+                raise ReconstructError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+
+        if self.pose_solver not in POSE_SOLVERS:
+            raise ReconstructError(f"--pose-solver must be one of {POSE_SOLVERS}, got {self.pose_solver!r}")
+        if self.on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ReconstructError(f"--on-bad-image must be one of {BAD_IMAGE_POLICIES}, got {self.on_bad_image!r}")
+        if self.conf_percentile is not None and not 0 <= self.conf_percentile <= 100:
+            raise ReconstructError(f"--conf-percentile must lie in [0, 100], got {self.conf_percentile}")
+        if self.conf_threshold is not None and not math.isfinite(self.conf_threshold):
+            raise ReconstructError(f"--conf-threshold must be a finite number, got {self.conf_threshold}")
+        for name in ("video_fps", "video_frames", "max_views", "encoder_chunk", "head_chunk", "max_preview_points"):
+            positive(name, getattr(self, name))
+        for name in ("max_glb_points", "max_colmap_points"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ReconstructError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        unknown = sorted(set(self.outputs) - set(OUTPUTS))
+        if unknown or not self.outputs:
+            raise ReconstructError(f"--outputs must name some of {', '.join(OUTPUTS)}; got {','.join(self.outputs)}")
+        if self.maps_format not in MAP_FORMATS:
+            raise ReconstructError(f"--maps must be one of {MAP_FORMATS}, got {self.maps_format!r}")
 
 
 # ----------------------------------------------------------------------------
@@ -135,14 +218,44 @@ def _sources(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
     return sources
 
 
+def available_memory() -> int | None:
+    """Bytes of host memory available to this process (MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.3g} GiB"
+
+
+def check_memory(num_views: int, size: int, what: str = "") -> None:
+    """Refuses a job whose views cannot fit in memory at `size` (BYTES_PER_PIXEL per pixel, square images as the
+    bound) before anything is loaded."""
+    available = available_memory()
+    need = num_views * size * size * BYTES_PER_PIXEL
+    if available is not None and need > available:
+        raise ReconstructError(f"--size {size} with {num_views} view(s){what} needs about {_gib(need)} of memory, "
+                               f"{_gib(available)} available; lower --size or --max-views")
+
+
 def load_inputs(inputs: Sequence[str | os.PathLike], size: int = UPSTREAM_IMAGE_SIZE, on_bad_image: str = "fail",
                 max_views: int | None = None, video_fps: float | None = None, video_frames: int | None = None,
                 progress: bool | None = None, notify: Callable[[str], None] = log.warning) -> list[dict]:
-    """Loads every image and sampled video frame as a view, with `path` (image file) or `video` and `frame_index`.
+    """Loads every image and sampled video frame as a view, with `path` (image file) or `video` and `frame_index`,
+    and `geometry` (images.Geometry); files are decoded in a thread pool, views kept in input order.
 
-    on_bad_image: 'fail' raises on an unreadable, truncated or too small image; 'skip' leaves it out and says so.
-    max_views: keep at most this many views, evenly spread over the inputs. Videos give one frame per second by
-    default (video_fps), or video_frames evenly spaced frames.
+    on_bad_image: 'fail' raises on an unreadable, truncated, too small or too large image; 'skip' leaves it out and
+    says so. max_views: keep at most this many views, evenly spread over the inputs. Videos give one frame per second
+    by default (video_fps), or video_frames evenly spaced frames.
     """
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
@@ -153,20 +266,31 @@ def load_inputs(inputs: Sequence[str | os.PathLike], size: int = UPSTREAM_IMAGE_
         sources = [sources[i] for i in _evenly(len(sources), max_views)]
     if video_frames is None and video_fps is None:
         video_fps = DEFAULT_VIDEO_FPS
-    views, bad = [], []
-    for kind, path in tqdm(sources, desc="loading", unit="file", disable=(None if progress is None else not progress)):
+    known = sum(1 if kind == "image" else (video_frames or 0) for kind, _ in sources)
+    check_memory(min(known, max_views or known), size)
+
+    def load(source: tuple[str, str]) -> list[dict] | ValueError:
+        kind, path = source
         try:
             if kind == "video":
                 frames = images.load_video_frames(path, video_frames, None if video_frames else video_fps, size)
-                views += [dict(frame, path=None, video=path) for frame in frames]
-            else:
-                views.append(dict(images.load_image(path, size), path=path))
+                return [dict(frame, path=None, video=path) for frame in frames]
+            return [dict(images.load_image(path, size), path=path)]
         except ValueError as err:
-            message = str(err) if path in str(err) else f"{path}: {err}"
-            if on_bad_image == "fail":
-                raise ReconstructError(f"bad input {message} (pass --on-bad-image skip to leave it out)") from err
-            notify(f"skipping bad input {message}")
-            bad.append(path)
+            return err
+
+    views, bad = [], []
+    loaded = images.load_all(load, sources)
+    for (kind, path), result in tqdm(zip(sources, loaded), total=len(sources), desc="loading", unit="file",
+                                     disable=(None if progress is None else not progress)):
+        if not isinstance(result, ValueError):
+            views += result
+            continue
+        message = str(result) if path in str(result) else f"{path}: {result}"
+        if on_bad_image == "fail":
+            raise ReconstructError(f"bad input {message} (pass --on-bad-image skip to leave it out)") from result
+        notify(f"skipping bad input {message}")
+        bad.append(path)
     if not views:
         raise ReconstructError("no readable images among the inputs" + (f" (skipped {len(bad)})" if bad else ""))
     if max_views is not None and len(views) > max_views:
@@ -210,7 +334,7 @@ def ground_truth_poses(views: Sequence[Mapping], notify: Callable[[str], None] =
             continue
         try:
             entries = read_example_cameras(folder)
-        except (ValueError, OSError) as err:
+        except (ValueError, OSError, TypeError, KeyError, AttributeError) as err:  # malformed: noted, not fatal
             notify(f"ignoring {os.path.join(folder, CAMERAS_FILE)}: {err}")
             continue
         known |= {os.path.realpath(e["file"]): e["c2w"] for e in entries}
@@ -226,29 +350,147 @@ def ground_truth_poses(views: Sequence[Mapping], notify: Callable[[str], None] =
 # ----------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class PointCloud:
+    """The kept pixels of every view: points (N, 3) float32 in view 0's frame, colors (N, 3) uint8, conf (N,),
+    view (N,) int index and pixel (N, 2) (u, v) = (column, row) in the view; views in order, pixels row-major."""
+
+    points: np.ndarray
+    colors: np.ndarray
+    conf: np.ndarray
+    view: np.ndarray
+    pixel: np.ndarray
+
+    def take(self, index: np.ndarray) -> PointCloud:
+        return PointCloud(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
+
+
+def select_points(pts: Sequence[np.ndarray], conf: Sequence[np.ndarray], colors: Sequence[np.ndarray],
+                  conf_percentile: float | None, conf_threshold: float | None) -> PointCloud:
+    """The confident pixels (export.confidence_mask) with finite coordinates; ReconstructError when none is left."""
+    masks = export.confidence_mask(conf, conf_percentile, conf_threshold)
+    parts = []
+    for i, (p, c, rgb, m) in enumerate(zip(pts, conf, colors, masks)):
+        flat = np.flatnonzero(m & np.isfinite(p).all(-1))  # (n_i,) row-major pixel indices
+        width = p.shape[1]
+        parts.append((p.reshape(-1, 3)[flat].astype(np.float32), rgb.reshape(-1, 3)[flat], c.reshape(-1)[flat],
+                      np.full(len(flat), i, np.int32), np.stack([flat % width, flat // width], -1)))
+    cloud = PointCloud(*(np.concatenate(column) for column in zip(*parts)))
+    if not len(cloud.points):
+        raise ReconstructError(f"no point kept (--conf-percentile {conf_percentile}, --conf-threshold "
+                               f"{conf_threshold}): nothing to write; lower the confidence filter")
+    return cloud
+
+
+def estimate_output_bytes(pixels: int, config: ReconstructConfig) -> int:
+    """Upper bound of the bytes written for `pixels` pixels with `config.outputs`."""
+    budgets = {"colmap": config.max_colmap_points, "glb": config.max_glb_points}
+    total = _FIXED_OUTPUT_BYTES
+    for name in config.outputs:
+        per_pixel = 4 if name in ("depth", "confidence") and config.maps_format == "npy" else None
+        if name in _OUTPUT_BYTES_PER_PIXEL:
+            total += pixels * (per_pixel or _OUTPUT_BYTES_PER_PIXEL[name])
+        elif name in _OUTPUT_BYTES_PER_POINT:
+            total += min(pixels, budgets[name] or pixels) * _OUTPUT_BYTES_PER_POINT[name]
+    return total
+
+
+def check_free_space(out: pathlib.Path, need: int) -> None:
+    """Refuses an output folder whose file system has less than `need` bytes free (before the compute starts)."""
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise ReconstructError(f"output folder {out}: about {_gib(need)} to write, only {_gib(free)} free on its disk")
+
+
 def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Sequence[Mapping], cams: Cameras,
-                  names: Sequence[str], conf_percentile: float | None = 10.0,
-                  conf_threshold: float | None = None) -> dict[str, Any]:
-    """Writes every output file (see the module docstring) of host arrays into `folder`; returns point counts."""
+                  names: Sequence[str], config: ReconstructConfig = ReconstructConfig(),
+                  timings: dict[str, float] | None = None) -> dict[str, Any]:
+    """Writes the files of `config.outputs` (see the module docstring) of host arrays into `folder`, each file a
+    task of one thread pool; returns point counts. timings receives each output's seconds."""
     colors = [view_colors(v) for v in views]
     pts = [np.asarray(o["pts3d_in_other_view"]) for o in outputs]
     conf = [np.asarray(o["conf"]) for o in outputs]
-    masks = export.confidence_mask(conf, conf_percentile, conf_threshold)
-    points, point_colors = export.gather_points(pts, colors, masks)
+    cloud = select_points(pts, conf, colors, config.conf_percentile, config.conf_threshold)
     cam_args = (cams.c2w, cams.intrinsics, cams.image_sizes)
-    dropped = export.write_ply(folder / "points.ply", points, point_colors)
-    export.write_colmap(folder / "colmap", cams.intrinsics, cams.c2w, cams.image_sizes, names, points, point_colors)
-    export.write_cameras_json(folder / "cameras.json", *cam_args, names)
-    export.write_glb(folder / "scene.glb", points, point_colors, *cam_args)
-    export.write_pointmaps(folder / "pointmaps.npz", colors, outputs)
+    wanted = set(config.outputs)
+    tasks: dict[str, list[Callable[[], Any]]] = {name: [] for name in OUTPUTS if name in wanted}
+
+    if "ply" in wanted:
+        tasks["ply"].append(lambda: export.write_ply(folder / "points.ply", cloud.points, cloud.colors))
+    if "colmap" in wanted:
+        tasks["colmap"].append(lambda: _write_colmap(folder / "colmap", views, cams, names, cloud, config))
+    if "cameras" in wanted:
+        tasks["cameras"].append(lambda: export.write_cameras_json(folder / "cameras.json", *cam_args, names))
+    if "glb" in wanted:
+        glb = cloud.take(export.most_confident(cloud.conf, config.max_glb_points))
+        tasks["glb"].append(lambda: export.write_glb(folder / "scene.glb", glb.points, glb.colors, *cam_args))
+    if "preview" in wanted:
+        tasks["preview"].append(lambda: export.write_preview_png(
+            folder / "preview.png", cloud.points, cloud.colors, *cam_args, max_points=config.max_preview_points))
+    if "pointmaps" in wanted:
+        local = [np.asarray(o["pts3d_local"]) for o in outputs]
+        conf_local = [np.asarray(o["conf_local"]) for o in outputs]
+        tasks["pointmaps"].append(lambda: export.write_pointmaps(folder / "pointmaps.npz", pts, conf, local,
+                                                                 conf_local, colors))
     conf_range = (min(float(np.nanmin(c)) for c in conf), max(float(np.nanmax(c)) for c in conf))
+    ext = config.maps_format
     for i, (name, p, c) in enumerate(zip(names, pts, conf)):
-        stem = f"{i:04d}_{pathlib.Path(name).stem}"
-        depth = np.einsum("hwj,j->hw", p - cams.c2w[i, :3, 3], cams.c2w[i, :3, 2])  # z in the estimated camera
-        export.write_depth_png(folder / "depth" / f"{stem}.png", depth)
-        export.write_confidence_png(folder / "confidence" / f"{stem}.png", c, *conf_range)
-    export.write_preview_png(folder / "preview.png", points, point_colors, *cam_args)
-    return dict(points=int(len(points) - dropped), pixels=int(sum(c.size for c in conf)))
+        stem = f"{i:04d}_{pathlib.Path(name).stem}.{ext}"
+        if "depth" in wanted:
+            tasks["depth"].append(lambda i=i, p=p, stem=stem: _write_depth(folder / "depth" / stem, p, cams.c2w[i]))
+        if "confidence" in wanted:
+            write = ((lambda path, c: export.write_npy(path, c.astype(np.float32))) if ext == "npy" else
+                     (lambda path, c: export.write_confidence_png(path, c, *conf_range)))
+            tasks["confidence"].append(lambda c=c, stem=stem, write=write: write(folder / "confidence" / stem, c))
+
+    seconds = dict.fromkeys(tasks, 0.0)
+    lock = threading.Lock()
+
+    def timed(name: str, task: Callable[[], Any]) -> None:
+        start = time.perf_counter()
+        task()
+        with lock:
+            seconds[name] += time.perf_counter() - start
+
+    with concurrent.futures.ThreadPoolExecutor(min(8, (os.cpu_count() or 1) + 2)) as pool:
+        futures = [pool.submit(timed, name, task) for name, group in tasks.items() for task in group]
+        try:
+            for future in futures:
+                future.result()  # the first failure (e.g. a full disk) ends the export
+        finally:
+            for future in futures:
+                future.cancel()
+    if timings is not None:
+        timings |= {f"{name}_s": value for name, value in seconds.items()}
+    return dict(points=len(cloud.points), pixels=int(sum(c.size for c in conf)))
+
+
+def _write_depth(path: pathlib.Path, pts: np.ndarray, c2w: np.ndarray) -> None:
+    """Depth (z in the estimated camera) of a view's global pointmap (H, W, 3), as a PNG or .npy by suffix."""
+    depth = np.einsum("hwj,j->hw", pts - c2w[:3, 3], c2w[:3, 2])  # (H, W)
+    if path.suffix == ".npy":
+        export.write_npy(path, depth.astype(np.float32))
+    else:
+        export.write_depth_png(path, depth)
+
+
+def _write_colmap(folder: pathlib.Path, views: Sequence[Mapping], cams: Cameras, names: Sequence[str],
+                  cloud: PointCloud, config: ReconstructConfig) -> None:
+    """The COLMAP model at the input images' original resolution (our resize and crop undone, per view), with the
+    `config.max_colmap_points` most confident points, each tracked to the pixel it came from."""
+    geometry = [v["geometry"] for v in views]
+    intrinsics = np.stack([g.intrinsics_to_original(k) for g, k in zip(geometry, cams.intrinsics)])  # (V, 3, 3)
+    sizes = np.asarray([g.original for g in geometry], np.int64)  # (V, 2)
+    sparse = cloud.take(export.most_confident(cloud.conf, config.max_colmap_points))
+    uv = np.empty(sparse.pixel.shape, np.float64)  # (M, 2) in the original images
+    for i, g in enumerate(geometry):
+        rows = sparse.view == i
+        uv[rows] = g.to_original(sparse.pixel[rows])
+    export.write_colmap(folder, intrinsics, cams.c2w, sizes, names, sparse.points, sparse.colors, max_points=None,
+                        observations=(sparse.view, uv), binary=not config.colmap_text)
 
 
 # ----------------------------------------------------------------------------
@@ -261,76 +503,158 @@ def default_dtype() -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
-def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                checkpoint: str | os.PathLike | None = None, size: int | None = None, dtype: str | None = None,
-                max_views: int | None = None, conf_percentile: float | None = 10.0,
-                conf_threshold: float | None = None, pose_solver: str = "pnp", seed: int = 0,
-                image_ids: str | None = None, on_bad_image: str = "fail", overwrite: bool = False,
-                video_fps: float | None = None, video_frames: int | None = None, encoder_chunk: int = 16,
-                head_chunk: int = 8, mesh: Mesh | None = None, seq_attention: str = "allgather",
-                progress: bool | None = None, notify: Callable[[str], None] = log.warning) -> dict[str, Any]:
-    """Images -> model -> cameras -> output folder `out`. Returns the summary also written to summary.json.
+class _CompileClock:
+    """Seconds XLA spent compiling since the clock was read last (from jax.monitoring's compile events)."""
 
-    size: see `check_size`; None uses the resolution of the checkpoint's training: BUILTIN_IMAGE_SIZE for the
-    built-in checkpoint, UPSTREAM_IMAGE_SIZE otherwise. image_ids: 'random' (upstream's draw, seeded by `seed`),
-    'sequential', or None to follow the checkpoint's config. mesh: run `ShardedEngine` over it (several devices or
-    processes; `seq_attention` as there); every process computes the cameras, process 0 alone writes `out`.
-    notify receives notes for the user (default checkpoint in use, skipped images, failed cameras).
-    """
-    out = pathlib.Path(out)
+    _seconds = 0.0
+    _installed = False
+
+    @classmethod
+    def read(cls) -> float:
+        if not cls._installed:
+            jax.monitoring.register_event_duration_secs_listener(cls._listen)
+            cls._installed = True
+        value, cls._seconds = cls._seconds, 0.0
+        return value
+
+    @classmethod
+    def _listen(cls, event: str, duration: float, **_: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            cls._seconds += duration
+
+
+def _input_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Every file the inputs name, and the inputs themselves: what the output folder must never overlap."""
     given = [os.fspath(i) for i in inputs]
-    input_paths = [p for _, p in _sources(given)] + [i for i in given if os.path.exists(i)]
-    check_output_folder(out, overwrite=overwrite, inputs=input_paths)
-    if pose_solver not in POSE_SOLVERS:
-        raise ReconstructError(f"--pose-solver must be one of {POSE_SOLVERS}, got {pose_solver!r}")
-    if conf_percentile is not None and not 0 <= conf_percentile <= 100:
-        raise ReconstructError(f"--conf-percentile must lie in [0, 100], got {conf_percentile}")
-    ckpt, is_default = resolve_checkpoint(checkpoint)
-    if is_default:
-        notify(f"no --checkpoint given: using the built-in default checkpoint {ckpt}")
-    size = check_size(size or (BUILTIN_IMAGE_SIZE if is_default else UPSTREAM_IMAGE_SIZE))
-    dtype = dtype or default_dtype()
-    timings = {}
+    return [p for _, p in _sources(given)] + [i for i in given if os.path.exists(i)]
 
-    start = time.perf_counter()
-    views = load_inputs(inputs, size, on_bad_image, max_views, video_fps, video_frames, progress, notify)
-    config, params = load_model(ckpt)
-    timings["load_s"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    engine = (Engine(config, params, dtype, encoder_chunk=encoder_chunk, head_chunk=head_chunk) if mesh is None else
-              ShardedEngine(config, params, mesh, dtype, encoder_chunk, head_chunk, seq_attention=seq_attention))
-    ids = engine.image_ids(len(views), image_ids, seed)
-    outputs = engine(views, ids, progress=progress)
-    host_outputs = distributed.host_copy(outputs)
-    timings["inference_s"] = time.perf_counter() - start
+def known_intrinsics(path: str | os.PathLike, views: Sequence[Mapping],
+                     notify: Callable[[str], None] = log.warning) -> np.ndarray:
+    """(V, 3, 3) intrinsics at the model's resolution from a file describing the ORIGINAL images (matched by file
+    name; video frames by their generated names), mapped through each view's resize and crop."""
+    names = [os.path.basename(v["path"]) if v.get("path") else name for v, name in zip(views, image_names(views))]
+    sizes = {name: tuple(v["geometry"].original) for name, v in zip(names, views)}
+    try:
+        known = read_intrinsics(path, sizes, notify)
+    except (ValueError, OSError) as err:
+        raise ReconstructError(f"--intrinsics {path}: {err}") from err
+    return np.stack([v["geometry"].intrinsics_from_original(known[name]) for name, v in zip(names, views)])
 
-    start = time.perf_counter()
-    on_device = pose_solver == "procrustes" and mesh is None  # sharded outputs go through the host copy
-    cams = estimate_cameras(outputs if on_device else host_outputs, pose_solver)
-    timings["cameras_s"] = time.perf_counter() - start
-    if cams.failed:
-        notify(f"camera estimation failed for views {list(cams.failed)}: identity pose and/or a 60-degree "
-               "field-of-view focal written instead")
 
-    names = image_names(views)
-    summary: dict[str, Any] = dict(
-        checkpoint=str(ckpt), default_checkpoint=is_default, num_views=len(views), size=size, dtype=dtype,
-        pose_solver=pose_solver, image_ids=ids.tolist(), seed=seed, conf_percentile=conf_percentile,
-        conf_threshold=conf_threshold, images=names, focals=cams.focals.tolist(), failed_cameras=list(cams.failed))
-    gt = ground_truth_poses(views, notify)
-    if gt is not None:
-        idx, gt_c2w = gt
-        summary["pose_errors"] = dict(pose_errors(cams.c2w[idx], gt_c2w), num_views=len(idx))
+class Reconstructor:
+    """Reconstruction in-process: the checkpoint is loaded once, and the engine built once and kept compiled
+    between calls (a server keeps one alive between requests).
 
-    summary["out"] = str(out)
-    if not distributed.is_lead():
+        rec = Reconstructor("ckpt/")
+        summary = rec(["photos/"], "out/", ReconstructConfig(pose_solver="procrustes"))
+
+    checkpoint: a converted checkpoint folder; None uses the built-in DEFAULT_CHECKPOINT. dtype: compute dtype
+    (default: `default_dtype()`); a call's `config.dtype` may ask for another (a second engine). mesh: run
+    `ShardedEngine` over it (several devices or processes); every process computes the cameras, process 0 alone
+    writes. compilation_cache_dir: the persistent XLA cache folder (None: compilation_cache.default_path(); "off").
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None, *, dtype: str | None = None,
+                 mesh: Mesh | None = None, compilation_cache_dir: str | os.PathLike | None = None):
+        compilation_cache.enable(compilation_cache_dir)
+        self.checkpoint, self.default_checkpoint = resolve_checkpoint(checkpoint)
+        self.dtype = dtype or default_dtype()
+        self.mesh = mesh
+        start = time.perf_counter()
+        self.model_config, self._params = load_model(self.checkpoint)
+        self.load_s = time.perf_counter() - start
+        self._engines: dict[tuple, Engine | ShardedEngine] = {}
+
+    def engine(self, dtype: str, encoder_chunk: int, head_chunk: int, seq_attention: str) -> Engine | ShardedEngine:
+        """The engine of these settings, built on first use and kept (its compiled programs with it)."""
+        key = (dtype, encoder_chunk, head_chunk, seq_attention if self.mesh is not None else None)
+        if key not in self._engines:
+            self._engines[key] = (
+                Engine(self.model_config, self._params, dtype, encoder_chunk=encoder_chunk, head_chunk=head_chunk)
+                if self.mesh is None else
+                ShardedEngine(self.model_config, self._params, self.mesh, dtype, encoder_chunk, head_chunk,
+                              seq_attention=seq_attention))
+        return self._engines[key]
+
+    def __call__(self, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                 config: ReconstructConfig = ReconstructConfig(), progress: bool | None = None,
+                 notify: Callable[[str], None] = log.warning) -> dict[str, Any]:
+        """Images -> model -> cameras -> output folder `out`. Returns the summary also written to summary.json.
+
+        notify receives notes for the user (default checkpoint in use, skipped images, failed cameras).
+        Bad input (see ReconstructConfig.check, the inputs, `out`, memory and free space) raises ReconstructError
+        before the model runs.
+        """
+        config.check()
+        out = pathlib.Path(out)
+        input_paths = _input_paths(inputs)
+        check_output_folder(out, overwrite=config.overwrite, inputs=input_paths)
+        if self.default_checkpoint:
+            notify(f"no --checkpoint given: using the built-in default checkpoint {self.checkpoint}")
+        size = check_size(config.size or (BUILTIN_IMAGE_SIZE if self.default_checkpoint else UPSTREAM_IMAGE_SIZE))
+        dtype = config.dtype or self.dtype
+        timings = {"checkpoint_s": self.load_s}
+        _CompileClock.read()
+
+        start = time.perf_counter()
+        views = load_inputs(inputs, size, config.on_bad_image, config.max_views, config.video_fps,
+                            config.video_frames, progress, notify)
+        timings["images_s"] = time.perf_counter() - start
+        pixels = sum(int(np.prod(np.shape(v["img"])[-2:])) for v in views)
+        check_memory(len(views), size, " (after loading)")
+        if distributed.is_lead():
+            check_free_space(out, estimate_output_bytes(pixels, config))
+
+        start = time.perf_counter()
+        engine = self.engine(dtype, config.encoder_chunk, config.head_chunk, config.seq_attention)
+        ids = engine.image_ids(len(views), config.image_ids, config.seed)
+        outputs = engine(views, ids, progress=progress)
+        host_outputs = distributed.host_copy(outputs)
+        timings["inference_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        on_device = config.pose_solver == "procrustes" and self.mesh is None  # sharded outputs go via the host copy
+        known = None if config.intrinsics is None else known_intrinsics(config.intrinsics, views, notify)
+        cams = estimate_cameras(outputs if on_device else host_outputs, config.pose_solver, intrinsics=known)
+        timings["cameras_s"] = time.perf_counter() - start
+        timings["compile_s"] = _CompileClock.read()  # within inference and cameras
+        if cams.failed:
+            notify(f"camera estimation failed for views {list(cams.failed)}: identity pose and/or a 60-degree "
+                   "field-of-view focal written instead")
+
+        names = image_names(views)
+        summary: dict[str, Any] = dict(
+            checkpoint=str(self.checkpoint), default_checkpoint=self.default_checkpoint, num_views=len(views),
+            size=size, dtype=dtype, pose_solver=config.pose_solver, image_ids=ids.tolist(), seed=config.seed,
+            conf_percentile=config.conf_percentile, conf_threshold=config.conf_threshold, images=names,
+            outputs=list(config.outputs), focals=cams.focals.tolist(), failed_cameras=list(cams.failed))
+        gt = ground_truth_poses(views, notify)
+        if gt is not None:
+            idx, gt_c2w = gt
+            summary["pose_errors"] = dict(pose_errors(cams.c2w[idx], gt_c2w), num_views=len(idx))
+
+        summary["out"] = str(out)
+        if not distributed.is_lead():
+            return summary
+        start = time.perf_counter()
+        with atomic_folder(out, kind="reconstruction", overwrite=config.overwrite, inputs=input_paths) as folder:
+            exports: dict[str, float] = {}
+            summary |= write_outputs(folder, views, host_outputs, cams, names, config, exports)
+            timings["export_s"] = time.perf_counter() - start
+            summary["timings"] = timings | {"export": exports}
+            (folder / "summary.json").write_text(
+                json.dumps({k: v for k, v in summary.items() if k != "out"}, indent=1) + "\n")
         return summary
-    start = time.perf_counter()
-    with atomic_folder(out, kind="reconstruction", overwrite=overwrite, inputs=input_paths) as folder:
-        summary |= write_outputs(folder, views, host_outputs, cams, names, conf_percentile, conf_threshold)
-        timings["export_s"] = time.perf_counter() - start
-        summary["timings"] = timings
-        (folder / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "out"}, indent=1)
-                                             + "\n")
-    return summary
+
+
+def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                config: ReconstructConfig = ReconstructConfig(), *, checkpoint: str | os.PathLike | None = None,
+                mesh: Mesh | None = None, compilation_cache_dir: str | os.PathLike | None = None,
+                progress: bool | None = None, notify: Callable[[str], None] = log.warning) -> dict[str, Any]:
+    """One reconstruction with a fresh `Reconstructor` (see there). The settings and the output folder are checked
+    before the checkpoint is loaded."""
+    config.check()
+    check_output_folder(out, overwrite=config.overwrite, inputs=_input_paths(inputs))
+    rec = Reconstructor(checkpoint, dtype=config.dtype, mesh=mesh, compilation_cache_dir=compilation_cache_dir)
+    return rec(inputs, out, config, progress, notify)

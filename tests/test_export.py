@@ -391,3 +391,12 @@ def test_preview_without_finite_points_draws_only_frustums(cameras):
     background = _count(rgb, (250, 250, 250))
     drawn = sum(_count(rgb, c) for c in export._camera_colors(NUM_VIEWS))
     assert drawn > 0 and background + drawn == 160 * 120
+
+
+def test_most_confident_keeps_the_budget_of_highest_confidence_in_order():
+    conf = np.random.default_rng(0).permutation(1000).astype(np.float32)  # distinct values
+    keep = export.most_confident(conf, 100)
+    assert keep.tolist() == sorted(keep.tolist()) and len(keep) == 100
+    assert set(conf[keep].tolist()) == set(range(900, 1000))
+    assert export.most_confident(conf, 5000).tolist() == list(range(1000))
+    assert len(export.most_confident(conf, 0)) == 0

@@ -183,13 +183,14 @@ def test_folder_glob_and_list_order(tmp_path):
     (folder / "notes.txt").write_text("not an image")
     (folder / "sub.png").mkdir()  # a folder with an image-like name is skipped
 
-    names = [os.path.basename(v["name"]) for v in images.load_images(folder, size=32, square_ok=True)]
+    names = [os.path.basename(p) for p in images.expand_image_paths(folder)]
     assert names == ["B.png", "a.jpg", "b.png", "c.webp"]  # sorted by name, like os.listdir + sorted
 
-    names = [os.path.basename(v["name"]) for v in images.load_images(str(folder / "*.png"), size=32)]
+    names = [os.path.basename(p) for p in images.expand_image_paths(str(folder / "*.png"))]
     assert names == ["B.png", "b.png"]
 
-    views = images.load_images([folder / "c.webp", str(folder / "a.jpg")], size=32, square_ok=True)
+    paths = images.expand_image_paths([folder / "c.webp", str(folder / "a.jpg")])
+    views = list(images.load_all(lambda p: images.load_image(p, size=32, square_ok=True), paths))
     assert [os.path.basename(v["name"]) for v in views] == ["c.webp", "a.jpg"]
     assert views[0]["true_shape"].tolist() == [[32, 32]]
     np.testing.assert_allclose(views[1]["img"], -1 + 2 * 10 / 255, atol=0.02)  # JPEG of grey 10
@@ -197,26 +198,24 @@ def test_folder_glob_and_list_order(tmp_path):
 
 def test_missing_path_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
-        images.load_images([tmp_path / "nope.png"])
+        images.expand_image_paths([tmp_path / "nope.png"])
     with pytest.raises(FileNotFoundError, match="nope.png"):
         images.load_image(tmp_path / "nope.png")
     with pytest.raises(FileNotFoundError, match=r"\*\.jpg"):
-        images.load_images(str(tmp_path / "*.jpg"))
+        images.expand_image_paths(str(tmp_path / "*.jpg"))
 
 
-def test_empty_folder_and_empty_list(tmp_path):
+def test_empty_folder(tmp_path):
     (tmp_path / "readme.txt").write_text("x")
     with pytest.raises(FileNotFoundError, match="no image files"):
-        images.load_images(tmp_path)
-    with pytest.raises(ValueError, match="no images"):
-        images.load_images([])
+        images.expand_image_paths(tmp_path)
 
 
 def test_corrupt_image_names_the_file(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with pytest.raises(ValueError, match="broken.png"):
-        images.load_images([bad])
+        images.load_image(bad)
     truncated = tmp_path / "cut.jpg"
     _write(truncated, 100)
     truncated.write_bytes(truncated.read_bytes()[:200])
@@ -224,11 +223,11 @@ def test_corrupt_image_names_the_file(tmp_path):
         images.load_image(truncated)
 
 
-def test_video_path_is_refused_by_load_images(tmp_path):
+def test_video_path_is_refused_by_expand_image_paths(tmp_path):
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"")
     with pytest.raises(ValueError, match="load_video_frames"):
-        images.load_images(video)
+        images.expand_image_paths(video)
 
 
 # ----------------------------------------------------------------------------
@@ -295,31 +294,82 @@ def test_video_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# Landscape layout.
+# Geometry of the resize and crop; hostile images; loading in parallel.
 # ----------------------------------------------------------------------------
 
 
-def test_to_landscape_and_back():
-    portrait = images.load_image(INPUTS["portrait"], size=256)
-    assert portrait["true_shape"].tolist() == [[256, 192]]
-    stored = images.to_landscape(portrait)
-    assert stored["img"].shape == (1, 3, 192, 256)
-    np.testing.assert_array_equal(stored["true_shape"], portrait["true_shape"])
-    np.testing.assert_array_equal(stored["img"][0, :, 5, 7], portrait["img"][0, :, 7, 5])
-    # Per-pixel outputs come back in landscape layout (B, W, H, C): undo the transpose.
-    maps = stored["img"].transpose(0, 2, 3, 1)  # (1, 192, 256, 3)
-    back = images.from_landscape(maps, stored["true_shape"])
-    np.testing.assert_array_equal(back, portrait["img"].transpose(0, 2, 3, 1))
+@pytest.mark.parametrize("width, height, size", [(640, 480, 512), (480, 640, 224), (854, 480, 512), (97, 61, 64)])
+def test_geometry_maps_view_pixels_back_to_the_original_image(width, height, size):
+    """A view pixel mapped back by Geometry.to_original lands where the resized-and-cropped ramp images (value =
+    original column / row) say it came from; intrinsics mapped back project points onto the mapped pixels."""
+    cols = np.broadcast_to(np.arange(width, dtype=np.float64)[None], (height, width))
+    rows = np.broadcast_to(np.arange(height, dtype=np.float64)[:, None], (height, width))
+    plan = images.plan_resize_and_crop(width, height, size)
+    # A linear ramp is preserved by the resampling filters away from the borders, so the value at a view pixel
+    # is the original coordinate of that pixel.
+    resized_cols = np.asarray(PIL.Image.fromarray(cols.astype(np.float32), "F").resize(plan.resized,
+                                                                                      PIL.Image.Resampling.BILINEAR))
+    resized_rows = np.asarray(PIL.Image.fromarray(rows.astype(np.float32), "F").resize(plan.resized,
+                                                                                      PIL.Image.Resampling.BILINEAR))
+    left, top, right, bottom = plan.box
+    view_cols, view_rows = resized_cols[top:bottom, left:right], resized_rows[top:bottom, left:right]
+    h, w = view_cols.shape
+    uv = np.stack(np.meshgrid(np.arange(w), np.arange(h)), -1)[2:-2, 2:-2]  # (h-4, w-4, 2) away from borders
+    back = plan.to_original(uv)
+    # PIL's filter windows are clipped to whole source pixels: a ramp comes back within 0.1 view pixel (a half-pixel
+    # slip or a wrong scale would not)
+    tolerance = 0.1 / plan.scale.min()
+    np.testing.assert_allclose(back[..., 0], view_cols[2:-2, 2:-2], atol=tolerance)
+    np.testing.assert_allclose(back[..., 1], view_rows[2:-2, 2:-2], atol=tolerance)
+    k = np.array([[100.0, 0, w / 2 - 0.5], [0, 100.0, h / 2 - 0.5], [0, 0, 1]])
+    k_original = plan.intrinsics_to_original(k)
+    point = np.array([0.3, -0.2, 2.0])  # a camera-frame point projects onto corresponding pixels
+    np.testing.assert_allclose(plan.to_original((k @ point)[:2] / point[2]), (k_original @ point)[:2] / point[2])
 
-    landscape = images.load_image(INPUTS["landscape"], size=256)
-    assert images.to_landscape(landscape) is landscape
-    maps = np.zeros((1, 192, 256, 3))
-    assert images.from_landscape(maps, landscape["true_shape"]) is maps
+
+def test_tiny_and_huge_images_are_bad_images(tmp_path):
+    PIL.Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    with pytest.raises(ValueError, match="too small"):
+        images.load_image(tmp_path / "dot.png", size=128)
+    bomb = tmp_path / "bomb.png"  # a valid PNG header claiming 100000 x 100000 pixels
+    _png_header(bomb, 100_000, 100_000)
+    with pytest.raises(ValueError, match="bomb.png"):
+        images.load_image(bomb, size=128)
 
 
-def test_landscape_layout_errors():
-    view = images.load_image(INPUTS["portrait"], size=256)
-    with pytest.raises(ValueError, match="does not match true_shape"):
-        images.to_landscape(images.to_landscape(view))
-    with pytest.raises(ValueError, match="mixes portrait and landscape"):
-        images.from_landscape(np.zeros((2, 4, 4, 3)), np.array([[8, 4], [4, 8]], np.int32))
+def _png_header(path: Path, width: int, height: int) -> None:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
+
+
+def test_corrupt_video_error_is_one_line_without_ffmpeg_banner(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 255, 4000, np.uint8).tobytes())
+    with pytest.raises(ValueError) as err:
+        images.load_video_frames(junk)
+    message = str(err.value)
+    assert "junk.mp4" in message and "\n" not in message and "ffmpeg version" not in message
+
+
+def test_load_all_keeps_input_order_and_raises_at_the_item():
+    import time
+
+    order = list(images.load_all(lambda x: (time.sleep(0.01 * (5 - x)), x)[1], range(5)))
+    assert order == list(range(5))
+
+    def fail_on_two(x: int) -> int:
+        if x == 2:
+            raise ValueError("two")
+        return x
+
+    results = images.load_all(fail_on_two, [0, 1, 2, 3])
+    assert [next(results), next(results)] == [0, 1]
+    with pytest.raises(ValueError, match="two"):
+        next(results)

@@ -1,7 +1,14 @@
 """`fast3r-jax reconstruct`: outputs read back by independent readers, cameras from ground-truth pointmaps, errors."""
 
+import errno
 import json
+import os
+import pathlib
 import shutil
+import struct
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import PIL.Image
@@ -19,6 +26,7 @@ from fast3r_jax.geometry.cameras import estimate_cameras
 from fast3r_jax.geometry.metrics import align_cameras, pose_errors
 from fast3r_jax.io.files import MARKER
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_VIEWS = 4
 SIZE = 224  # the 64x48 example images become 224x224 centre crops
 FOCAL_RTOL = 1e-3  # the issue's criterion; measured 0 (pnp) and 1.2e-7 (procrustes)
@@ -51,7 +59,7 @@ def _run(capsys, *args) -> tuple[int, str, str]:
 def test_reconstruct_writes_every_output_and_each_reads_back(tmp_path, capsys, checkpoint, scene):
     out = tmp_path / "out"
     code, stdout, stderr = _run(capsys, "reconstruct", scene, "--checkpoint", checkpoint, "--out", out,
-                                "--size", SIZE, "--conf-percentile", 25)
+                                "--size", SIZE, "--conf-percentile", 25, "--colmap-text")
     assert code == 0, stderr
     assert str(out) in stdout and "pose errors vs ground truth (4 views, pnp)" in stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left behind
@@ -74,13 +82,18 @@ def test_reconstruct_writes_every_output_and_each_reads_back(tmp_path, capsys, c
     assert all((c["width"], c["height"]) == (SIZE, SIZE) for c in doc["cameras"])
     np.testing.assert_allclose(intrinsics[:, 0, 0], summary["focals"])
 
+    assert sorted(p.name for p in (out / "colmap").iterdir()) == ["cameras.txt", "images.txt", "points3D.txt"]
     model = pycolmap.Reconstruction(str(out / "colmap"))
-    assert len(model.images) == NUM_VIEWS and len(model.points3D) == min(len(ply), 100_000)
+    assert len(model.images) == NUM_VIEWS
+    assert len(model.points3D) == min(len(ply), reconstruct.ReconstructConfig().max_colmap_points)
     for image in model.images.values():
         i = names.index(image.name)
         np.testing.assert_allclose(np.asarray(image.cam_from_world().matrix()), np.linalg.inv(c2w[i])[:3],
                                    atol=1e-5)
-        np.testing.assert_allclose(model.cameras[image.camera_id].params[:2], intrinsics[i, 0, 0], rtol=1e-12)
+        camera = model.cameras[image.camera_id]
+        assert (camera.width, camera.height) == (64, 48)  # the original images' size
+        scale = np.array([round(64 * SIZE / 48) / 64, SIZE / 48])  # the resize (299x224), per axis
+        np.testing.assert_allclose(camera.params[:2], intrinsics[i, 0, 0] / scale, rtol=1e-9)
 
     glb = pygltflib.GLTF2().load(str(out / "scene.glb"))
     assert [n.name for n in glb.nodes] == ["points", "cameras"]
@@ -282,3 +295,191 @@ def test_pose_errors_vanish_for_a_similarity_of_the_ground_truth():
     assert errors["RRA_at_5"] == errors["RTA_at_5"] == errors["mAA_30"] == 1.0
     pred[2, :3, :3] = pred[2, :3, :3] @ Rotation.from_euler("z", 20, degrees=True).as_matrix()
     assert pose_errors(pred, gt)["RRA_at_15"] < 1.0
+
+
+# ----------------------------------------------------------------------------------------------- new formats
+
+
+def test_binary_colmap_tracks_pointmaps_and_glb_budget(tmp_path, capsys, checkpoint, scene):
+    """The binary COLMAP model (pycolmap) is at the original 64x48 images with their names; every point's track is
+    the pixel it came from (mapped back through our resize and crop, the pointmap there is the point); the GLB
+    holds the budget's count of points (pygltflib), all of them points of the PLY (plyfile)."""
+    out = tmp_path / "out"
+    code, _, stderr = _run(capsys, "reconstruct", scene, "--checkpoint", checkpoint, "--out", out, "--size", SIZE,
+                           "--outputs", "ply,colmap,glb,pointmaps", "--max-glb-points", 500,
+                           "--max-colmap-points", 2000)
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == [".fast3r-jax", "colmap", "pointmaps.npz", "points.ply",
+                                                      "scene.glb", "summary.json"]
+    assert sorted(p.name for p in (out / "colmap").iterdir()) == ["cameras.bin", "images.bin", "points3D.bin"]
+    maps = np.load(out / "pointmaps.npz")
+    assert sorted(maps.files) == sorted(f"{k}_{i}" for k in ("global", "conf", "local", "conf_local", "rgb")
+                                        for i in range(NUM_VIEWS))
+    assert maps["global_0"].dtype == np.float16 and maps["global_0"].shape == (SIZE, SIZE, 3)
+    assert maps["rgb_0"].dtype == np.uint8 and maps["conf_local_0"].shape == (SIZE, SIZE)
+
+    model = pycolmap.Reconstruction(str(out / "colmap"))
+    names = [f"view_{i:03d}.png" for i in range(NUM_VIEWS)]
+    assert sorted(image.name for image in model.images.values()) == names
+    assert len(model.points3D) == 2000
+    # Our resize and crop, inverted here from first principles: 64x48 -> 299x224 (short side to 224), centre crop.
+    scale = SIZE / 48
+    left = (round(64 * scale) - SIZE) // 2
+    for image in model.images.values():
+        camera = model.cameras[image.camera_id]
+        assert (camera.width, camera.height) == (64, 48)
+        view = names.index(image.name)
+        for point2d_idx, point2d in enumerate(image.points2D):
+            if point2d_idx % 50:
+                continue  # a sample keeps the test quick
+            point = model.points3D[point2d.point3D_id]
+            assert [(e.image_id, e.point2D_idx) for e in point.track.elements] == [(image.image_id, point2d_idx)]
+            col, row = np.round(point2d.xy * scale - 0.5 - [left, 0]).astype(int)  # COLMAP pixel -> view pixel
+            np.testing.assert_allclose(maps[f"global_{view}"][row, col], point.xyz, rtol=2e-3, atol=2e-3)
+
+    glb = pygltflib.GLTF2().load(str(out / "scene.glb"))
+    accessor = glb.accessors[glb.meshes[0].primitives[0].attributes.POSITION]
+    assert glb.nodes[0].name == "points" and accessor.count == 500
+    view = glb.bufferViews[accessor.bufferView]
+    glb_points = np.frombuffer(glb.binary_blob()[view.byteOffset:view.byteOffset + view.byteLength],
+                               np.float32).reshape(-1, 3) * [1, -1, -1]
+    ply = plyfile.PlyData.read(str(out / "points.ply"))["vertex"]
+    ply_points = {tuple(p) for p in np.stack([ply[k] for k in "xyz"], -1).astype(np.float32).tolist()}
+    assert len(ply) > 500 and all(tuple(p) in ply_points for p in glb_points.astype(np.float32).tolist())
+
+
+def test_reconstructor_keeps_its_engine_between_calls(tmp_path, checkpoint, scene, monkeypatch):
+    """Two calls of one Reconstructor load the checkpoint once and reuse one engine (no second build)."""
+    loads = []
+    real_load = reconstruct.load_model
+    monkeypatch.setattr(reconstruct, "load_model", lambda path: loads.append(path) or real_load(path))
+    rec = reconstruct.Reconstructor(checkpoint, compilation_cache_dir="off")
+    config = reconstruct.ReconstructConfig(size=64, outputs=("ply",), pose_solver="procrustes")
+    first = rec([scene], tmp_path / "a", config)
+    built = dict(rec._engines)
+    second = rec([scene], tmp_path / "b", config)
+    assert len(loads) == 1 and rec._engines == built and len(built) == 1
+    assert first["points"] == second["points"] and (tmp_path / "b" / "points.ply").is_file()
+
+
+# ----------------------------------------------------------------------------------------------- hostile input
+
+
+def _snapshot(*folders) -> dict:
+    """Every file under the folders with its bytes: what a failed run must leave as it was."""
+    return {p: p.read_bytes() for folder in folders for p in sorted(pathlib.Path(folder).rglob("*")) if p.is_file()}
+
+
+def _png_header(path, width: int, height: int):
+    """A PNG whose header claims width x height pixels (a decompression bomb of a few bytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    return path
+
+
+def _one_error(code: int, stderr: str, *culprits: str) -> str:
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1, stderr
+    assert all(c in errors[0] for c in culprits), errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", ["bomb", "dot", "huge_size", "corrupt_video", "no_point_kept", "no_space",
+                                  "disk_full_while_writing", "parent_is_a_file"])
+def test_hostile_input_fails_with_one_line_and_touches_nothing(tmp_path, capsys, checkpoint, scene, monkeypatch,
+                                                               case):
+    inputs, extra, culprits = [scene], ["--size", 64], []
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    if case == "bomb":
+        inputs, culprits = [scene / "view_000.png", _png_header(work / "bomb.png", 100_000, 100_000)], ["bomb.png"]
+    elif case == "dot":
+        PIL.Image.new("RGB", (1, 1)).save(work / "dot.png")
+        inputs, culprits = [scene / "view_000.png", work / "dot.png"], ["dot.png", "too small"]
+    elif case == "huge_size":
+        extra, culprits = ["--size", 1_600_000], ["--size 1600000", "memory"]
+    elif case == "corrupt_video":
+        (work / "clip.mp4").write_bytes(np.random.default_rng(0).integers(0, 255, 4000, np.uint8).tobytes())
+        inputs, culprits = [scene, work / "clip.mp4"], ["clip.mp4"]
+    elif case == "no_point_kept":
+        extra, culprits = ["--size", 64, "--conf-threshold", 1e30], ["no point kept"]
+    elif case == "no_space":
+        monkeypatch.setattr(reconstruct.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1000))
+        culprits = [str(out), "free"]
+    elif case == "disk_full_while_writing":
+        def full(*_, **__):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "scene.glb")
+        monkeypatch.setattr(reconstruct.export, "write_glb", full)
+        culprits = ["No space left on device"]
+    else:
+        (work / "notes.txt").write_text("a file, not a folder")
+        out, culprits = work / "notes.txt" / "out", ["cannot write into"]
+    before = _snapshot(scene, work)
+    code, stdout, stderr = _run(capsys, "reconstruct", *inputs, "--checkpoint", checkpoint, "--out", out, *extra)
+    message = _one_error(code, stderr, *culprits)
+    assert "ffmpeg version" not in message and stdout == ""
+    assert not out.exists() and _snapshot(scene, work) == before  # nothing left, nothing touched
+
+
+def test_a_bomb_and_a_dot_are_skipped_on_request(tmp_path, capsys, checkpoint, scene):
+    images = tmp_path / "images"
+    shutil.copytree(scene, images)
+    _png_header(images / "bomb.png", 100_000, 100_000)
+    PIL.Image.new("RGB", (1, 1)).save(images / "dot.png")
+    code, _, stderr = _run(capsys, "reconstruct", images, "--checkpoint", checkpoint, "--out", tmp_path / "out",
+                           "--size", 64, "--on-bad-image", "skip", "--outputs", "ply")
+    assert code == 0, stderr
+    assert "skipping bad input" in stderr and "bomb.png" in stderr and "dot.png" in stderr
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["num_views"] == NUM_VIEWS
+
+
+def test_malformed_ground_truth_is_noted_and_ignored(tmp_path, capsys, checkpoint, scene):
+    images = tmp_path / "images"
+    shutil.copytree(scene, images)
+    cameras = json.loads((images / "cameras.json").read_text())
+    (images / "cameras.json").write_text(json.dumps(dict(cameras, images=5)))
+    code, stdout, stderr = _run(capsys, "reconstruct", images, "--checkpoint", checkpoint, "--out", tmp_path / "out",
+                                "--size", 64, "--outputs", "cameras")
+    assert code == 0, stderr
+    assert f"ignoring {images / 'cameras.json'}" in stderr and "pose errors" not in stdout
+
+
+@pytest.mark.parametrize("flag, value", [("--video-fps", "0"), ("--video-fps", "-2"), ("--conf-threshold", "nan"),
+                                         ("--outputs", "ply,mesh"), ("--max-glb-points", "-1")])
+def test_bad_flag_values_name_the_flag(tmp_path, capsys, scene, flag, value):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["reconstruct", str(scene), "--out", str(tmp_path / "out"), flag, value])
+    assert exit_.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field, value", [("video_fps", 0.0), ("conf_threshold", float("nan")),
+                                          ("outputs", ("ply", "mesh")), ("max_views", 0)])
+def test_config_check_names_the_setting(field, value):
+    with pytest.raises(reconstruct.ReconstructError, match=field.replace("_", "-")):
+        reconstruct.ReconstructConfig(**{field: value}).check()
+
+
+# ----------------------------------------------------------------------------------------------- compilation cache
+
+
+def test_second_run_hits_the_compilation_cache(tmp_path, checkpoint, scene):
+    """Two runs as separate processes: the first fills JAX_COMPILATION_CACHE_DIR, the second compiles nothing new."""
+    cache = tmp_path / "xla"
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+    def run(out: str) -> None:
+        subprocess.run([sys.executable, "-m", "fast3r_jax.cli", "reconstruct", str(scene), "--checkpoint",
+                        str(checkpoint), "--out", str(tmp_path / out), "--size", "64", "--outputs", "ply"],
+                       env=env, check=True, capture_output=True)
+
+    run("first")
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries  # the first run filled the cache
+    run("second")
+    assert sorted(p.name for p in cache.iterdir()) == entries  # every compilation of the second run was a hit

@@ -23,9 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Sequence
 
-from fast3r_jax import distributed
 from fast3r_jax import reconstruct as reconstruct_lib
 from fast3r_jax.io import images
 
@@ -36,47 +34,6 @@ SIZES = (128, 224, 256, 384, 512)
 FRAME_MODES = ("count", "fps")
 THEME_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # local fonts: the default theme loads Google Fonts
 THEME_MONO_FONTS = ["ui-monospace", "monospace"]
-
-_models: dict[tuple[str, str], tuple[Any, Any]] = {}  # (checkpoint, dtype) -> (config, Engine), kept per process
-_models_lock = threading.Lock()
-
-
-def _reconstruct(inputs: Sequence[str], out: pathlib.Path, checkpoint: pathlib.Path, size: int, dtype: str,
-                 pose_solver: str, max_views: int, video_frames: int | None, video_fps: float | None,
-                 stage: Callable[[str], None]) -> dict[str, float]:
-    """Runs the reconstruction pipeline on `inputs` into the new folder `out` with the model of `checkpoint`
-    loaded (and its engine compiled) once per process; calls `stage(name)` as each stage starts and returns the
-    seconds each took. Raises ReconstructError for bad inputs or more than `max_views` views."""
-    timings, start = {}, time.perf_counter()
-    stage("loading images")
-    views = reconstruct_lib.load_inputs(inputs, size, "fail", None, video_fps, video_frames, progress=False)
-    if len(views) > max_views:
-        raise reconstruct_lib.ReconstructError(
-            f"{len(views)} views, but this demo takes at most {max_views}: upload fewer images or sample fewer "
-            "video frames")
-    with _models_lock:
-        if (str(checkpoint), dtype) not in _models:
-            stage("loading the model")
-            config, params = reconstruct_lib.load_model(checkpoint)
-            _models[str(checkpoint), dtype] = (config, reconstruct_lib.Engine(config, params, dtype))
-        _, engine = _models[str(checkpoint), dtype]
-    timings["load_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    stage("running the model")
-    outputs = distributed.host_copy(engine(views, engine.image_ids(len(views))))
-    timings["inference_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    stage("estimating cameras")
-    cams = reconstruct_lib.estimate_cameras(outputs, pose_solver)
-    timings["cameras_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    stage("writing the outputs")
-    out.mkdir(parents=True)
-    reconstruct_lib.write_outputs(out, views, outputs, cams, reconstruct_lib.image_names(views))
-    timings["export_s"] = time.perf_counter() - start
-    return timings
-
 
 class Demo:
     """The app's settings and its result folders (under one temporary root, pruned by age, removed at exit)."""
@@ -90,6 +47,8 @@ class Demo:
         self.max_views = max_views
         self.max_upload_mb = max_upload_mb
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="fast3r-demo-"))
+        self._reconstructor: reconstruct_lib.Reconstructor | None = None  # loaded on the first request, then kept
+        self._lock = threading.Lock()
         atexit.register(shutil.rmtree, self.root, True)
 
     def _prune(self) -> None:
@@ -113,21 +72,31 @@ class Demo:
             raise gr.Error(f"not an image or video: {', '.join(unknown)}")
         if len(image_files or []) > self.max_views:
             raise gr.Error(f"{len(image_files)} images, but this demo takes at most {self.max_views}")
+        count = max(1, round(frames)) if frame_mode == "count" else None
+        if video and count and count > self.max_views:
+            raise gr.Error(f"{count} video frames, but this demo takes at most {self.max_views}")
         self._prune()
         out = pathlib.Path(tempfile.mkdtemp(dir=self.root)) / "result"
-        names = ("loading images", "loading the model", "running the model", "estimating cameras",
-                 "writing the outputs")
-        stage = (lambda name: progress(names.index(name) / len(names), desc=name)) if progress else (lambda _: None)
+        config = reconstruct_lib.ReconstructConfig(
+            size=int(size or self.default_size), dtype=dtype or reconstruct_lib.default_dtype(),
+            pose_solver=pose_solver, max_views=self.max_views, video_frames=count,
+            video_fps=float(frames) if frame_mode == "fps" else None,
+            outputs=reconstruct_lib.DEFAULT_OUTPUTS + ("pointmaps",))
         try:
-            timings = _reconstruct(
-                inputs, out, self.checkpoint, int(size or self.default_size), dtype or reconstruct_lib.default_dtype(),
-                pose_solver, self.max_views, max(1, round(frames)) if frame_mode == "count" else None,
-                float(frames) if frame_mode == "fps" else None, stage)
+            with self._lock:  # one reconstruction at a time per model; Gradio's queue orders the requests
+                if self._reconstructor is None:
+                    if progress:
+                        progress(0.0, desc="loading the model")
+                    self._reconstructor = reconstruct_lib.Reconstructor(self.checkpoint)
+                if progress:
+                    progress(0.2, desc="reconstructing")
+                summary = self._reconstructor(inputs, out, config, progress=False, notify=lambda _: None)
         except Exception as err:
             shutil.rmtree(out.parent, ignore_errors=True)
             if isinstance(err, reconstruct_lib.ReconstructError):
                 raise gr.Error(str(err)) from err
             raise
+        timings = {k: v for k, v in summary["timings"].items() if isinstance(v, float)}
         colmap = shutil.make_archive(str(out / "colmap"), "zip", out / "colmap")
         files = [str(out / "points.ply"), str(out / "scene.glb"), str(out / "cameras.json"), colmap]
         table = "| stage | seconds |\n|---|---|\n" + "".join(f"| {k[:-2]} | {v:.2f} |\n" for k, v in timings.items())

@@ -3,11 +3,11 @@
 All writers take plain numpy arrays and produce standard files that other tools read:
 
 * ``write_ply``: binary little-endian PLY point cloud (x, y, z float32; red, green, blue uint8).
-* ``write_colmap``: COLMAP text model (``cameras.txt``, ``images.txt``, ``points3D.txt``).
+* ``write_colmap``: COLMAP model, binary (``cameras.bin``, ``images.bin``, ``points3D.bin``) or text, with tracks.
 * ``write_cameras_json``: every camera in one small JSON file (schema in its docstring).
 * ``write_glb``: binary glTF 2.0 scene with the point cloud and the camera frustums.
-* ``write_pointmaps``: per-view pointmaps and confidences of both heads with the pixels (.npz), for viewers.
-* ``write_depth_png`` / ``write_confidence_png``: per-view maps as 16-bit / 8-bit grayscale PNGs.
+* ``write_depth_png`` / ``write_confidence_png``: per-view maps as 16-bit / 8-bit grayscale PNGs; ``write_npy``.
+* ``write_pointmaps``: every view's global and local pointmaps, confidences and colours in one ``.npz``.
 * ``write_preview_png``: a software rendering of the point cloud and the cameras.
 
 Conventions:
@@ -211,6 +211,16 @@ def _subsample(num: int, max_points: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(num, max_points, replace=False))
 
 
+def most_confident(conf: np.ndarray, budget: int | None) -> np.ndarray:
+    """Sorted indices of the `budget` items of highest confidence `conf` (N,) (all of them when N <= budget): the
+    subsample a viewer or a sparse model gets instead of a full copy of the cloud."""
+    if budget is None or len(conf) <= budget:
+        return np.arange(len(conf))
+    if budget < 0:
+        raise ValueError(f"point budget must be >= 0 or None, got {budget}")
+    return np.sort(np.argpartition(-np.asarray(conf), budget - 1)[:budget]) if budget else np.zeros(0, np.int64)
+
+
 # ------------------------------------------------------------------------------------------------ geometry
 
 
@@ -309,22 +319,37 @@ def write_ply(path: PathLike, points, colors) -> int:
     return dropped
 
 
-def write_colmap(folder: PathLike, intrinsics, c2w, image_sizes, image_names: Sequence[str], points=None,
-                 colors=None, max_points: int | None = 100_000, seed: int = 0) -> int:
-    """Writes a COLMAP text model: cameras.txt, images.txt and points3D.txt in `folder` (created if needed).
+def _points2d_index(image_index: np.ndarray, num_images: int) -> np.ndarray:
+    """Each point's index among its image's 2D points (points of one image keep their order)."""
+    order = np.argsort(image_index, kind="stable")  # (N,)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(image_index, minlength=num_images))[:-1]])  # (V,)
+    rank = np.empty(len(image_index), np.int64)
+    rank[order] = np.arange(len(image_index)) - starts[image_index[order]]
+    return rank
 
-    * cameras.txt: one PINHOLE camera per image (CAMERA_ID = image index + 1) with params fx fy cx cy.
+
+def write_colmap(folder: PathLike, intrinsics, c2w, image_sizes, image_names: Sequence[str], points=None,
+                 colors=None, max_points: int | None = 100_000, seed: int = 0, *, observations=None,
+                 binary: bool = False) -> int:
+    """Writes a COLMAP model in `folder` (created if needed): text (cameras.txt, images.txt, points3D.txt) or, with
+    `binary`, COLMAP's binary format (cameras.bin, images.bin, points3D.bin; what reconstruction tools read fastest).
+
+    * cameras: one PINHOLE camera per image (CAMERA_ID = image index + 1) with params fx fy cx cy.
       COLMAP puts the centre of the top-left pixel at (0.5, 0.5), so cx, cy are the given ones + 0.5.
-    * images.txt: IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, where the quaternion (w >= 0) and translation
-      are the world-to-camera transform (inverse of c2w), then an empty POINTS2D line (no 2D observations).
-    * points3D.txt: POINT3D_ID X Y Z R G B ERROR with ERROR = -1 (unknown) and empty tracks; at most
-      `max_points` points (a uniform random subset drawn with `seed`, in input order; None keeps all).
+    * images: IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, where the quaternion (w >= 0) and translation
+      are the world-to-camera transform (inverse of c2w), then the image's 2D points (X, Y, POINT3D_ID): the pixels
+      the points were observed at (none without `observations`).
+    * points3D: POINT3D_ID X Y Z R G B ERROR with ERROR = -1 (unknown) and the track (IMAGE_ID, POINT2D_IDX) of its
+      observation (empty without `observations`); at most `max_points` points (a uniform random subset drawn with
+      `seed`, in input order; None keeps all).
 
     Args:
         folder: output folder.
         intrinsics: (V, 3, 3); c2w: (V, 4, 4) rigid OpenCV camera-to-world poses; image_sizes: (V, 2) (W, H).
         image_names: V unique names without whitespace (COLMAP's text format splits on spaces).
         points, colors: optional (N, 3) points and uint8 colours (both or neither); non-finite rows dropped.
+        observations: optional (image index (N,) int, pixel (N, 2) (u, v) in the module's pixel convention): the
+            pixel each point comes from, written as its track.
 
     Returns:
         The number of points dropped for non-finite coordinates (not counting the subsampling).
@@ -336,41 +361,96 @@ def write_colmap(folder: PathLike, intrinsics, c2w, image_sizes, image_names: Se
         raise ValueError("write_colmap needs rigid c2w poses: the 3x3 blocks must be rotations (orthonormal, det +1)")
     if (points is None) != (colors is None):
         raise ValueError("give both points and colors, or neither")
-    if points is None:
-        points, colors, dropped = np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), 0
-    else:
-        points, colors, dropped = _as_points(points, colors)
-    keep = _subsample(len(points), max_points, seed)
-    points, colors = points[keep], colors[keep]
-
-    folder = Path(folder)
     num = len(c2w)
+    if points is None:
+        points, colors = np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+    count = len(np.asarray(points))
+    if observations is not None:
+        image_index, uv = np.asarray(observations[0], np.int64), np.asarray(observations[1], np.float64)
+        if image_index.shape != (count,) or uv.shape != (count, 2) or ((image_index < 0) | (image_index >= num)).any():
+            raise ValueError(f"observations must be image indices (N,) in [0, {num}) and pixels (N, 2) for N = "
+                             f"{count} points, got {image_index.shape} and {uv.shape}")
+    else:
+        image_index, uv = np.zeros(count, np.int64), np.zeros((count, 2))
+    finite = np.isfinite(np.asarray(points, np.float64)).all(axis=1) if count else np.ones(0, bool)
+    points, colors, dropped = _as_points(points, colors)
+    image_index, uv = image_index[finite], uv[finite]
+    keep = _subsample(len(points), max_points, seed)
+    points, colors, image_index, uv = points[keep], colors[keep], image_index[keep], uv[keep] + 0.5  # COLMAP pixels
+    tracked = observations is not None
+    point2d = _points2d_index(image_index, num) if tracked else np.zeros(len(points), np.int64)
+
+    params = np.stack([intrinsics[:, 0, 0], intrinsics[:, 1, 1], intrinsics[:, 0, 2] + 0.5,
+                       intrinsics[:, 1, 2] + 0.5], axis=1)  # (V, 4)
+    rot_w2c, trans_w2c = world_to_camera(c2w)
+    poses = np.stack([np.concatenate([rotation_to_quaternion(r), t]) for r, t in zip(rot_w2c, trans_w2c)])  # (V, 7)
+    by_image = [np.flatnonzero(image_index == i) if tracked else np.zeros(0, np.int64) for i in range(num)]
+    write = _write_colmap_binary if binary else _write_colmap_text
+    write(Path(folder), sizes, params, poses, names, points, colors, image_index, uv, point2d, by_image, tracked)
+    return dropped
+
+
+def _write_colmap_text(folder: Path, sizes, params, poses, names, points, colors, image_index, uv, point2d, by_image,
+                       tracked: bool) -> None:
+    num = len(names)
     with atomic_file(folder / "cameras.txt", "w") as f:
         f.write("# Camera list with one line of data per camera:\n"
                 "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n"
                 f"# Number of cameras: {num}\n")
         for i in range(num):
-            params = (intrinsics[i, 0, 0], intrinsics[i, 1, 1], intrinsics[i, 0, 2] + 0.5, intrinsics[i, 1, 2] + 0.5)
-            f.write(f"{i + 1} PINHOLE {sizes[i, 0]} {sizes[i, 1]} " + " ".join(map(_num, params)) + "\n")
-
-    rot_w2c, trans_w2c = world_to_camera(c2w)
+            f.write(f"{i + 1} PINHOLE {sizes[i, 0]} {sizes[i, 1]} " + " ".join(map(_num, params[i])) + "\n")
     with atomic_file(folder / "images.txt", "w") as f:
         f.write("# Image list with two lines of data per image:\n"
                 "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n"
                 "#   POINTS2D[] as (X, Y, POINT3D_ID)\n"
-                f"# Number of images: {num}, mean observations per image: 0\n")
+                f"# Number of images: {num}, mean observations per image: {len(points) / num if tracked else 0:g}\n")
         for i in range(num):
-            pose = np.concatenate([rotation_to_quaternion(rot_w2c[i]), trans_w2c[i]])
-            f.write(f"{i + 1} " + " ".join(map(_num, pose)) + f" {i + 1} {names[i]}\n\n")
-
+            observed = " ".join(f"{x:.9g} {y:.9g} {k + 1}" for k, (x, y) in zip(by_image[i], uv[by_image[i]].tolist()))
+            f.write(f"{i + 1} " + " ".join(map(_num, poses[i])) + f" {i + 1} {names[i]}\n{observed}\n")
     with atomic_file(folder / "points3D.txt", "w") as f:
         f.write("# 3D point list with one line of data per point:\n"
                 "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n"
-                f"# Number of points: {len(points)}, mean track length: 0\n")
-        rows = [f"{k + 1} {x:.9g} {y:.9g} {z:.9g} {r} {g} {b} {COLMAP_UNKNOWN_ERROR:g}\n"
-                for k, ((x, y, z), (r, g, b)) in enumerate(zip(points.tolist(), colors.tolist()))]
+                f"# Number of points: {len(points)}, mean track length: {int(tracked)}\n")
+        track = [f" {i + 1} {j}" if tracked else "" for i, j in zip(image_index.tolist(), point2d.tolist())]
+        rows = [f"{k + 1} {x:.9g} {y:.9g} {z:.9g} {r} {g} {b} {COLMAP_UNKNOWN_ERROR:g}{t}\n"
+                for k, ((x, y, z), (r, g, b), t) in enumerate(zip(points.tolist(), colors.tolist(), track))]
         f.write("".join(rows))
-    return dropped
+
+
+_COLMAP_PINHOLE = 1  # COLMAP's model id of PINHOLE
+
+
+def _write_colmap_binary(folder: Path, sizes, params, poses, names, points, colors, image_index, uv, point2d,
+                         by_image, tracked: bool) -> None:
+    """COLMAP's binary model (src/colmap/scene/reconstruction_io.cc), little-endian, each file in one write."""
+    num = len(names)
+    cameras = np.empty(num, [("id", "<u4"), ("model", "<i4"), ("width", "<u8"), ("height", "<u8"),
+                             ("params", "<f8", (4,))])
+    cameras["id"], cameras["model"] = np.arange(1, num + 1), _COLMAP_PINHOLE
+    cameras["width"], cameras["height"], cameras["params"] = sizes[:, 0], sizes[:, 1], params
+    with atomic_file(folder / "cameras.bin") as f:
+        f.write(np.uint64(num).tobytes() + cameras.tobytes())
+
+    head = np.dtype([("id", "<u4"), ("pose", "<f8", (7,)), ("camera", "<u4")])
+    observed = np.dtype([("xy", "<f8", (2,)), ("point3d", "<u8")])
+    chunks = [np.uint64(num).tobytes()]
+    for i in range(num):
+        record = np.empty(1, head)
+        record["id"], record["pose"], record["camera"] = i + 1, poses[i], i + 1
+        rows = np.empty(len(by_image[i]), observed)
+        rows["xy"], rows["point3d"] = uv[by_image[i]], by_image[i] + 1
+        chunks += [record.tobytes(), names[i].encode("utf-8") + b"\0", np.uint64(len(rows)).tobytes(), rows.tobytes()]
+    with atomic_file(folder / "images.bin") as f:
+        f.write(b"".join(chunks))
+
+    fields = [("id", "<u8"), ("xyz", "<f8", (3,)), ("rgb", "u1", (3,)), ("error", "<f8"), ("track_length", "<u8")]
+    table = np.empty(len(points), fields + ([("image", "<u4"), ("point2d", "<u4")] if tracked else []))
+    table["id"], table["xyz"], table["rgb"] = np.arange(1, len(points) + 1), points, colors
+    table["error"], table["track_length"] = COLMAP_UNKNOWN_ERROR, int(tracked)
+    if tracked:
+        table["image"], table["point2d"] = image_index + 1, point2d
+    with atomic_file(folder / "points3D.bin") as f:
+        f.write(np.uint64(len(points)).tobytes() + table.tobytes())
 
 
 def write_cameras_json(path: PathLike, c2w, intrinsics, image_sizes, image_names: Sequence[str]) -> None:
@@ -397,27 +477,6 @@ def write_cameras_json(path: PathLike, c2w, intrinsics, image_sizes, image_names
     with atomic_file(path, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
-
-
-def write_pointmaps(path: PathLike, colors: Sequence[np.ndarray], outputs: Sequence) -> None:
-    """Writes the per-view pointmaps of both heads as one uncompressed .npz (keys read lazily, one view at a time).
-
-    For view i (0-based): ``global_{i}`` float16 (H, W, 3) in view 0's frame, ``conf_{i}`` float16 (H, W),
-    ``local_{i}`` float16 (H, W, 3) in the view's own camera frame, ``conf_local_{i}`` float16 (H, W) and
-    ``rgb_{i}`` uint8 (H, W, 3). ``outputs`` are the model's per-view dicts (pts3d_in_other_view, conf,
-    pts3d_local, conf_local); ``colors`` the views' uint8 pixels.
-    """
-    if len(colors) != len(outputs):
-        raise ValueError(f"expected one colour image per view ({len(outputs)}), got {len(colors)}")
-    arrays = {}
-    for i, (rgb, out) in enumerate(zip(colors, outputs)):
-        arrays |= {f"global_{i}": np.asarray(out["pts3d_in_other_view"], np.float16),  # (H, W, 3)
-                   f"conf_{i}": np.asarray(out["conf"], np.float16),  # (H, W)
-                   f"local_{i}": np.asarray(out["pts3d_local"], np.float16),  # (H, W, 3)
-                   f"conf_local_{i}": np.asarray(out["conf_local"], np.float16),  # (H, W)
-                   f"rgb_{i}": np.asarray(rgb, np.uint8)}  # (H, W, 3)
-    with atomic_file(path) as f:
-        np.savez(f, **arrays)
 
 
 def _glb_bytes(primitives: list[dict], buffers: list[tuple[np.ndarray, str, int, bool, int | None]]) -> bytes:
@@ -506,6 +565,28 @@ def write_glb(path: PathLike, points, colors, c2w, intrinsics, image_sizes,
     with atomic_file(path) as f:
         f.write(data)
     return dropped
+
+
+def write_pointmaps(path: PathLike, global_maps: Sequence, conf: Sequence, local_maps: Sequence,
+                    conf_local: Sequence, rgb: Sequence) -> None:
+    """Writes every view's maps into one uncompressed `.npz` (what a viewer loads without the model): for view i
+    (0-based) `global_{i}` float16 (H, W, 3) in view 0's frame, `conf_{i}` float32 (H, W), `local_{i}` float16
+    (H, W, 3) in the view's camera frame, `conf_local_{i}` float32 (H, W) and `rgb_{i}` uint8 (H, W, 3).
+    Confidences stay float32: they start at 1 and float16's step there (1e-3) ties many pixels at a percentile."""
+    arrays = {}
+    dtypes = {"global": np.float16, "conf": np.float32, "local": np.float16, "conf_local": np.float32}
+    for i, maps in enumerate(zip(global_maps, conf, local_maps, conf_local, rgb, strict=True)):
+        for (key, dtype), value in zip(dtypes.items(), maps[:4]):
+            arrays[f"{key}_{i}"] = np.asarray(value).astype(dtype)
+        arrays[f"rgb_{i}"] = np.asarray(maps[4], np.uint8)
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
+
+
+def write_npy(path: PathLike, values) -> None:
+    """Writes one array as a `.npy` file (e.g. a depth or confidence map at full precision)."""
+    with atomic_file(path) as f:
+        np.save(f, np.asarray(values))
 
 
 def write_depth_png(path: PathLike, depth, scale: float | None = None) -> float:
@@ -662,20 +743,19 @@ def _splat(image: np.ndarray, points_cam: np.ndarray, colors: np.ndarray, point_
     u = np.round(focal * points_cam[:, 0] / z + width / 2).astype(np.int64)  # (N,)
     v = np.round(focal * points_cam[:, 1] / z + height / 2).astype(np.int64)
     radius = np.clip(np.round(focal * point_size / (2 * z)), 0, 8).astype(np.int64)  # (N,)
-    flat, depth, source = [], [], []
+    # Z-buffer without sorting: per pixel the minimum of (float32 depth bits << 32 | point index); positive float32
+    # bit patterns order like their values, so the minimum names the nearest point (the lowest index on ties).
+    key = (z.astype(np.float32).view(np.uint32).astype(np.uint64) << np.uint64(32)) | np.arange(len(z), dtype=np.uint64)
+    zbuf = np.full(height * width, np.iinfo(np.uint64).max, np.uint64)
     for r in np.unique(radius):
         (index,) = np.nonzero(radius == r)
         du, dv = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1))
         us = (u[index, None] + du.reshape(-1)).reshape(-1)  # (n * (2r + 1)^2,)
         vs = (v[index, None] + dv.reshape(-1)).reshape(-1)
         inside = (us >= 0) & (us < width) & (vs >= 0) & (vs < height)
-        flat.append((vs * width + us)[inside])
-        source.append(np.repeat(index, du.size)[inside])
-        depth.append(z[source[-1]])
-    flat, source = np.concatenate(flat), np.concatenate(source)
-    order = np.argsort(np.concatenate(depth), kind="stable")  # near to far
-    pixels, first = np.unique(flat[order], return_index=True)  # first occurrence = nearest point
-    image.reshape(-1, 3)[pixels] = colors[source[order[first]]]
+        np.minimum.at(zbuf, (vs * width + us)[inside], np.repeat(key[index], du.size)[inside])
+    (pixels,) = np.nonzero(zbuf != np.iinfo(np.uint64).max)
+    image.reshape(-1, 3)[pixels] = colors[(zbuf[pixels] & np.uint64(0xFFFFFFFF)).astype(np.int64)]
 
 
 def _clip(a: np.ndarray, b: np.ndarray, lows: np.ndarray,

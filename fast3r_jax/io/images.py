@@ -3,22 +3,28 @@
 A loaded view is a dict with
   img:        (1, 3, H, W) float32 in [-1, 1] (uint8 / 255, then (x - 0.5) / 0.5),
   true_shape: (1, 2) int32 = (H, W),
-  name:       where the image came from.
-Images are returned in their true orientation; `to_landscape` converts a view to
-the layout the model consumes (portrait tensors stored transposed).
+  name:       where the image came from,
+  geometry:   `Geometry` of the resize and crop, to map pixels and intrinsics back to the original image.
+Images are returned in their true orientation. `load_all` loads many in a thread pool (PIL and the video decoder
+release the GIL), in input order.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import glob
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Union
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar, Union
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
+
+from fast3r_jax.geometry.cameras import resize_crop_intrinsics
 
 ImageInput = Union[str, os.PathLike, PIL.Image.Image]
 
@@ -26,6 +32,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 PATCH_SIZE = 16
 SHORT_SIDE_SIZE = 224  # this size switches to short-side resize + square crop
+MIN_IMAGE_SIDE = PATCH_SIZE  # a smaller image (e.g. 1x1) holds no patch of its own: refused as a bad image
+MAX_IMAGE_PIXELS = PIL.Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb limit, checked from the header
+# PIL warns between 1x and 2x its limit and raises above; both are a bad image here, refused before decoding.
+warnings.filterwarnings("error", category=PIL.Image.DecompressionBombWarning)
 
 
 # ----------------------------------------------------------------------------
@@ -66,24 +76,59 @@ def crop_box(width: int, height: int, size: int, square_ok: bool = False) -> tup
     return cx - half_w, cy - half_h, cx + half_w, cy + half_h
 
 
-def resize_and_crop(img: PIL.Image.Image, size: int = 512, square_ok: bool = False) -> PIL.Image.Image:
-    """Reference resize + centre crop of an RGB image.
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """How a view's pixels came from its original image: resized from `original` (W, H) to `resized` (W, H), then
+    cropped to `box` (left, top, right, bottom) of the resized image."""
+
+    original: tuple[int, int]
+    resized: tuple[int, int]
+    box: tuple[int, int, int, int]
+
+    @property
+    def scale(self) -> np.ndarray:
+        """(sx, sy): resized / original size per axis."""
+        return np.asarray(self.resized, np.float64) / np.asarray(self.original, np.float64)
+
+    def to_original(self, uv: np.ndarray) -> np.ndarray:
+        """Pixel positions (..., 2) (u, v) of the view (centre of the top-left pixel at (0, 0)) -> the same points
+        in the original image, same convention."""
+        return (np.asarray(uv, np.float64) + 0.5 + np.asarray(self.box[:2])) / self.scale - 0.5
+
+    def intrinsics_from_original(self, intrinsics: np.ndarray) -> np.ndarray:
+        """Pinhole matrix (3, 3) of the original image -> the view's (the inverse of intrinsics_to_original)."""
+        return resize_crop_intrinsics(intrinsics, self.scale, self.box[:2])
+
+    def intrinsics_to_original(self, intrinsics: np.ndarray) -> np.ndarray:
+        """Pinhole matrix (3, 3) of the view -> the original image's (focal / scale, principal point mapped)."""
+        k = np.array(intrinsics, np.float64)
+        k[:2, :2] /= self.scale[:, None]
+        k[:2, 2] = self.to_original(k[:2, 2])
+        return k
+
+
+def plan_resize_and_crop(width: int, height: int, size: int = 512, square_ok: bool = False) -> Geometry:
+    """The `Geometry` of `resize_and_crop` for an image of `width` x `height`.
 
     size 224 scales the short side to 224 (then square crop); any other size scales
     the long side to `size` (then crop to multiples of 16).
     """
     if not isinstance(size, int) or size < PATCH_SIZE:
         raise ValueError(f"size must be an int >= {PATCH_SIZE}, got {size!r}")
-    width, height = img.size
-    if size == SHORT_SIDE_SIZE:
-        long_side = round(size * max(width / height, height / width))
-    else:
-        long_side = size
-    img = _resize(img, long_side)
-    img = img.crop(crop_box(*img.size, size, square_ok))
-    if min(img.size) == 0:
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ValueError(f"image of size {width}x{height} is too small (under {MIN_IMAGE_SIDE} pixels)")
+    long_side = round(size * max(width / height, height / width)) if size == SHORT_SIDE_SIZE else size
+    resized = resized_size(width, height, long_side)
+    box = crop_box(*resized, size, square_ok)
+    if box[2] <= box[0] or box[3] <= box[1]:
         raise ValueError(f"image of size {width}x{height} is too small for size={size}")
-    return img
+    return Geometry((width, height), resized, box)
+
+
+def resize_and_crop(img: PIL.Image.Image, size: int = 512, square_ok: bool = False) -> PIL.Image.Image:
+    """Reference resize + centre crop of an RGB image (see `plan_resize_and_crop`)."""
+    plan = plan_resize_and_crop(*img.size, size, square_ok)
+    return _resize(img, max(plan.resized)).crop(plan.box)
 
 
 # ----------------------------------------------------------------------------
@@ -108,10 +153,13 @@ def open_rgb(path: str | os.PathLike) -> PIL.Image.Image:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        with PIL.Image.open(path) as img:
+        with PIL.Image.open(path) as img:  # reads the header only; the bomb check raises here
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{img.width}x{img.height} pixels exceed the limit of {MAX_IMAGE_PIXELS}")
             img.load()
             return to_rgb(img)
-    except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError,
+            PIL.Image.DecompressionBombWarning) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
@@ -130,13 +178,32 @@ def load_image(
     else:
         rgb = open_rgb(image)
         default_name = os.fspath(image)
-    rgb = resize_and_crop(rgb, size, square_ok)
-    pixels = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
+    plan = plan_resize_and_crop(*rgb.size, size, square_ok)
+    pixels = np.asarray(_resize(rgb, max(plan.resized)).crop(plan.box), dtype=np.uint8)  # (H, W, 3)
     return dict(
         img=normalize(pixels)[None],  # (1, 3, H, W)
         true_shape=np.array([pixels.shape[:2]], dtype=np.int32),  # (1, 2)
         name=name if name is not None else default_name,
+        geometry=plan,
     )
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def load_all(load: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> Iterator[R]:
+    """`load(item)` for every item in a thread pool (decoding releases the GIL), yielded in input order as each
+    is ready, so that the caller consumes the first while the others decode. An exception surfaces at its item."""
+    workers = workers or min(len(items), os.cpu_count() or 1, 16) or 1
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(load, item) for item in items]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 # ----------------------------------------------------------------------------
@@ -179,23 +246,6 @@ def expand_image_paths(inputs: str | os.PathLike | Iterable[str | os.PathLike]) 
     return paths
 
 
-def load_images(
-    inputs: ImageInput | Sequence[ImageInput], size: int = 512, square_ok: bool = False
-) -> list[dict[str, Any]]:
-    """Load every image named by `inputs` (paths, folders, glob patterns or PIL images)."""
-    if isinstance(inputs, (str, os.PathLike, PIL.Image.Image)):
-        inputs = [inputs]
-    views = []
-    for item in inputs:
-        if isinstance(item, PIL.Image.Image):
-            views.append(load_image(item, size, square_ok))
-        else:
-            views.extend(load_image(p, size, square_ok) for p in expand_image_paths(item))
-    if not views:
-        raise ValueError("no images given")
-    return views
-
-
 # ----------------------------------------------------------------------------
 # Video frames.
 # ----------------------------------------------------------------------------
@@ -228,6 +278,12 @@ def select_frame_indices(
     return list(range(num_total))
 
 
+def _ffmpeg_reason(err: Exception) -> str:
+    """The last line of ffmpeg's error output (its reason) without the version banner before it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
 def _open_video(path: str) -> tuple[float, Iterator[np.ndarray]]:
     """Frame rate and a closable iterator over the (H, W, 3) uint8 frames of a video."""
     try:
@@ -240,13 +296,15 @@ def _open_video(path: str) -> tuple[float, Iterator[np.ndarray]]:
         meta = next(reader)
     except (OSError, RuntimeError) as err:
         reader.close()
-        raise ValueError(f"cannot read video {path}: {err}") from err
+        raise ValueError(f"cannot read video {path}: {_ffmpeg_reason(err)}") from err
     width, height = meta["size"]
 
     def frames() -> Iterator[np.ndarray]:
         try:
             for raw in reader:
                 yield np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+        except (OSError, RuntimeError) as err:
+            raise ValueError(f"cannot read video {path}: {_ffmpeg_reason(err)}") from err
         finally:
             reader.close()  # stops ffmpeg when the caller stops early
 
@@ -276,45 +334,17 @@ def load_video_frames(
         raise ValueError(f"no frames decoded from video: {path}")
     wanted = set(select_frame_indices(num_total, source_fps, num_frames, fps))
     _, frames = _open_video(path)
-    views = []
+    kept = []
     with contextlib.closing(frames):
         for index, frame in enumerate(frames):
             if index in wanted:
-                view = load_image(PIL.Image.fromarray(frame), size, square_ok, name=f"{path}#{index}")
-                views.append(dict(view, frame_index=index))
-                if len(views) == len(wanted):
+                kept.append((index, frame.copy()))
+                if len(kept) == len(wanted):
                     break
-    return views
 
+    def load(item: tuple[int, np.ndarray]) -> dict[str, Any]:
+        index, frame = item
+        view = load_image(PIL.Image.fromarray(frame), size, square_ok, name=f"{path}#{index}")
+        return dict(view, frame_index=index)
 
-# ----------------------------------------------------------------------------
-# Landscape layout used inside the model.
-# ----------------------------------------------------------------------------
-
-
-def _is_portrait(true_shape: np.ndarray) -> bool:
-    """True when every (H, W) row of `true_shape` (B, 2) has H > W; mixed batches are refused."""
-    true_shape = np.asarray(true_shape).reshape(-1, 2)
-    portrait = true_shape[:, 0] > true_shape[:, 1]
-    if portrait.any() != portrait.all():
-        raise ValueError(f"batch mixes portrait and landscape true shapes: {true_shape.tolist()}")
-    return bool(portrait.all())
-
-
-def to_landscape(view: dict[str, Any]) -> dict[str, Any]:
-    """View with a portrait image stored transposed, `img` (B, 3, W, H); true_shape unchanged.
-
-    Landscape (and square) views are returned as they are.
-    """
-    h, w = (int(s) for s in np.asarray(view["true_shape"]).reshape(-1, 2)[0])
-    if tuple(view["img"].shape[-2:]) != (h, w):
-        raise ValueError(f"img spatial shape {tuple(view['img'].shape[-2:])} does not match true_shape {(h, w)}")
-    if not _is_portrait(view["true_shape"]):
-        return view
-    return dict(view, img=view["img"].swapaxes(-1, -2))  # (B, 3, W, H)
-
-
-def from_landscape(maps: Any, true_shape: np.ndarray) -> Any:
-    """Inverse for per-pixel outputs (B, h, w, ...) in landscape layout: portrait views'
-    maps are transposed back to (B, H, W, ...); landscape maps are returned unchanged."""
-    return maps.swapaxes(1, 2) if _is_portrait(true_shape) else maps
+    return list(load_all(load, kept))
