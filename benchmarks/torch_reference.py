@@ -576,7 +576,8 @@ def largest_fitting(trains: Callable[[int], bool], fits: int, step: int, limit: 
 
 def time_train_step(model, criterion, optimizer, device, num_views: int, height: int, width: int, batch: int,
                     dtype: str, repeats: int, warmup: int = 1) -> dict[str, Any]:
-    """Seconds per training step (median of `repeats` after `warmup`, synchronized) and peak memory."""
+    """Seconds per training step (median of `repeats` after `warmup`, synchronized; None for no repeats) and peak
+    memory."""
     import torch
 
     views = training_views(random_batch(num_views, height, width, batch), device)
@@ -595,9 +596,9 @@ def time_train_step(model, criterion, optimizer, device, num_views: int, height:
         times.append(time.perf_counter() - start)
     if not math.isfinite(result["loss"]):
         raise FloatingPointError(f"non-finite loss {result['loss']} at N={num_views}")
-    step_s = statistics.median(times)
+    step_s = statistics.median(times) if times else None  # repeats=0: whether it trains, untimed
     return dict(views=num_views, height=height, width=width, batch=batch, warmup_s=warmup_s, step_s=step_s,
-                images_per_s=batch * num_views / step_s, loss=result["loss"],
+                images_per_s=batch * num_views / step_s if step_s else None, loss=result["loss"],
                 peak_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
 
 

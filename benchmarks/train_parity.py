@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
                 line += "; spread: " + ", ".join(f"{k} {v:.2e}" for k, v in result[name]["spread"]["summary"].items())
             print(f"{name}: {line}")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        args.json.write_text(json.dumps(result, indent=1, default=str))  # paths as strings
     if args.markdown:
         args.markdown.write_text("\n".join(tables))
     if args.golden:
