@@ -28,6 +28,13 @@ on `model.encoder` and `model.decoder`: encoder = first encoder call to last enc
 heads = decoder return to the end of the forward. Peak memory: `torch.cuda.max_memory_allocated` (weights included).
 Out of memory at one view count is recorded and the sweep goes on.
 
+Training (started by benchmarks/train_step.py and benchmarks/train_parity.py): upstream's model in train mode with its
+training criterion (loaded from fast3r/dust3r/losses.py, see NOTE_DUST3R) and torch.optim.AdamW as its config sets
+it; one step is `train_step` (NOTE_TRAIN_STEP). --train-views times that step per view count (median of --repeats
+after a warm-up, CUDA peak memory per row; --max-views then searches the largest view count that trains,
+`largest_fitting`). --train-parity DIR runs the plan that train_parity.py wrote there: the same initial weights,
+batches (DIR/data.npz), image ids (`feed_image_ids`, NOTE_IMAGE_IDS) and learning rates as our side.
+
 Comparison (--compare-dir): one forward per dtype on the same inputs, the outputs written as .npz for the caller;
 image ids are the sequential 0..N-1 that upstream uses with `random_image_idx_embedding` off (set on the instance;
 the embedding math is unchanged). The float32 reference runs on the CPU by default: on CUDA upstream's attention
@@ -47,14 +54,13 @@ import os
 import pathlib
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import types
-from typing import Any
+from typing import Any, Callable
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")  # fast3r_jax is used for configs and file reading only: keep off the GPU
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -117,7 +123,8 @@ def _package_without_init(name: str, path: pathlib.Path) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     parent, _, child = name.rpartition(".")
-    setattr(sys.modules[parent], child, module)
+    if parent:
+        setattr(sys.modules[parent], child, module)
     return module
 
 
@@ -396,6 +403,301 @@ def environment(device, model, kernels: list[str] | None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Training: upstream's criterion, optimizer and step, as its Lightning module runs them.
+
+ALPHA = 0.2  # configs/model/fast3r.yaml: train_criterion alpha
+ADAMW = dict(lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)  # configs/model/fast3r.yaml: optimizer (torch.optim.AdamW)
+CRITERION = "ConfLossMultiviewV2(Regr3DMultiviewV4(L21Loss(), norm_mode='avg_dis'), alpha=0.2)"
+
+NOTE_DUST3R = ("upstream's losses import a top-level `dust3r` package (naver/dust3r, vendored by upstream as "
+               "fast3r/dust3r): `dust3r` is served from fast3r/dust3r")
+NOTE_DUST3R_INFERENCE = ("dust3r.inference could not be imported ({error}): a stand-in provides find_opt_scaling and "
+                         "get_pred_pts3d, which fast3r/dust3r/losses.py imports for criteria not used here (they "
+                         "raise if called)")
+NOTE_IMAGE_IDS = ("training image ids are given, not drawn: on this model instance Fast3RDecoder._get_random_image_pos "
+                  "(a torch.randperm per sample from a generator seeded by torch's global RNG) is replaced by a lookup "
+                  "of the given (B, V) ids in upstream's image_idx_emb table, laid out as upstream lays it out")
+NOTE_TRAIN_STEP = ("step as MultiViewDUSt3RLitModule.model_step under Lightning's automatic optimisation: train mode, "
+                   "forward and criterion under the run's autocast (none in float32), the criterion inside upstream's "
+                   "float32 autocast, backward, torch.optim.AdamW(lr, betas (0.9, 0.95), weight decay 0.05, every "
+                   "parameter); no gradient clipping (none configured); grad_norm is the global L2 norm of the "
+                   "gradients before the update; " + CRITERION)
+
+
+def load_criterion(root: str | os.PathLike, alpha: float = ALPHA) -> tuple[Any, list[str]]:
+    """Upstream's training criterion (configs/model/fast3r.yaml: train_criterion) and notes on how it was loaded.
+
+    Call after `load_upstream(root)`, which puts the checkout on the import path.
+    """
+    root = pathlib.Path(root).resolve()
+    notes = [NOTE_DUST3R]
+    if "dust3r" in sys.modules:
+        raise RuntimeError("a module named 'dust3r' is already imported")
+    _package_without_init("dust3r", root / "fast3r" / "dust3r")
+    try:
+        importlib.import_module("dust3r.inference")
+    except ImportError as err:  # tqdm missing: the two names are imported for other criteria only
+        sys.modules.pop("dust3r.inference", None)
+        sys.modules["dust3r.inference"] = _unused_stand_in("dust3r.inference", ("find_opt_scaling", "get_pred_pts3d"))
+        notes.append(NOTE_DUST3R_INFERENCE.format(error=f"{type(err).__name__}: {err}"))
+    losses = importlib.import_module("fast3r.dust3r.losses")
+    criterion = losses.ConfLossMultiviewV2(losses.Regr3DMultiviewV4(losses.L21Loss(), norm_mode="avg_dis"),
+                                           alpha=alpha)
+    return criterion, notes + [NOTE_TRAIN_STEP]
+
+
+def _unused_stand_in(name: str, attrs: tuple[str, ...]) -> types.ModuleType:
+    module = types.ModuleType(name)
+    for attr in attrs:
+        def unused(*args, _name=f"{name}.{attr}", **kwargs):
+            raise NotImplementedError(f"{_name} is a stand-in: the module could not be imported")
+        setattr(module, attr, unused)
+    return module
+
+
+def feed_image_ids(model) -> Callable[[np.ndarray], None]:
+    """Makes the fusion transformer draw no training image ids but take them from the returned setter.
+
+    The setter takes (B, V) integer ids (view 0 gets 0, as upstream draws them); upstream's random-id path is
+    switched on, as upstream trains (random_image_idx_embedding), and its lookup is kept: row ids[b, i] of the
+    sinusoidal table, repeated over view i's patches, views concatenated along the patch axis.
+    """
+    import torch
+
+    decoder = model.decoder
+    decoder.random_image_idx_embedding = True
+    current: dict[str, Any] = {}
+
+    def image_pos(encoded_feats, batch_size, num_views, max_image_idx, device):
+        ids = current.get("ids")
+        if ids is None or tuple(ids.shape) != (batch_size, num_views):
+            raise ValueError(f"set ({batch_size}, {num_views}) image ids first, have "
+                             f"{None if ids is None else tuple(ids.shape)}")
+        table = decoder.image_idx_emb  # (num_ids, D)
+        return torch.cat([table[ids[:, i].to(table.device)].unsqueeze(1).repeat(1, feats.shape[1], 1)
+                          for i, feats in enumerate(encoded_feats)], dim=1)  # (B, P_total, D)
+
+    decoder._get_random_image_pos = image_pos  # instance attribute: shadows the method for this model only
+
+    def set_ids(ids: np.ndarray) -> None:
+        current["ids"] = torch.as_tensor(np.asarray(ids, np.int64))
+
+    return set_ids
+
+
+def training_views(batch: list[dict[str, np.ndarray]], device) -> list[dict[str, Any]]:
+    """Upstream's training views from a batch in the loader's format; `true_shape` stays on the host, where
+    upstream's collated batches keep it (model_step moves only the pixel and pose tensors)."""
+    import torch
+
+    return [{k: torch.as_tensor(v[k]) if k == "true_shape" else torch.as_tensor(v[k]).to(device)
+             for k in ("img", "true_shape", "pts3d", "valid_mask", "camera_pose")} for v in batch]
+
+
+def make_adamw(model, lr: float = ADAMW["lr"]):
+    """torch.optim.AdamW over every parameter, as upstream's configure_optimizers builds it."""
+    import torch
+
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=ADAMW["betas"], weight_decay=ADAMW["weight_decay"])
+
+
+def train_step(model, criterion, optimizer, views, device, dtype: str, lr: float | None = None) -> dict[str, Any]:
+    """One optimizer step as upstream trains (NOTE_TRAIN_STEP); `lr` overrides the learning rate of this step.
+
+    Returns loss, grad_norm and the criterion's per-view terms under our names (`pts3d_loss_global/00`, ...).
+    """
+    import torch
+
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(device, dtype):
+        preds = model(views)
+        with torch.autocast(device_type=device.type, dtype=torch.float32):  # upstream: "loss in higher precision"
+            loss, details = criterion(views, preds)
+    loss.backward()
+    norms = [torch.linalg.vector_norm(p.grad.float()) for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.linalg.vector_norm(torch.stack(norms))
+    optimizer.step()
+    terms = {key.split("_", 1)[1]: float(value) for key, value in details.items()}  # drop the class-name prefix
+    return dict(loss=float(loss), grad_norm=float(grad_norm), **terms)
+
+
+def random_batch(num_views: int, height: int, width: int, batch: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """A batch in the loader's format (landscape views) with random images and points (for timing)."""
+    rng = np.random.default_rng(seed)
+    views = []
+    for _ in range(num_views):
+        pose = np.tile(np.eye(4, dtype=np.float32), (batch, 1, 1))  # (B, 4, 4)
+        pose[:, :3, 3] = rng.normal(size=(batch, 3))
+        views.append(dict(
+            img=rng.uniform(-1, 1, (batch, 3, height, width)).astype(np.float32),
+            true_shape=np.tile(np.asarray([[height, width]], np.int32), (batch, 1)),
+            pts3d=rng.normal(size=(batch, height, width, 3)).astype(np.float32),
+            valid_mask=np.ones((batch, height, width), bool),
+            camera_pose=pose))
+    return views
+
+
+SCENE_KEYS = ("img", "true_shape", "pts3d", "valid_mask", "camera_pose")
+
+
+def scene_batch(data: dict[str, np.ndarray], step: int) -> list[dict[str, np.ndarray]]:
+    """Step `step`'s batch of a training-parity data file: samples `order[step]` of its (S, V, ...) scene arrays,
+    as V view dicts of (B, ...) arrays in the loader's format."""
+    rows = data["order"][step]  # (B,)
+    return [{k: np.ascontiguousarray(data[k][rows, v]) for k in SCENE_KEYS} for v in range(data["img"].shape[1])]
+
+
+def largest_fitting(trains: Callable[[int], bool], fits: int, step: int, limit: int) -> dict[str, Any]:
+    """The largest view count that trains, searched above `fits` (known to train) in multiples of `step` up to
+    `limit`: doubling until the first failure, then bisection (assumes failures are monotone in N, as memory is).
+
+    Returns {'largest': N, 'tried': {N: trained}, 'limit_reached': whether `limit` itself trained}.
+    """
+    if step < 1 or fits < 1:
+        raise ValueError(f"need step >= 1 and a view count that trains, got step={step}, fits={fits}")
+    tried: dict[int, bool] = {}
+    good, bad = fits, None
+    while bad is None:
+        n = min(max(2 * good // step * step, good + step), limit)
+        if n <= good:
+            return dict(largest=good, tried=tried, limit_reached=True)
+        tried[n] = bool(trains(n))
+        good, bad = (n, None) if tried[n] else (good, n)
+    while True:
+        mid = (good + bad) // 2 // step * step
+        if mid <= good:
+            return dict(largest=good, tried=tried, limit_reached=False)
+        tried[mid] = bool(trains(mid))
+        good, bad = (mid, bad) if tried[mid] else (good, mid)
+
+
+def time_train_step(model, criterion, optimizer, device, num_views: int, height: int, width: int, batch: int,
+                    dtype: str, repeats: int, warmup: int = 1) -> dict[str, Any]:
+    """Seconds per training step (median of `repeats` after `warmup`, synchronized; None for no repeats) and peak
+    memory."""
+    import torch
+
+    views = training_views(random_batch(num_views, height, width, batch), device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(max(warmup, 1)):
+        result = train_step(model, criterion, optimizer, views, device, dtype)
+    _sync(device)
+    warmup_s = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = train_step(model, criterion, optimizer, views, device, dtype)  # float(loss) synchronizes
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    if not math.isfinite(result["loss"]):
+        raise FloatingPointError(f"non-finite loss {result['loss']} at N={num_views}")
+    step_s = statistics.median(times) if times else None  # repeats=0: whether it trains, untimed
+    return dict(views=num_views, height=height, width=width, batch=batch, warmup_s=warmup_s, step_s=step_s,
+                images_per_s=batch * num_views / step_s if step_s else None, loss=result["loss"],
+                peak_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
+
+
+def train_timing(upstream, args, device, notes: list[str]) -> dict[str, Any]:
+    """Upstream's training step at each of --train-views, then (--max-views) the largest view count that trains."""
+    cfg = getattr(config_lib, args.config)()
+    width, height = (int(x) for x in args.size.split("x"))
+    criterion, criterion_notes = load_criterion(args.root)
+    notes.extend(criterion_notes)
+    model = build_model(upstream, upstream_config(cfg, args.attention), device, args.seed).train()
+    optimizer = make_adamw(model)
+    env = environment(device, model, attention_kernels(model, device, height, width, args.dtype))
+    print(json.dumps(env), flush=True)
+
+    def run(n: int, repeats: int) -> dict[str, Any]:
+        try:
+            return time_train_step(model, criterion, optimizer, device, n, height, width, args.batch, args.dtype,
+                                   repeats)
+        except Exception as err:
+            if not _is_oom(err):
+                raise
+            message = str(err).splitlines()[0][:300]
+        optimizer.zero_grad(set_to_none=True)
+        _release(device)
+        return dict(views=n, oom=True, error=message)
+
+    rows = []
+    print(f"{'N':>5} {'step s':>8} {'img/s':>8} {'peak GiB':>9}", flush=True)
+    for n in args.train_views:
+        row = run(n, args.repeats)
+        rows.append(row)
+        if row.get("oom"):
+            print(f"{n:>5} out of memory", flush=True)
+        else:
+            peak = row["peak_bytes"] / 2**30 if row["peak_bytes"] else math.nan
+            print(f"{n:>5} {row['step_s']:>8.3f} {row['images_per_s']:>8.1f} {peak:>9.2f}", flush=True)
+        _release(device)
+    result: dict[str, Any] = dict(env=env, rows=rows, dtype=args.dtype, batch=args.batch)
+    fitted = [r["views"] for r in rows if not r.get("oom")]
+    if args.max_views and fitted:
+        search = largest_fitting(lambda n: not run(n, 0).get("oom"), max(fitted), args.max_views_step,
+                                 args.max_views_limit)
+        result["max_views"] = search
+        print(f"largest view count that trains: {search['largest']}"
+              + (f" (the limit, {args.max_views_limit})" if search["limit_reached"] else ""), flush=True)
+    return result
+
+
+def train_parity_runs(upstream, args, device, notes: list[str]) -> dict[str, Any]:
+    """Runs the training plan in --train-parity DIR (written by benchmarks/train_parity.py): per run, upstream's
+    steps from the same initial weights on the data file's batches with the run's image ids and learning rates."""
+    import torch
+
+    run_dir = pathlib.Path(args.train_parity)
+    plan = json.loads((run_dir / "plan.json").read_text())
+    criterion, criterion_notes = load_criterion(args.root, plan["alpha"])
+    notes.extend(criterion_notes + [NOTE_IMAGE_IDS])
+    with np.load(run_dir / "data.npz") as z:
+        data = {k: z[k] for k in z.files}
+    initial = None
+    if plan["init_weights"]:
+        with np.load(plan["init_weights"]) as z:
+            initial = {k: z[k] for k in z.files}
+    if initial is None:
+        initial = state_dict_numpy(build_model(upstream, plan["upstream_config"], torch.device("cpu"), plan["seed"]))
+        np.savez(run_dir / "state_dict.npz", **initial)
+    if device.type == "cuda":  # float32 matmuls and convolutions in float32 (attention: see the notes)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    runs = {}
+    for run in plan["runs"]:
+        if run["dtype"] == "bfloat16" and device.type == "cpu" and not _cpu_bf16_autocast_ok():
+            runs[run["name"]] = dict(skipped="CPU autocast does not support bfloat16 here")
+            continue
+        torch.manual_seed(plan["seed"])  # nothing else in the step draws: dropout rates are 0
+        model = build_model(upstream, plan["upstream_config"], device, plan["seed"], initial).train()
+        set_ids = feed_image_ids(model)
+        optimizer = make_adamw(model)
+        steps = []
+        start = time.perf_counter()
+        for step, lr in enumerate(plan["lrs"]):
+            set_ids(data[f"ids/{run['ids']}"][step])
+            views = training_views(scene_batch(data, step), device)
+            steps.append(train_step(model, criterion, optimizer, views, device, run["dtype"], lr))
+        runs[run["name"]] = dict(dtype=run["dtype"], ids=run["ids"], steps=steps,
+                                 seconds=time.perf_counter() - start)
+        print(f"upstream {run['name']}: {len(steps)} steps in {runs[run['name']]['seconds']:.1f} s, loss "
+              f"{steps[0]['loss']:.5f} -> {steps[-1]['loss']:.5f}", flush=True)
+        del model, optimizer
+        _release(device)
+    return dict(runs=runs, commit=_git_commit(args.root),
+                env=dict(torch=torch.__version__, python=platform.python_version(), device=str(device)))
+
+
+def _git_commit(root: str | os.PathLike) -> str | None:
+    proc = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _resolve_weights(args) -> tuple[config_lib.Fast3RConfig, dict[str, np.ndarray] | None, str]:
@@ -496,7 +798,18 @@ def main(argv: list[str] | None = None) -> None:
                              "bf16 even in float32")
     parser.add_argument("--torch-checkpoint", default=None, help="compare with these upstream weights")
     parser.add_argument("--checkpoint", default=None, help="compare with a converted fast3r-jax checkpoint's weights")
+    parser.add_argument("--train-views", type=int, nargs="*", default=[],
+                        help="time upstream's training step at these view counts")
+    parser.add_argument("--batch", type=int, default=1, help="samples per training step")
+    parser.add_argument("--max-views", action="store_true",
+                        help="after --train-views, search the largest view count that trains")
+    parser.add_argument("--max-views-step", type=int, default=4, help="granularity of that search")
+    parser.add_argument("--max-views-limit", type=int, default=1024, help="upper end of that search")
+    parser.add_argument("--train-parity", default=None,
+                        help="run the training plan in this folder (written by benchmarks/train_parity.py)")
     args = parser.parse_args(argv)
+    # fast3r_jax serves configs and file reading here: JAX stays off the accelerator, which the model uses
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
     import torch
 
@@ -539,6 +852,10 @@ def main(argv: list[str] | None = None) -> None:
         result["compare"] = compare_outputs(upstream, args, device, notes)
         if "env" not in result:
             result["env"] = dict(torch=torch.__version__, device_type=device.type)
+    if args.train_views:
+        result["train"] = train_timing(upstream, args, device, notes)
+    if args.train_parity:
+        result["train_parity"] = train_parity_runs(upstream, args, device, notes)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 
