@@ -1,6 +1,6 @@
 """Reconstruction from images: load views, run the model on all of them, recover cameras, write the outputs.
 
-    reconstruct(["photos/"], "out/", checkpoint="ckpt/")
+    reconstruct(["photos/"], "out/", ReconstructConfig(size=512), checkpoint="ckpt/")
 
 writes into `out/` (atomically: a temporary folder renamed into place once everything is written)
     points.ply                  coloured point cloud (confident pixels of the global pointmaps)
@@ -387,22 +387,45 @@ def default_dtype() -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
-def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                checkpoint: str | os.PathLike | None = None, size: int | None = None, dtype: str | None = None,
-                max_views: int | None = None, conf_percentile: float | None = 10.0,
-                conf_threshold: float | None = None, pose_solver: str = "pnp", seed: int = 0,
-                image_ids: str | None = None, on_bad_image: str = "fail", overwrite: bool = False,
-                video_fps: float | None = None, video_frames: int | None = None, encoder_chunk: int = 16,
-                head_chunk: int = 8, mesh: Mesh | None = None, seq_attention: str = "allgather",
-                progress: bool | None = None, notify: Callable[[str], None] = log.warning) -> dict[str, Any]:
-    """Images -> model -> cameras -> output folder `out`. Returns the summary also written to summary.json.
+@dataclasses.dataclass(frozen=True)
+class ReconstructConfig:
+    """The settings of one reconstruction job (the flags of `fast3r-jax reconstruct`).
 
     size: see `check_size`; None uses the resolution of the checkpoint's training: BUILTIN_IMAGE_SIZE for the
     built-in checkpoint, UPSTREAM_IMAGE_SIZE otherwise. image_ids: 'random' (upstream's draw, seeded by `seed`),
-    'sequential', or None to follow the checkpoint's config. mesh: run `ShardedEngine` over it (several devices or
-    processes; `seq_attention` as there); every process computes the cameras, process 0 alone writes `out`.
-    notify receives notes for the user (default checkpoint in use, skipped images, failed cameras).
+    'sequential', or None to follow the checkpoint's config. seq_attention: the ShardedEngine's, with a mesh.
     """
+
+    size: int | None = None
+    dtype: str | None = None  # None: bfloat16 on GPU/TPU, float32 on CPU
+    max_views: int | None = None
+    conf_percentile: float | None = 10.0
+    conf_threshold: float | None = None
+    pose_solver: str = "pnp"
+    seed: int = 0
+    image_ids: str | None = None
+    on_bad_image: str = "fail"
+    overwrite: bool = False
+    video_fps: float | None = None
+    video_frames: int | None = None
+    encoder_chunk: int = 16
+    head_chunk: int = 8
+    seq_attention: str = "allgather"
+
+
+def reconstruct(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                config: ReconstructConfig = ReconstructConfig(), *, checkpoint: str | os.PathLike | None = None,
+                mesh: Mesh | None = None, progress: bool | None = None,
+                notify: Callable[[str], None] = log.warning) -> dict[str, Any]:
+    """Images -> model -> cameras -> output folder `out`, as `config` says. Returns the summary also written to
+    summary.json.
+
+    mesh: run `ShardedEngine` over it (several devices or processes); every process computes the cameras,
+    process 0 alone writes `out`. notify receives notes for the user (default checkpoint in use, skipped images,
+    failed cameras).
+    """
+    (size, dtype, max_views, conf_percentile, conf_threshold, pose_solver, seed, image_ids, on_bad_image, overwrite,
+     video_fps, video_frames, encoder_chunk, head_chunk, seq_attention) = dataclasses.astuple(config)
     out = pathlib.Path(out)
     given = [os.fspath(i) for i in inputs]
     input_paths = [p for _, p in _sources(given)] + [i for i in given if os.path.exists(i)]

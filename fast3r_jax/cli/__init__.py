@@ -22,6 +22,9 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 COMMANDS = {  # name: (module, one-line help)
     "reconstruct": ("fast3r_jax.cli.reconstruct", "point cloud and cameras from images or videos"),
+    "train": ("fast3r_jax.cli.train", "train or resume a model (train.py)"),
+    "evaluate": ("fast3r_jax.cli.evaluate", "benchmark a checkpoint on pose and reconstruction datasets (evaluate.py)"),
+    "convert": ("fast3r_jax.cli.convert", "official PyTorch checkpoint -> fast3r-jax checkpoint"),
 }
 
 # Operating-system errors that are the user's to fix (a missing, unreadable or full target), not bugs.

@@ -71,15 +71,20 @@ def _report(summary: dict) -> None:
               f"({errors['translation_error_rel']:.2%} of the camera spread) after similarity alignment")
 
 
+def _silent(message: str) -> None:
+    """Processes other than process 0 keep their notes to themselves."""
+
+
 def run(args: argparse.Namespace) -> int:
     distributed.initialize_from_args(args)
     lead = distributed.is_lead()  # process 0 speaks for all
+    config = reconstruct_lib.ReconstructConfig(
+        size=args.size, dtype=args.dtype, max_views=args.max_views, conf_percentile=args.conf_percentile,
+        conf_threshold=args.conf_threshold, pose_solver=args.pose_solver, seed=args.seed, image_ids=args.image_ids,
+        on_bad_image=args.on_bad_image, overwrite=args.overwrite, video_fps=args.video_fps,
+        video_frames=args.video_frames, seq_attention=args.seq_attention)
     summary = reconstruct_lib.reconstruct(
-        args.inputs, args.out, checkpoint=args.checkpoint, size=args.size, dtype=args.dtype,
-        max_views=args.max_views, conf_percentile=args.conf_percentile, conf_threshold=args.conf_threshold,
-        pose_solver=args.pose_solver, seed=args.seed, image_ids=args.image_ids, on_bad_image=args.on_bad_image,
-        overwrite=args.overwrite, video_fps=args.video_fps, video_frames=args.video_frames,
-        mesh=distributed.inference_mesh(args.sharded), seq_attention=args.seq_attention,
+        args.inputs, args.out, config, checkpoint=args.checkpoint, mesh=distributed.inference_mesh(args.sharded),
         progress=None if lead else False, notify=note if lead else _silent)
     if lead:
         _report(summary)
