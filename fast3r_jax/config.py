@@ -111,6 +111,18 @@ def from_dict(cls: type[T], data: Any, source: str, prefix: str = "") -> T:
         raise InputError(f"{source}: {err}") from None
 
 
+def check_fields(cfg: Any, source: str, prefix: str = "") -> None:
+    """Checks every field of a dataclass built in Python (a config file's get_config()) against its type, as
+    `from_dict` checks data read from JSON; InputError names `source` and the field."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(value, hints[f.name]):
+            check_fields(value, source, f"{prefix}{f.name}.")
+        else:
+            check_value(value, hints[f.name], source, prefix + f.name)
+
+
 # ----------------------------------------------------------------------------
 # The model.
 # ----------------------------------------------------------------------------
@@ -449,6 +461,8 @@ def load_config_file(spec: str | os.PathLike, expect: type[T] | None = None) -> 
             raise InputError(f"config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
         if path.suffix == ".py":
             cfg = _run_config_module(path, variant)
+            if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+                check_fields(cfg, str(path))
         elif path.suffix == ".json" and not variant:
             data = _parse_json(path.read_text(), str(path))
             upstream = isinstance(data, Mapping) and "encoder_args" in data

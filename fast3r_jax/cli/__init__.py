@@ -30,6 +30,8 @@ COMMANDS = {  # name: (module, one-line help)
 # Operating-system errors that are the user's to fix (a missing, unreadable or full target), not bugs.
 _USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
                 errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+# The same, raised by our readers with a message and no errno.
+_USER_OS_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
 
 
 def note(message: str) -> None:
@@ -66,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return error(str(err))
     except OSError as err:
-        if args.debug or err.errno not in _USER_ERRNOS:
+        if args.debug or not (err.errno in _USER_ERRNOS or isinstance(err, _USER_OS_ERRORS)):
             raise
         return error(f"{err.filename}: {err.strerror}" if err.filename else str(err))
 
