@@ -27,12 +27,13 @@ import numpy as np
 import optax
 
 from fast3r_jax import config as config_lib
+from fast3r_jax.config import OptimizerConfig
 from fast3r_jax.inference.predict import DTYPES
 from fast3r_jax.model.flops import peak_flops, train_step_flops
 from fast3r_jax.model.params import init_params
 from fast3r_jax.sharding import make_mesh
 from fast3r_jax.train import step as training
-from fast3r_jax.train.optimizer import OptimizerConfig, learning_rate, make_optimizer
+from fast3r_jax.train.optimizer import learning_rate, make_optimizer
 
 
 def random_batch(num_views: int, height: int, width: int, batch: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

@@ -16,8 +16,8 @@ from fast3r_jax import load_pretrained
 from fast3r_jax.cli import main
 from fast3r_jax.data import eval_datasets as ed
 from fast3r_jax.data.synthetic import SyntheticScenes
-from fast3r_jax.evaluation.datasets import DATASETS
 from fast3r_jax.evaluation import protocols
+from fast3r_jax.evaluation.datasets import DATASETS
 from fast3r_jax.evaluation.protocols import HEADS, POSE_METRICS, RECON_METRICS, evaluate_scenes, model_predictor
 from fast3r_jax.inference import engine as inference
 from fast3r_jax.model.params import init_params

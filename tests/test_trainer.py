@@ -18,10 +18,10 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from fast3r_jax import config as config_lib
 from fast3r_jax import load_pretrained
+from fast3r_jax.config import TrainConfig
 from fast3r_jax.convert.table import params_from_torch, params_to_torch
 from fast3r_jax.model.fast3r import View
 from fast3r_jax.model.params import build_model
-from fast3r_jax.config import TrainConfig
 from fast3r_jax.train.loop import NonFiniteLossError, export_params, override, train
 from fast3r_jax.train.losses import multiview_loss
 

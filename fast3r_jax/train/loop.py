@@ -28,12 +28,12 @@ from fast3r_jax.data.mixture import parse_mixture
 from fast3r_jax.data.pipeline import make_loader
 from fast3r_jax.errors import InputError
 from fast3r_jax.inference.predict import DTYPES
+from fast3r_jax.io.files import atomic_file
 from fast3r_jax.model.flops import peak_flops, train_step_flops
 from fast3r_jax.model.params import init_params
-from fast3r_jax.sharding import LAYOUTS, make_mesh
+from fast3r_jax.sharding import make_mesh
 from fast3r_jax.train import step as training
 from fast3r_jax.train.optimizer import learning_rate, make_optimizer
-from fast3r_jax.io.files import atomic_file
 from fast3r_jax.train.tensorboard import SummaryWriter, normalise_to_uint8
 
 T = TypeVar("T")
