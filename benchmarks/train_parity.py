@@ -65,7 +65,8 @@ from fast3r_jax.io.images import normalize  # noqa: E402
 from fast3r_jax.model.image_index_embedding import sample_image_ids  # noqa: E402
 from fast3r_jax.sharding import make_mesh  # noqa: E402
 from fast3r_jax.train import step as training  # noqa: E402
-from fast3r_jax.train.optimizer import OptimizerConfig, learning_rate, make_optimizer  # noqa: E402
+from fast3r_jax.config import OptimizerConfig  # noqa: E402
+from fast3r_jax.train.optimizer import learning_rate, make_optimizer  # noqa: E402
 
 RUNS = (("float32", "float32", "a"), ("bfloat16", "bfloat16", "a"), ("bfloat16_spread", "bfloat16", "b"))
 

@@ -59,7 +59,8 @@ from fast3r_jax.model.flops import peak_flops, train_step_flops  # noqa: E402
 from fast3r_jax.model.params import init_params  # noqa: E402
 from fast3r_jax.sharding import make_mesh  # noqa: E402
 from fast3r_jax.train import step as training  # noqa: E402
-from fast3r_jax.train.optimizer import OptimizerConfig, learning_rate, make_optimizer  # noqa: E402
+from fast3r_jax.config import OptimizerConfig  # noqa: E402
+from fast3r_jax.train.optimizer import learning_rate, make_optimizer  # noqa: E402
 
 
 def bench(cfg: config_lib.Fast3RConfig, num_views: int, height: int, width: int, batch: int, dtype: str,

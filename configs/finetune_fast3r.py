@@ -5,14 +5,13 @@
 """
 
 import dataclasses
+import pathlib
 
-import train_large  # noqa: E402  (configs/ is on the path when train.py loads a config by file)
-
-from fast3r_jax.train.loop import TrainConfig
+from fast3r_jax.config import TrainConfig, load_config_file
 
 
 def get_config() -> TrainConfig:
-    base = train_large.get_config()
+    base = load_config_file(pathlib.Path(__file__).with_name("train_large.py"), expect=TrainConfig)
     optimizer = dataclasses.replace(base.optimizer, lr=2e-5, warmup_steps=500, total_steps=10_000)
     return dataclasses.replace(base, optimizer=optimizer, steps=10_000, init="ckpt/fast3r_large",
                                workdir="runs/finetune_fast3r")

@@ -16,8 +16,7 @@ bfloat16 (13.6 MB).
 """
 
 from fast3r_jax import config
-from fast3r_jax.train.loop import DataConfig, TrainConfig
-from fast3r_jax.train.optimizer import OptimizerConfig
+from fast3r_jax.config import DataConfig, OptimizerConfig, TrainConfig
 
 STEPS = 4000
 

@@ -11,11 +11,8 @@ The encoder and global head start from DUSt3R as upstream does: convert DUSt3R f
 
 import os
 
-from fast3r_jax import config
-from fast3r_jax.train.loop import DataConfig, TrainConfig
-from fast3r_jax.train.optimizer import OptimizerConfig
-
-BUCKETS = ((512, 384), (512, 336), (512, 288), (512, 256), (512, 160))
+from fast3r_jax.config import DataConfig, OptimizerConfig, TrainConfig, large
+from fast3r_jax.data.augment import BUCKETS
 
 
 def mixture(root: str, views: int = 20) -> str:
@@ -37,7 +34,7 @@ def get_config() -> TrainConfig:
     root = os.environ.get("FAST3R_DATA_ROOT", "data")
     steps = 100_000
     return TrainConfig(
-        model=config.large().replace(remat=True),
+        model=large().replace(remat=True),
         optimizer=OptimizerConfig(lr=1e-4, min_lr=1e-6, warmup_steps=2_000, total_steps=steps),
         data=DataConfig(train=mixture(root), val=mixture(root, views=10).replace("80_000 @", "100 @"),
                         resolutions=BUCKETS, augment=True, aug_crop=None, batch_size=8, workers=8),

@@ -7,7 +7,7 @@ the heads dominate the cost at this size.
 """
 
 from fast3r_jax import config
-from fast3r_jax.train.loop import TrainConfig
+from fast3r_jax.config import TrainConfig
 
 
 def get_config() -> TrainConfig:

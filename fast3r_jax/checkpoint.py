@@ -8,17 +8,18 @@ Layout of a checkpoint folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fast3r_jax.config import Fast3RConfig
+from fast3r_jax.config import Fast3RConfig, load_config_file
 from fast3r_jax.errors import InputError
 from fast3r_jax.io.files import atomic_folder
 from fast3r_jax.model.params import abstract_params, check_params, flat_params
@@ -33,16 +34,19 @@ STORAGE_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
 
 def save_pretrained(directory: str | os.PathLike, config: Fast3RConfig, params: Mapping,
                     notes: Mapping[str, Any] | None = None, overwrite: bool = False,
-                    storage_dtype: str = "float32") -> pathlib.Path:
+                    storage_dtype: str = "float32", inputs: Sequence[str | os.PathLike] = ()) -> pathlib.Path:
     """Writes config + params into `directory`. The folder appears only once complete (rename of a temp folder);
     with `overwrite` it replaces only a folder that this tool wrote (see fast3r_jax.io.files).
 
-    storage_dtype 'bfloat16' halves the size on disk; `load_pretrained` always returns float32.
+    storage_dtype 'bfloat16' halves the size on disk; `load_pretrained` always returns float32. inputs: files or
+    folders the job read (a converted checkpoint's source), which the folder may not be, contain or lie inside.
+    A full or read-only disk raises its OSError (not Orbax's wrapper), and nothing of the folder is left.
     """
     if storage_dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}")
     check_params(params, config)
-    with atomic_folder(directory, kind="checkpoint", overwrite=overwrite, what="checkpoint folder") as tmp:
+    with atomic_folder(directory, kind="checkpoint", overwrite=overwrite, inputs=inputs,
+                       what="checkpoint folder") as tmp, _os_errors_unwrapped():
         params = jax.tree.map(lambda x: np.asarray(x, np.float32).astype(STORAGE_DTYPES[storage_dtype]),
                               dict(params))
         with ocp.StandardCheckpointer() as ckptr:
@@ -56,11 +60,27 @@ def save_pretrained(directory: str | os.PathLike, config: Fast3RConfig, params: 
     return target
 
 
+@contextlib.contextmanager
+def _os_errors_unwrapped() -> Iterator[None]:
+    """Re-raises the OSError (a full disk, a read-only folder) that Orbax wrapped in another exception."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as err:
+        cause = err
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
+
+
 def load_config(directory: str | os.PathLike) -> Fast3RConfig:
     path = pathlib.Path(directory) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path} not found: not a fast3r-jax checkpoint folder")
-    return Fast3RConfig.from_json(path.read_text())
+    return load_config_file(path, expect=Fast3RConfig)
 
 
 def load_pretrained(directory: str | os.PathLike,
@@ -75,7 +95,11 @@ def load_pretrained(directory: str | os.PathLike,
     manifest_path = directory / "manifest.json"
     if not manifest_path.is_file() or not (directory / "params").is_dir():
         raise CheckpointError(f"{directory} is incomplete: expected config.json, manifest.json and params/")
-    stored = json.loads(manifest_path.read_text())["params"]
+    try:
+        stored = json.loads(manifest_path.read_text())["params"]
+        stored = {str(k): list(v) for k, v in stored.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise CheckpointError(f"{manifest_path} is damaged: {type(err).__name__}: {err}") from None
     expected = {k: list(v.shape) for k, v in flat_params(abstract_params(config)).items()}
     problems = [f"missing: {k}" for k in sorted(set(expected) - set(stored))]
     problems += [f"unexpected: {k}" for k in sorted(set(stored) - set(expected))]
@@ -90,6 +114,11 @@ def load_pretrained(directory: str | os.PathLike,
     if isinstance(sharding, jax.sharding.Sharding):
         sharding = jax.tree.map(lambda _: sharding, abstract)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sharding)
-    with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(directory / "params", target)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(directory / "params", target)
+    except Exception as err:  # Orbax reports damaged data files with a bare Exception
+        message = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{directory}: the parameters under params/ cannot be restored (damaged or "
+                              f"incomplete checkpoint): {type(err).__name__}: {message}") from err
     return config, jax.tree.map(lambda x: x.astype(np.float32), params)

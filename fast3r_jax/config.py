@@ -1,17 +1,131 @@
-"""Model configuration as data: the released ViT-L model, the reference tiny model, and upstream config.json."""
+"""Every configuration as data, and the one loader of config files.
+
+Model: Fast3RConfig (EncoderConfig, FusionConfig, HeadConfig) and its presets (PRESETS: the released ViT-L, the
+reference tiny model). Training: TrainConfig (DataConfig, OptimizerConfig). Files: `load_config_file(spec)` reads a
+preset name, a Python file with `get_config()` (`path.py`, or `path.py:variant` for `get_config("variant")`, as
+big_vision's configs), or a `config.json` (ours or upstream's). Every value read from a file or a command line is
+checked against its field's type (`from_dict`): booleans must be booleans, integers integers, floats accept
+integers; wrong types and unknown keys raise InputError naming the file and the field.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
-from typing import Any, Mapping
+import os
+import pathlib
+import types
+import typing
+from typing import Any, Callable, Mapping, TypeVar, Union
+
+from fast3r_jax.errors import InputError
 
 # Upstream's inference-time attention temperature for the fusion transformer: logits are scaled by
 # head_dim**-0.5 * sqrt(log(137) / log(20)) in eval mode (trained on ~20 views, evaluated on longer sequences).
 INFERENCE_SCALE_FACTOR = math.sqrt(math.log(137) / math.log(20))
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+DECAY_MASKS = ("all", "matrices")
+
+T = TypeVar("T")
+
+# ----------------------------------------------------------------------------
+# Strict typed construction from plain data (JSON, command-line literals).
+# ----------------------------------------------------------------------------
+
+
+def _type_name(hint: Any) -> str:
+    names = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
+             type(None): "null/None"}
+    if hint in names:
+        return names[hint]
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if dataclasses.is_dataclass(hint):
+        return f"a {hint.__name__} mapping"
+    args = typing.get_args(hint)
+    if args and args[-1] is Ellipsis:
+        return f"a list of {_type_name(args[0])}"
+    return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})" if args else "a list"
+
+
+def check_value(value: Any, hint: Any, source: str, field: str) -> Any:
+    """`value` as field type `hint` (lists become tuples, integers become floats for float fields); InputError
+    naming `source` and `field` if it is not one. No other conversion: "false" is not a boolean, 96.9 not an int."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in args:
+            if option is not type(None):
+                try:
+                    return check_value(value, option, source, field)
+                except InputError:
+                    pass
+    elif dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if isinstance(value, Mapping):
+            return from_dict(hint, value, source, f"{field}.")
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            if args and args[-1] is Ellipsis:
+                return tuple(check_value(v, args[0], source, f"{field}[{i}]") for i, v in enumerate(value))
+            if len(value) == len(args):
+                return tuple(check_value(v, a, source, f"{field}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    else:
+        raise TypeError(f"{field}: field type {hint!r} is not supported by check_value")
+    raise InputError(f"{source}: {field}: expected {_type_name(hint)}, got {value!r}")
+
+
+def from_dict(cls: type[T], data: Any, source: str, prefix: str = "") -> T:
+    """Builds dataclass `cls` from a mapping, strictly: every key a field, every value of its field's type (nested
+    dataclasses from nested mappings). Errors name `source` (a file, '--set') and the dotted field."""
+    if not isinstance(data, Mapping):
+        raise InputError(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping of {cls.__name__} "
+                         f"fields, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(str(k) for k in set(data) - set(fields))
+    if unknown:
+        raise InputError(f"{source}: unknown {cls.__name__} fields {[prefix + k for k in unknown]} "
+                         f"(known: {', '.join(fields)})")
+    values = {key: check_value(value, hints[key], source, prefix + key) for key, value in data.items()}
+    try:
+        return cls(**values)
+    except InputError as err:
+        raise InputError(f"{source}: {err}") from None
+
+
+def check_fields(cfg: Any, source: str, prefix: str = "") -> None:
+    """Checks every field of a dataclass built in Python (a config file's get_config()) against its type, as
+    `from_dict` checks data read from JSON; InputError names `source` and the field."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(value, hints[f.name]):
+            check_fields(value, source, f"{prefix}{f.name}.")
+        else:
+            check_value(value, hints[f.name], source, prefix + f.name)
+
+
+# ----------------------------------------------------------------------------
+# The model.
+# ----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,15 +180,15 @@ class Fast3RConfig:
 
     def __post_init__(self):
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}")
+            raise InputError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}")
         for name, dim, heads in (("encoder", self.encoder.embed_dim, self.encoder.num_heads),
                                  ("fusion", self.fusion.embed_dim, self.fusion.num_heads)):
-            if dim % heads:
-                raise ValueError(f"{name}: embed_dim {dim} is not divisible by num_heads {heads}")
+            if heads < 1 or dim % heads:
+                raise InputError(f"{name}: embed_dim {dim} is not divisible by num_heads {heads}")
         if (self.encoder.embed_dim // self.encoder.num_heads) % 4:
-            raise ValueError("encoder head_dim must be a multiple of 4 for 2D RoPE")
+            raise InputError("encoder head_dim must be a multiple of 4 for 2D RoPE")
         if self.fusion.depth < 4:
-            raise ValueError(f"fusion depth must be >= 4 for the DPT hooks, got {self.fusion.depth}")
+            raise InputError(f"fusion depth must be >= 4 for the DPT hooks, got {self.fusion.depth}")
 
     @property
     def hooks(self) -> tuple[int, int, int, int]:
@@ -92,26 +206,13 @@ class Fast3RConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Fast3RConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown Fast3RConfig fields: {sorted(unknown)}")
-        sub = {"encoder": EncoderConfig, "fusion": FusionConfig, "head": HeadConfig}
-        kwargs = {}
-        for key, value in d.items():
-            if key in sub:
-                fields = {f.name for f in dataclasses.fields(sub[key])}
-                bad = set(value) - fields
-                if bad:
-                    raise ValueError(f"unknown {key} config fields: {sorted(bad)}")
-                value = sub[key](**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
-            kwargs[key] = value
-        return cls(**kwargs)
+    def from_dict(cls, d: Any, source: str = "Fast3RConfig") -> "Fast3RConfig":
+        """Strictly typed (see `from_dict`); errors name `source`."""
+        return from_dict(cls, d, source)
 
     @classmethod
-    def from_json(cls, text: str) -> "Fast3RConfig":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str = "config.json") -> "Fast3RConfig":
+        return cls.from_dict(_parse_json(text, source), source)
 
 
 def large() -> Fast3RConfig:
@@ -127,36 +228,57 @@ def tiny() -> Fast3RConfig:
     )
 
 
+PRESETS: dict[str, Callable[[], Fast3RConfig]] = {"large": large, "tiny": tiny}
+
+# ----------------------------------------------------------------------------
+# Upstream's config.json.
+# ----------------------------------------------------------------------------
+
 _ENCODER_IGNORED = {"encoder_type", "img_size", "patch_embed_cls", "attn_implementation", "pos_embed"}
 _FUSION_IGNORED = {"decoder_type", "enc_embed_dim", "attn_implementation", "drop", "attn_drop"}
 _HEAD_IGNORED = {"head_type", "output_mode", "patch_size"}
+_SECTIONS = ("encoder_args", "decoder_args", "head_args")
 
 
-def from_upstream(d: Mapping[str, Any]) -> Fast3RConfig:
+def from_upstream(d: Any, source: str = "upstream config") -> Fast3RConfig:
     """Builds a config from an upstream `config.json` dict (encoder_args / decoder_args / head_args).
 
     Every upstream key is either mapped, checked to be a value we implement, or is a PyTorch kernel choice with
-    the same math (attn_implementation); anything else raises, so no setting is silently dropped.
+    the same math (attn_implementation); anything else, and any value of the wrong type, raises InputError naming
+    `source` and the key, so no setting is silently dropped or misread.
     """
-    missing = {"encoder_args", "decoder_args", "head_args"} - set(d)
+    if not isinstance(d, Mapping):
+        raise InputError(f"{source}: expected a JSON object with {', '.join(_SECTIONS)}, got {type(d).__name__}")
+    missing = set(_SECTIONS) - set(d)
     if missing:
-        raise ValueError(f"upstream config is missing {sorted(missing)}")
-    unknown_top = set(d) - {"encoder_args", "decoder_args", "head_args", "freeze"}
+        raise InputError(f"{source}: upstream config is missing {sorted(missing)}")
+    unknown_top = set(d) - {*_SECTIONS, "freeze"}
     if unknown_top:
-        raise ValueError(f"unknown upstream config keys: {sorted(unknown_top)}")
-    enc, dec, head = dict(d["encoder_args"]), dict(d["decoder_args"]), dict(d["head_args"])
+        raise InputError(f"{source}: unknown upstream config keys: {sorted(unknown_top)}")
+    for section in _SECTIONS:
+        if not isinstance(d[section], Mapping):
+            raise InputError(f"{source}: {section} must be a JSON object, got {d[section]!r}")
+    enc, dec, head = (dict(d[section]) for section in _SECTIONS)
 
-    _expect(enc, "encoder_args", "encoder_type", "croco")
-    _expect(enc, "encoder_args", "patch_embed_cls", "ManyAR_PatchEmbed")
-    pos_embed = enc.get("pos_embed", "RoPE100")
-    if not str(pos_embed).startswith("RoPE"):
-        raise ValueError(f"encoder_args.pos_embed={pos_embed!r}: only RoPE<base> is supported")
-    _expect(dec, "decoder_args", "decoder_type", "fast3r")
+    def get(args: Mapping, section: str, key: str, hint: Any, default: Any = None) -> Any:
+        value = args.get(key, default)
+        return check_value(value, hint, source, f"{section}.{key}")
+
+    _expect(enc, source, "encoder_args", "encoder_type", "croco")
+    _expect(enc, source, "encoder_args", "patch_embed_cls", "ManyAR_PatchEmbed")
+    pos_embed = get(enc, "encoder_args", "pos_embed", str, "RoPE100")
+    try:
+        rope_base = float(pos_embed[len("RoPE"):]) if pos_embed.startswith("RoPE") else None
+    except ValueError:
+        rope_base = None
+    if rope_base is None:
+        raise InputError(f"{source}: encoder_args.pos_embed={pos_embed!r}: only RoPE<base> is supported")
+    _expect(dec, source, "decoder_args", "decoder_type", "fast3r")
     for key in ("drop", "attn_drop"):
-        if float(dec.get(key, 0.0)) != 0.0:
-            raise ValueError(f"decoder_args.{key}={dec[key]} is not supported (the released model uses 0)")
-    _expect(head, "head_args", "head_type", "dpt")
-    _expect(head, "head_args", "output_mode", "pts3d")
+        if get(dec, "decoder_args", key, float, 0.0) != 0.0:
+            raise InputError(f"{source}: decoder_args.{key}={dec[key]} is not supported (the released model uses 0)")
+    _expect(head, source, "head_args", "head_type", "dpt")
+    _expect(head, source, "head_args", "output_mode", "pts3d")
 
     enc_known = _ENCODER_IGNORED | {"patch_size", "embed_dim", "num_heads", "depth", "mlp_ratio"}
     dec_known = _FUSION_IGNORED | {"random_image_idx_embedding", "embed_dim", "num_heads", "depth", "mlp_ratio",
@@ -166,59 +288,200 @@ def from_upstream(d: Mapping[str, Any]) -> Fast3RConfig:
                               ("head_args", head, head_known)):
         extra = set(args) - known
         if extra:
-            raise ValueError(f"unsupported upstream {name}: {sorted(extra)}")
+            raise InputError(f"{source}: unsupported upstream {name}: {sorted(map(str, extra))}")
 
-    patch_size = int(enc.get("patch_size", 16))
-    if int(head.get("patch_size", patch_size)) != patch_size:
-        raise ValueError("head_args.patch_size must equal encoder_args.patch_size")
+    patch_size = get(enc, "encoder_args", "patch_size", int, 16)
+    if get(head, "head_args", "patch_size", int, patch_size) != patch_size:
+        raise InputError(f"{source}: head_args.patch_size must equal encoder_args.patch_size")
     if patch_size != 16:
-        raise ValueError(f"patch_size={patch_size}: the DPT head is defined for patch size 16")
-    enc_dim = int(enc.get("embed_dim", 768))
-    if "enc_embed_dim" in dec and int(dec["enc_embed_dim"]) != enc_dim:
-        raise ValueError(f"decoder_args.enc_embed_dim={dec['enc_embed_dim']} != encoder_args.embed_dim={enc_dim}")
-    if not head.get("with_local_head", False):
-        raise ValueError("head_args.with_local_head=False is not supported: Fast3R predicts global and local maps")
-    conf_mode = head.get("conf_mode")
-    if not conf_mode:
-        raise ValueError("head_args.conf_mode must be set: Fast3R predicts confidences")
+        raise InputError(f"{source}: patch_size={patch_size}: the DPT head is defined for patch size 16")
+    enc_dim = get(enc, "encoder_args", "embed_dim", int, 768)
+    if get(dec, "decoder_args", "enc_embed_dim", int, enc_dim) != enc_dim:
+        raise InputError(f"{source}: decoder_args.enc_embed_dim={dec['enc_embed_dim']} != "
+                         f"encoder_args.embed_dim={enc_dim}")
+    if not get(head, "head_args", "with_local_head", bool, False):
+        raise InputError(f"{source}: head_args.with_local_head=False is not supported: Fast3R predicts global and "
+                         "local maps")
+    if "random_image_idx_embedding" not in dec:
+        raise InputError(f"{source}: decoder_args.random_image_idx_embedding is missing")
+    if not head.get("conf_mode"):
+        raise InputError(f"{source}: head_args.conf_mode must be set: Fast3R predicts confidences")
+    if "depth_mode" not in head:
+        raise InputError(f"{source}: head_args.depth_mode is missing")
+    mode = tuple[str, float, float]
+    depth_mode = _mode(get(head, "head_args", "depth_mode", mode), source, "depth_mode", ("exp", "linear", "square"))
+    conf_mode = _mode(get(head, "head_args", "conf_mode", mode), source, "conf_mode", ("exp", "sigmoid"))
 
-    return Fast3RConfig(
-        encoder=EncoderConfig(
-            patch_size=patch_size,
-            embed_dim=enc_dim,
-            num_heads=int(enc.get("num_heads", 12)),
-            depth=int(enc.get("depth", 12)),
-            mlp_ratio=float(enc.get("mlp_ratio", 4.0)),
-            rope_base=float(str(pos_embed)[len("RoPE"):]),
-        ),
-        fusion=FusionConfig(
-            embed_dim=int(dec.get("embed_dim", 768)),
-            num_heads=int(dec.get("num_heads", 12)),
-            depth=int(dec.get("depth", 12)),
-            mlp_ratio=float(dec.get("mlp_ratio", 4.0)),
-            qkv_bias=bool(dec.get("qkv_bias", True)),
-            random_image_ids=bool(dec["random_image_idx_embedding"]),
-            inference_attention_scale=bool(dec.get("attn_bias_for_inference_enabled", True)),
-        ),
-        head=HeadConfig(
-            depth_mode=_mode(head["depth_mode"], "depth_mode", ("exp", "linear", "square")),
-            conf_mode=_mode(conf_mode, "conf_mode", ("exp", "sigmoid")),
-            landscape_only=bool(head.get("landscape_only", True)),
-            with_local_head=True,
-        ),
-    )
+    try:
+        return Fast3RConfig(
+            encoder=EncoderConfig(
+                patch_size=patch_size,
+                embed_dim=enc_dim,
+                num_heads=get(enc, "encoder_args", "num_heads", int, 12),
+                depth=get(enc, "encoder_args", "depth", int, 12),
+                mlp_ratio=get(enc, "encoder_args", "mlp_ratio", float, 4.0),
+                rope_base=rope_base,
+            ),
+            fusion=FusionConfig(
+                embed_dim=get(dec, "decoder_args", "embed_dim", int, 768),
+                num_heads=get(dec, "decoder_args", "num_heads", int, 12),
+                depth=get(dec, "decoder_args", "depth", int, 12),
+                mlp_ratio=get(dec, "decoder_args", "mlp_ratio", float, 4.0),
+                qkv_bias=get(dec, "decoder_args", "qkv_bias", bool, True),
+                random_image_ids=get(dec, "decoder_args", "random_image_idx_embedding", bool),
+                inference_attention_scale=get(dec, "decoder_args", "attn_bias_for_inference_enabled", bool, True),
+            ),
+            head=HeadConfig(
+                depth_mode=depth_mode,
+                conf_mode=conf_mode,
+                landscape_only=get(head, "head_args", "landscape_only", bool, True),
+                with_local_head=True,
+            ),
+        )
+    except InputError as err:
+        raise InputError(f"{source}: {err}") from None
 
 
-def _expect(args: Mapping[str, Any], where: str, key: str, value: str) -> None:
+def _expect(args: Mapping[str, Any], source: str, section: str, key: str, value: str) -> None:
     got = args.get(key, value)
     if got != value:
-        raise ValueError(f"{where}.{key}={got!r} is not supported (expected {value!r})")
+        raise InputError(f"{source}: {section}.{key}={got!r} is not supported (expected {value!r})")
 
 
-def _mode(mode, name: str, allowed: tuple[str, ...]) -> tuple[str, float, float]:
-    kind, vmin, vmax = mode
-    if kind not in allowed:
-        raise ValueError(f"head_args.{name}={mode!r}: mode must be one of {allowed}")
-    if name == "depth_mode" and (float(vmin), float(vmax)) != (-math.inf, math.inf):
-        raise ValueError(f"head_args.depth_mode={mode!r}: bounded depth modes are not supported (upstream asserts none)")
-    return (str(kind), float(vmin), float(vmax))
+def _mode(mode: tuple[str, float, float], source: str, name: str,
+          allowed: tuple[str, ...]) -> tuple[str, float, float]:
+    if mode[0] not in allowed:
+        raise InputError(f"{source}: head_args.{name}={list(mode)!r}: mode must be one of {allowed}")
+    if name == "depth_mode" and mode[1:] != (-math.inf, math.inf):
+        raise InputError(f"{source}: head_args.depth_mode={list(mode)!r}: bounded depth modes are not supported "
+                         "(upstream asserts none)")
+    return mode
+
+
+# ----------------------------------------------------------------------------
+# Training.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warm-up and cosine decay (see fast3r_jax.train.optimizer)."""
+
+    lr: float = 1e-4  # peak learning rate
+    min_lr: float = 1e-6  # end of the cosine decay
+    warmup_steps: int = 1000  # linear warm-up from 0 to lr
+    total_steps: int = 100_000  # warm-up + cosine
+    b1: float = 0.9
+    b2: float = 0.95
+    weight_decay: float = 0.05
+    decay_mask: str = "all"  # 'all' (upstream) or 'matrices' (no decay on biases / norm scales)
+    grad_clip_norm: float | None = None  # global-norm clipping; upstream does not clip
+
+    def __post_init__(self):
+        if self.decay_mask not in DECAY_MASKS:
+            raise InputError(f"decay_mask must be one of {DECAY_MASKS}, got {self.decay_mask!r}")
+        if not 0 <= self.warmup_steps <= self.total_steps:
+            raise InputError(f"need 0 <= warmup_steps ({self.warmup_steps}) <= total_steps ({self.total_steps})")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    train: str = "2000 @ synthetic(num_scenes=2000, num_views=4, resolution=(64, 48), split='train')"
+    val: str = "16 @ synthetic(num_scenes=16, num_views=4, resolution=(64, 48), split='val')"
+    # landscape (W, H) buckets, one per batch; None keeps the source's
+    resolutions: tuple[tuple[int, int], ...] | None = ((64, 48),)
+    augment: bool = True  # random zoom (aug_crop) and colour jitter
+    aug_crop: int | None = 0  # None: each dataset's own margin (upstream's per-dataset values)
+    batch_size: int = 4  # global batch (samples); split over the mesh's data axis and processes
+    workers: int = 0  # grain worker processes per host
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: Fast3RConfig = tiny()
+    optimizer: OptimizerConfig = OptimizerConfig(lr=3e-4, warmup_steps=20, total_steps=300, grad_clip_norm=1.0)
+    data: DataConfig = DataConfig()
+    init: str | None = None  # converted checkpoint folder to start from (fine-tuning); None: random init
+    steps: int = 300
+    dtype: str = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
+    layout: str = "zero2"  # replicated | zero2 | fsdp (see fast3r_jax.sharding)
+    mesh_data: int = -1  # data-axis size (-1: all devices not used by the tensor axis)
+    mesh_tensor: int = 1  # tensor-parallel degree
+    alpha: float = 0.2  # confidence-loss regulariser
+    seed: int = 0
+    workdir: str = "runs/tiny_synthetic"
+    log_every: int = 10
+    val_every: int = 100
+    val_batches: int = 2  # 0 disables validation
+    ckpt_every: int = 100
+    keep: int = 3  # checkpoints kept
+    time_limit_s: float | None = None  # stop (with a checkpoint) once this much wall time has passed
+
+    def __post_init__(self):
+        # Imported here: both modules import jax, and predict imports this module.
+        from fast3r_jax.inference.predict import DTYPES  # noqa: PLC0415
+        from fast3r_jax.sharding import LAYOUTS  # noqa: PLC0415
+
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.layout not in LAYOUTS:
+            raise InputError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.steps < 1 or self.log_every < 1 or self.ckpt_every < 1 or self.val_every < 1:
+            raise InputError("steps, log_every, ckpt_every and val_every must be positive")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+
+# ----------------------------------------------------------------------------
+# Config files.
+# ----------------------------------------------------------------------------
+
+
+def _parse_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise InputError(f"{source}: not valid JSON ({err})") from None
+
+
+def load_config_file(spec: str | os.PathLike, expect: type[T] | None = None) -> T:
+    """The config named by `spec`: a preset name (PRESETS), a Python file whose `get_config()` returns it
+    (`path.py`, or `path.py:variant` for `get_config("variant")`), or a config.json (ours, or upstream's with
+    encoder_args / decoder_args / head_args). `expect`: the type the caller needs. InputError names the file."""
+    spec = os.fspath(spec)
+    if spec in PRESETS:
+        cfg: Any = PRESETS[spec]()
+    else:
+        path_text, sep, variant = spec.rpartition(":")
+        if not (sep and path_text.endswith(".py")):
+            path_text, variant = spec, ""
+        path = pathlib.Path(path_text)
+        if not path.is_file():
+            raise InputError(f"config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+        if path.suffix == ".py":
+            cfg = _run_config_module(path, variant)
+            if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+                check_fields(cfg, str(path))
+        elif path.suffix == ".json" and not variant:
+            data = _parse_json(path.read_text(), str(path))
+            upstream = isinstance(data, Mapping) and "encoder_args" in data
+            cfg = from_upstream(data, str(path)) if upstream else Fast3RConfig.from_dict(data, str(path))
+        else:
+            raise InputError(f"config {spec!r}: expected a preset, a .py file (optionally :variant) or a .json file")
+    if expect is not None and not isinstance(cfg, expect):
+        raise InputError(f"config {spec!r} is a {type(cfg).__name__}, expected a {expect.__name__}")
+    return cfg
+
+
+def _run_config_module(path: pathlib.Path, variant: str) -> Any:
+    """get_config() (or get_config(variant)) of the Python file `path`, run as a module of its own."""
+    module_spec = importlib.util.spec_from_file_location(f"fast3r_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise InputError(f"{path}: {err}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise InputError(f"{path} defines no get_config()")
+    return module.get_config(variant) if variant else module.get_config()

@@ -3,7 +3,6 @@ import pathlib
 import pytest
 
 from fast3r_jax import config as config_lib
-from fast3r_jax import configs
 from fast3r_jax import config_from_upstream
 from upstream_configs import LARGE, TINY, upstream_config
 
@@ -55,10 +54,10 @@ def test_invalid_configs_raise():
 
 def test_experiment_config_files_load(tmp_path):
     root = pathlib.Path(__file__).parents[1]
-    assert configs.load(str(root / "configs/fast3r_tiny.py")) == config_lib.tiny()
-    assert configs.load(str(root / "configs/fast3r_large.py")) == config_lib.large()
+    assert config_lib.load_config_file(str(root / "configs/fast3r_tiny.py")) == config_lib.tiny()
+    assert config_lib.load_config_file(str(root / "configs/fast3r_large.py")) == config_lib.large()
     (tmp_path / "bad.py").write_text("x = 1\n")
     with pytest.raises(ValueError, match="get_config"):
-        configs.load(str(tmp_path / "bad.py"))
+        config_lib.load_config_file(str(tmp_path / "bad.py"))
     with pytest.raises(ValueError, match="preset"):
-        configs.load("huge")
+        config_lib.load_config_file("huge")

@@ -13,7 +13,7 @@ from upstream_configs import TINY
 from fast3r_jax import config as config_lib
 from fast3r_jax import load_pretrained, predict
 from fast3r_jax.checkpoint import CheckpointError
-from fast3r_jax.convert.converter import main
+from fast3r_jax.cli import main as cli_main
 from fast3r_jax.convert.table import params_from_torch, params_to_torch
 from fast3r_jax.model.params import CheckpointMismatchError
 
@@ -35,7 +35,7 @@ def write_hf(folder, state_dict, config=TINY):
 
 def test_hf_folder_converts_and_reproduces_golden(tmp_path, state_dict):
     src = write_hf(tmp_path / "hf", state_dict)
-    assert main([str(src), str(tmp_path / "out")]) == 0
+    assert cli_main(["convert", str(src), str(tmp_path / "out")]) == 0
     config, params = load_pretrained(tmp_path / "out")
     assert config == config_lib.tiny()
     z = np.load(DATA / "tiny_caseA.npz")
@@ -81,7 +81,7 @@ def test_bad_checkpoints_fail_naming_the_tensor(tmp_path, state_dict, edit, name
     for name in names:
         assert name in str(err.value)
     src = write_hf(tmp_path / "hf", sd)
-    assert main([str(src), str(tmp_path / "out")]) == 1
+    assert cli_main(["convert", str(src), str(tmp_path / "out")]) == 2
     assert names[1] in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -105,7 +105,7 @@ def test_dust3r_checkpoint_initialises_encoder_and_head(tmp_path, state_dict):
     dust3r["dec_blocks2.0.norm1.weight"] = np.ones(64, np.float32)  # DUSt3R's second decoder: not used
     dust3r["decoder_embed.weight"] = np.ones((64, 96), np.float32)
     save_file(dust3r, str(tmp_path / "dust3r.safetensors"))
-    assert main([str(tmp_path / "dust3r.safetensors"), str(tmp_path / "out"), "--config", "tiny"]) == 0
+    assert cli_main(["convert", str(tmp_path / "dust3r.safetensors"), str(tmp_path / "out"), "--config", "tiny"]) == 0
     _, params = load_pretrained(tmp_path / "out")
     back = params_to_torch(params, config_lib.tiny())
     for key in ("encoder.enc_blocks.1.attn.qkv.weight", "downstream_head.dpt.head.4.weight"):
@@ -120,19 +120,19 @@ def test_dust3r_checkpoint_initialises_encoder_and_head(tmp_path, state_dict):
 
 def test_config_flag_conflicts_with_snapshot_config(tmp_path, state_dict, capsys):
     src = write_hf(tmp_path / "hf", state_dict)
-    assert main([str(src), str(tmp_path / "out"), "--config", "tiny"]) == 1
+    assert cli_main(["convert", str(src), str(tmp_path / "out"), "--config", "tiny"]) == 2
     assert "config.json" in capsys.readouterr().err
 
 
 def test_wrong_preset_for_a_checkpoint_is_reported(tmp_path, state_dict, capsys):
     save_file({k: v for k, v in state_dict.items()}, str(tmp_path / "w.safetensors"))
-    assert main([str(tmp_path / "w.safetensors"), str(tmp_path / "out"), "--config", "large"]) == 1
+    assert cli_main(["convert", str(tmp_path / "w.safetensors"), str(tmp_path / "out"), "--config", "large"]) == 2
     assert "mis-shaped" in capsys.readouterr().err
 
 
 def test_load_pretrained_onto_a_sharding_and_bad_folders(tmp_path, state_dict):
     src = write_hf(tmp_path / "hf", state_dict)
-    assert main([str(src), str(tmp_path / "out")]) == 0
+    assert cli_main(["convert", str(src), str(tmp_path / "out")]) == 0
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     _, params = load_pretrained(tmp_path / "out", sharding=sharding)
@@ -144,4 +144,4 @@ def test_load_pretrained_onto_a_sharding_and_bad_folders(tmp_path, state_dict):
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="fusion.embed.kernel"):
         load_pretrained(tmp_path / "out")
-    assert main([str(src), str(tmp_path / "out")]) == 1  # refuses to overwrite
+    assert cli_main(["convert", str(src), str(tmp_path / "out")]) == 2  # refuses to overwrite

@@ -1,4 +1,4 @@
-"""evaluate.py end to end with the built-in model: every dataset path on tiny fixtures in the dataset's layout, the
+"""fast3r-jax evaluate (evaluate.py) end to end with the built-in model: every dataset path on tiny fixtures in the dataset's layout, the
 written reports, and the errors for missing or malformed inputs."""
 
 import csv
@@ -12,13 +12,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_eval_datasets import NRGBD_K, SEVEN_K, write_co3d, write_dtu, write_nrgbd, write_re10k, write_seven_scenes
 from test_evaluation import oracle
 
-import evaluate
 from fast3r_jax import load_pretrained
+from fast3r_jax.cli import main
 from fast3r_jax.data import eval_datasets as ed
 from fast3r_jax.data.synthetic import SyntheticScenes
+from fast3r_jax.evaluation import protocols
+from fast3r_jax.evaluation.datasets import DATASETS
 from fast3r_jax.evaluation.protocols import HEADS, POSE_METRICS, RECON_METRICS, evaluate_scenes, model_predictor
 from fast3r_jax.inference import engine as inference
 from fast3r_jax.model.params import init_params
+from fast3r_jax.reconstruct import DEFAULT_CHECKPOINT
 
 SMALL = ["--resolution", "32x16"]  # multiples of the patch size, quick to compile
 # per dataset: fixture writer and the options that make the benchmark's settings fit the fixture's few frames
@@ -39,7 +42,7 @@ def fixture_intrinsics(monkeypatch):
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
-    code = evaluate.main(argv)
+    code = main(["evaluate", *argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -47,7 +50,7 @@ def run(argv, capsys) -> tuple[int, str, str]:
 def check_reports(out, dataset: str, num_runs: int) -> dict:
     """JSON, CSV, Markdown, TensorBoard and PNG outputs of a run hold finite metrics in range; returns the JSON."""
     report = json.loads((out / "metrics.json").read_text())
-    tasks = evaluate.DATASETS[dataset].tasks
+    tasks = DATASETS[dataset].tasks
     assert report["dataset"] == dataset and set(report["tables"]) == set(tasks)
     expected_rows = {"pose": num_runs, "recon": num_runs * len(HEADS)}
     scalars = EventAccumulator(str(out / "tb"))
@@ -79,10 +82,10 @@ def check_reports(out, dataset: str, num_runs: int) -> dict:
 
 
 def test_default_synthetic_run(tmp_path, capsys):
-    code, out, _ = run(["--scenes", "2", "--views", "2", "3", *SMALL, "--out", str(tmp_path)], capsys)
+    code, out, _ = run(["--scenes", "2", "--views", "2", "3", *SMALL, "--out", str(tmp_path / "o")], capsys)
     assert code == 0
     assert "built-in model" in out and "synthetic pose" in out and "synthetic recon" in out and "local_aligned" in out
-    report = check_reports(tmp_path, "synthetic", num_runs=2)
+    report = check_reports(tmp_path / "o", "synthetic", num_runs=2)
     assert [row["views"] for row in report["tables"]["pose"]] == [2, 3]
     assert report["pose_solver"] == "procrustes" and report["resolution"] == [32, 16]
 
@@ -110,7 +113,7 @@ def test_dataset_paths(dataset, tmp_path, capsys, fixture_intrinsics):
 def test_ground_truth_pointmaps_give_perfect_tables(dataset, tmp_path, capsys, monkeypatch):
     """The model replaced by the ground truth: every pose within 5 degrees, zero reconstruction error. (CO3D: the
     fixture's first sample, whose three frames differ; a repeated frame has no baseline, see test_evaluation.)"""
-    monkeypatch.setattr(evaluate, "model_predictor", lambda *args: oracle)
+    monkeypatch.setattr(protocols, "model_predictor", lambda *args: oracle)
     argv = ["--dataset", dataset, "--views", "3", "--scenes", "1" if dataset == "co3d" else "3", *SMALL,
             "--out", str(tmp_path / "o")]
     if dataset == "co3d":
@@ -124,7 +127,7 @@ def test_ground_truth_pointmaps_give_perfect_tables(dataset, tmp_path, capsys, m
 
 
 def test_builtin_model_beats_an_untrained_one():
-    config, params = load_pretrained(evaluate.BUILTIN)
+    config, params = load_pretrained(DEFAULT_CHECKPOINT)
     scenes = SyntheticScenes(2, 3, (128, 96), split="test")
     trained = evaluate_scenes(config, params, scenes)
     untrained = evaluate_scenes(config, init_params(config, 0), scenes)
@@ -135,7 +138,7 @@ def test_builtin_model_beats_an_untrained_one():
 
 
 def test_scenes_reuse_the_compiled_model():
-    config, params = load_pretrained(evaluate.BUILTIN)
+    config, params = load_pretrained(DEFAULT_CHECKPOINT)
     predict = model_predictor(config, params)
     scenes = SyntheticScenes(3, 2, (32, 16), split="test")
     compiled = (inference._encode, inference._fuse, inference._decode)  # pylint: disable=protected-access
@@ -159,14 +162,13 @@ def test_missing_checkpoint(tmp_path, capsys):
 def test_missing_data_root_folder(tmp_path, capsys):
     code, _, err = run(["--dataset", "7scenes", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path)],
                        capsys)
-    assert code == 2 and err.startswith("error: 7-Scenes root folder not found") and str(tmp_path / "nowhere") in err
+    assert code == 2 and err.startswith("fast3r-jax: error: 7-Scenes root folder not found") and str(tmp_path / "nowhere") in err
     assert err.count("\n") == 1
 
 
 def test_data_root_required(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate.main(["--dataset", "dtu"])
-    assert exit_info.value.code == 2 and "--data-root is required for --dataset dtu" in capsys.readouterr().err
+    code = main(["evaluate", "--dataset", "dtu"])
+    assert code == 2 and "--data-root is required for --dataset dtu" in capsys.readouterr().err
 
 
 def test_missing_and_malformed_files(tmp_path, capsys, fixture_intrinsics):

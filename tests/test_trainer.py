@@ -18,10 +18,11 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from fast3r_jax import config as config_lib
 from fast3r_jax import load_pretrained
+from fast3r_jax.config import TrainConfig
 from fast3r_jax.convert.table import params_from_torch, params_to_torch
 from fast3r_jax.model.fast3r import View
 from fast3r_jax.model.params import build_model
-from fast3r_jax.train.loop import NonFiniteLossError, TrainConfig, export_params, override, train
+from fast3r_jax.train.loop import NonFiniteLossError, export_params, override, train
 from fast3r_jax.train.losses import multiview_loss
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -156,10 +157,9 @@ def test_gradient_norms_match_golden():
 def test_shipped_training_configs_load_and_name_known_sources(name):
     import re  # noqa: PLC0415
 
-    import train as train_entry  # noqa: PLC0415
     from fast3r_jax.data.mixture import source_class  # noqa: PLC0415
 
-    cfg = train_entry.load_config(ROOT / "configs" / f"{name}.py")
+    cfg = config_lib.load_config_file(ROOT / "configs" / f"{name}.py")
     assert isinstance(cfg, TrainConfig)
     for spec in (cfg.data.train, cfg.data.val):
         for source in re.findall(r"@\s*(\w+)\(", spec):

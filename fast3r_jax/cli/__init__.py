@@ -23,6 +23,9 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 COMMANDS = {  # name: (module, one-line help)
     "reconstruct": ("fast3r_jax.cli.reconstruct", "point cloud and cameras from images or videos"),
+    "train": ("fast3r_jax.cli.train", "train or resume a model (train.py)"),
+    "evaluate": ("fast3r_jax.cli.evaluate", "benchmark a checkpoint on pose and reconstruction datasets (evaluate.py)"),
+    "convert": ("fast3r_jax.cli.convert", "official PyTorch checkpoint -> fast3r-jax checkpoint"),
     "view": ("fast3r_jax.cli.view", "interactive 3D viewer of a reconstruction folder"),
     "demo": ("fast3r_jax.cli.demo", "web app: upload images or a video, see and download the reconstruction"),
 }
@@ -30,6 +33,8 @@ COMMANDS = {  # name: (module, one-line help)
 # Operating-system errors that are the user's to fix (a missing, unreadable or full target), not bugs.
 _USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
                 errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+# The same, raised by our readers with a message and no errno.
+_USER_OS_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
 
 
 def note(message: str) -> None:
@@ -106,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return error(str(err))
     except OSError as err:
-        if args.debug or err.errno not in _USER_ERRNOS:
+        if args.debug or not (err.errno in _USER_ERRNOS or isinstance(err, _USER_OS_ERRORS)):
             raise
         return error(f"{err.filename}: {err.strerror}" if err.filename else str(err))
 

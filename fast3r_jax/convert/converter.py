@@ -1,6 +1,7 @@
 """Converts an official Fast3R (or DUSt3R) PyTorch checkpoint into a fast3r-jax checkpoint, without torch.
 
-    python -m fast3r_jax.convert SRC OUT [--config large|tiny|PATH/config.json] [--seed N]
+    fast3r-jax convert SRC OUT [--config large|tiny|PATH.py[:variant]|PATH/config.json] [--seed N] [--overwrite]
+    python -m fast3r_jax.convert SRC OUT ...          # the same
 
 SRC: a Hugging Face snapshot folder (config.json + model.safetensors), a `.safetensors`, a PyTorch `.pth`/`.bin`,
 or a Lightning `.ckpt` (state dict under `state_dict` with the `net.` prefix). A DUSt3R checkpoint initialises the
@@ -9,18 +10,17 @@ encoder (and the global head where its shapes match), the rest is freshly initia
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
-import sys
 from typing import Any
 
 import numpy as np
 
 from fast3r_jax import config as config_lib
 from fast3r_jax.checkpoint import save_pretrained
-from fast3r_jax.convert.readers import UnsafeCheckpointError, load_state_dict
+from fast3r_jax.convert.readers import load_state_dict
 from fast3r_jax.convert.table import fold_aliases, params_from_torch, params_to_torch
+from fast3r_jax.errors import InputError
+from fast3r_jax.io.files import check_output_folder
 from fast3r_jax.model.params import init_params
 
 # DUSt3R prefixes -> Fast3R prefixes for the parts upstream initialises from a DUSt3R checkpoint.
@@ -30,20 +30,13 @@ _DUST3R_HEAD = (("downstream_head1.", "downstream_head."),)
 
 
 def resolve_config(src: pathlib.Path, spec: str | None) -> config_lib.Fast3RConfig:
-    """The model config: the snapshot's config.json, or --config (a preset name or a config.json path)."""
+    """The model config: the snapshot's config.json, or `spec` (--config: see config.load_config_file)."""
     snapshot_config = src / "config.json" if src.is_dir() else None
     if snapshot_config is not None and snapshot_config.is_file():
         if spec is not None:
-            raise ValueError(f"{src} has its own config.json; do not pass --config")
-        return config_lib.from_upstream(json.loads(snapshot_config.read_text()))
-    spec = spec or "large"
-    if spec in ("large", "tiny"):
-        return getattr(config_lib, spec)()
-    path = pathlib.Path(spec)
-    if not path.is_file():
-        raise ValueError(f"--config {spec!r} is neither a preset (large, tiny) nor a config.json file")
-    data = json.loads(path.read_text())
-    return config_lib.from_upstream(data) if "encoder_args" in data else config_lib.Fast3RConfig.from_dict(data)
+            raise InputError(f"{src} has its own config.json; do not pass --config")
+        spec = snapshot_config
+    return config_lib.load_config_file(spec or "large", expect=config_lib.Fast3RConfig)
 
 
 def _rename(state_dict: dict, prefixes) -> dict:
@@ -63,7 +56,7 @@ def from_dust3r(state_dict: dict[str, np.ndarray], cfg: config_lib.Fast3RConfig,
     bad = sorted(k for k in encoder if k not in full or full[k].shape != encoder[k].shape)
     missing = sorted(k for k in full if k.startswith("encoder.") and k not in encoder)
     if bad or missing:
-        raise ValueError("DUSt3R encoder does not match the config: "
+        raise InputError("DUSt3R encoder does not match the config: "
                          f"mismatched {bad[:10]}, missing {missing[:10]}")
     full.update(encoder)
     head = fold_aliases(_rename(state_dict, _DUST3R_HEAD))
@@ -84,8 +77,10 @@ def from_dust3r(state_dict: dict[str, np.ndarray], cfg: config_lib.Fast3RConfig,
 
 def convert(src: str | pathlib.Path, out: str | pathlib.Path, config: str | None = None, seed: int = 0,
             overwrite: bool = False) -> dict[str, Any]:
-    """Reads SRC, maps every tensor strictly, writes an Orbax checkpoint + config to OUT. Returns the report."""
+    """Reads SRC, maps every tensor strictly, writes an Orbax checkpoint + config to OUT. Returns the report.
+    OUT may not be, contain or lie inside SRC (checked before anything is read)."""
     src = pathlib.Path(src)
+    check_output_folder(out, overwrite=overwrite, inputs=[src], what="checkpoint folder")
     cfg = resolve_config(src, config)
     state_dict, layout = load_state_dict(src)
     if layout == "dust3r":
@@ -94,24 +89,6 @@ def convert(src: str | pathlib.Path, out: str | pathlib.Path, config: str | None
         params = params_from_torch(state_dict, cfg)
         report = {"source": layout, "tensors": len(state_dict)}
     report["src"] = str(src.absolute())
-    save_pretrained(out, cfg, params, notes=report, overwrite=overwrite)
+    save_pretrained(out, cfg, params, notes=report, overwrite=overwrite, inputs=[src])
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fast3r_jax.convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", help="HF snapshot folder, .safetensors, .pth/.bin or Lightning .ckpt")
-    parser.add_argument("out", help="output checkpoint folder (must not exist unless --overwrite)")
-    parser.add_argument("--config", default=None, help="large | tiny | path to a config.json (not for HF folders)")
-    parser.add_argument("--seed", type=int, default=0, help="init seed for parts a DUSt3R checkpoint lacks")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    args = parser.parse_args(argv)
-    try:
-        report = convert(args.src, args.out, args.config, args.seed, args.overwrite)
-    except (ValueError, OSError, UnsafeCheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(report, indent=1))
-    print(f"wrote {pathlib.Path(args.out).absolute()}")
-    return 0
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import zipfile
 from collections.abc import Iterable, Sequence
 from typing import Union
 
@@ -38,6 +39,7 @@ import numpy as np
 
 from fast3r_jax.data import augment, geometry_np
 from fast3r_jax.data.readers import View, make_view, read_depth, read_npz, read_rgb
+from fast3r_jax.errors import InputError
 from fast3r_jax.geometry.transforms import inverse_rigid
 
 Resolution = Union[int, tuple[int, int]]
@@ -520,9 +522,20 @@ def load_co3d_sequences(root: str, split: str) -> dict[tuple[str, str], list[int
             if len(seqs) > 0
             for name, frames in seqs.items()
         }
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:  # InputError is checked below
         raise ValueError(f"malformed CO3D sequence list {path}: expected {{category: {{sequence: [frames]}}}}") from err
+    for (category, name), frames in sequences.items():
+        for part in (category, name):
+            _check_name(part, path)
+        if not frames:
+            raise ValueError(f"CO3D sequence list {path}: sequence {category}/{name} lists no frames")
     return sequences
+
+
+def _check_name(name: str, listed_in: str) -> None:
+    """A category or sequence name from a list file must be one folder inside the root, never a path out of it."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or os.sep in name or "\0" in name:
+        raise InputError(f"{listed_in}: {name!r} is not a plain folder name (it would read outside the data root)")
 
 
 class Co3dPoseEval:
@@ -618,9 +631,16 @@ class Co3dPoseEval:
         name = f"frame{frame:06d}"
         image_path = os.path.join(folder, "images", f"{name}.jpg")
         meta_path = os.path.join(folder, "images", f"{name}.npz")
-        meta = read_npz(meta_path, self.DATASET, ("camera_pose", "camera_intrinsics", "maximum_depth"))
+        try:
+            meta = read_npz(meta_path, self.DATASET, ("camera_pose", "camera_intrinsics", "maximum_depth"))
+        except (zipfile.BadZipFile, EOFError, OSError) as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise ValueError(f"unreadable CO3D metadata file {meta_path}: {err}") from err
         c2w = _checked_pose(meta["camera_pose"], meta_path)
         K = np.asarray(meta["camera_intrinsics"], np.float32)
+        if K.shape != (3, 3):
+            raise ValueError(f"CO3D metadata file {meta_path}: camera_intrinsics must be 3x3, got shape {K.shape}")
         depth = read_depth(os.path.join(folder, "depths", f"{name}.jpg.geometric.png"), self.DATASET)
         depth = (depth.astype(np.float32) / 65535) * np.nan_to_num(meta["maximum_depth"])  # (H, W) metres
         if self.mask_bg:

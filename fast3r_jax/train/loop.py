@@ -14,87 +14,72 @@ import json
 import os
 import pathlib
 import time
-from typing import Any
+import typing
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from fast3r_jax import config as config_lib
-from fast3r_jax.checkpoint import load_pretrained, save_pretrained
+from fast3r_jax.checkpoint import load_config, load_pretrained, save_pretrained
+from fast3r_jax.config import Fast3RConfig, TrainConfig, check_value
 from fast3r_jax.data.mixture import parse_mixture
 from fast3r_jax.data.pipeline import make_loader
+from fast3r_jax.errors import InputError
 from fast3r_jax.inference.predict import DTYPES
+from fast3r_jax.io.files import atomic_file
 from fast3r_jax.model.flops import peak_flops, train_step_flops
 from fast3r_jax.model.params import init_params
-from fast3r_jax.sharding import LAYOUTS, make_mesh
+from fast3r_jax.sharding import make_mesh
 from fast3r_jax.train import step as training
-from fast3r_jax.train.optimizer import OptimizerConfig, learning_rate, make_optimizer
+from fast3r_jax.train.optimizer import learning_rate, make_optimizer
 from fast3r_jax.train.tensorboard import SummaryWriter, normalise_to_uint8
+
+T = TypeVar("T")
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient became NaN/inf; the step was not applied."""
 
 
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    train: str = "2000 @ synthetic(num_scenes=2000, num_views=4, resolution=(64, 48), split='train')"
-    val: str = "16 @ synthetic(num_scenes=16, num_views=4, resolution=(64, 48), split='val')"
-    resolutions: tuple | None = ((64, 48),)  # landscape (W, H) buckets, one per batch; None keeps the source's
-    augment: bool = True  # random zoom (aug_crop) and colour jitter
-    aug_crop: int | None = 0  # None: each dataset's own margin (upstream's per-dataset values)
-    batch_size: int = 4  # global batch (samples); split over the mesh's data axis and processes
-    workers: int = 0  # grain worker processes per host
+def override(cfg: T, dotted: str, text: str) -> T:
+    """Returns cfg with the field at `dotted` (e.g. 'optimizer.lr') set from a command-line value: a Python literal
+    checked against the field's type (fast3r_jax.config.check_value), or, for a text field, the bare text (a path).
+    InputError names the field: `steps=2.5`, `steps=abc`, `optimizer.lr=abc` and unknown fields are refused."""
+    return _override(cfg, dotted.split("."), text, dotted)
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    model: config_lib.Fast3RConfig = config_lib.tiny()
-    optimizer: OptimizerConfig = OptimizerConfig(lr=3e-4, warmup_steps=20, total_steps=300, grad_clip_norm=1.0)
-    data: DataConfig = DataConfig()
-    init: str | None = None  # converted checkpoint folder to start from (fine-tuning); None: random init
-    steps: int = 300
-    dtype: str = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
-    layout: str = "zero2"  # replicated | zero2 | fsdp (see fast3r_jax.sharding)
-    mesh_data: int = -1  # data-axis size (-1: all devices not used by the tensor axis)
-    mesh_tensor: int = 1  # tensor-parallel degree
-    alpha: float = 0.2  # confidence-loss regulariser
-    seed: int = 0
-    workdir: str = "runs/tiny_synthetic"
-    log_every: int = 10
-    val_every: int = 100
-    val_batches: int = 2  # 0 disables validation
-    ckpt_every: int = 100
-    keep: int = 3  # checkpoints kept
-    time_limit_s: float | None = None  # stop (with a checkpoint) once this much wall time has passed
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.steps < 1 or self.log_every < 1 or self.ckpt_every < 1 or self.val_every < 1:
-            raise ValueError("steps, log_every, ckpt_every and val_every must be positive")
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1)
-
-
-def override(cfg, dotted: str, text: str):
-    """Returns cfg with the field at `dotted` (e.g. 'optimizer.lr') set from a command-line value."""
-    head, _, rest = dotted.partition(".")
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
+def _override(cfg: T, names: list[str], text: str, dotted: str) -> T:
+    head, rest = names[0], names[1:]
+    fields = {f.name for f in dataclasses.fields(cfg)}
     if head not in fields:
-        raise ValueError(f"unknown config field {dotted!r}; {type(cfg).__name__} has {sorted(fields)}")
+        raise InputError(f"--set {dotted}: unknown config field {head!r}; {type(cfg).__name__} has {sorted(fields)}")
     if rest:
-        return dataclasses.replace(cfg, **{head: override(getattr(cfg, head), rest, text)})
+        inner = getattr(cfg, head)
+        if not dataclasses.is_dataclass(inner):
+            raise InputError(f"--set {dotted}: {head} is a {type(inner).__name__}, it has no field {rest[0]!r}")
+        return dataclasses.replace(cfg, **{head: _override(inner, rest, text, dotted)})
+    hint = typing.get_type_hints(type(cfg))[head]
     try:
         value: Any = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         value = text  # a bare string, e.g. a path
-    return dataclasses.replace(cfg, **{head: value})
+    try:
+        value = check_value(value, hint, "--set", dotted)
+    except InputError:
+        if not isinstance(value, str) and _accepts_text(hint):
+            value = text  # e.g. workdir=123
+        else:
+            raise
+    try:
+        return dataclasses.replace(cfg, **{head: value})
+    except InputError as err:
+        raise InputError(f"--set {dotted}={text}: {err}") from None
+
+
+def _accepts_text(hint: Any) -> bool:
+    return hint is str or str in typing.get_args(hint)
 
 
 def _restore_or_init(cfg: TrainConfig, tx, shardings, mgr: ocp.CheckpointManager, iterator):
@@ -108,9 +93,7 @@ def _restore_or_init(cfg: TrainConfig, tx, shardings, mgr: ocp.CheckpointManager
         iterator.set_state(restored["data"])
         return restored["state"], step
     if cfg.init:
-        model_cfg, params = load_pretrained(cfg.init)
-        if model_cfg != cfg.model:
-            raise ValueError(f"init checkpoint {cfg.init} has a different model config than the run")
+        _, params = load_pretrained(cfg.init)  # its config was checked by _check_start
     else:
         params = init_params(cfg.model, cfg.seed)
     return jax.device_put(training.init_state(params, tx, cfg.seed), shardings), 0
@@ -120,21 +103,48 @@ def _restore_or_init(cfg: TrainConfig, tx, shardings, mgr: ocp.CheckpointManager
 RESUMABLE_FIELDS = ("steps", "time_limit_s", "log_every", "val_every", "ckpt_every", "keep", "workdir")
 
 
-def _check_workdir(workdir: pathlib.Path, cfg: TrainConfig) -> None:
-    """Refuses a workdir whose saved config differs from cfg outside RESUMABLE_FIELDS; (re)writes config.json."""
+def _latest_step(workdir: pathlib.Path) -> int | None:
+    """The last committed checkpoint step in `workdir`, None if there is none (nothing is written)."""
+    if not (workdir / "checkpoints").is_dir():
+        return None
+    with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data")) as mgr:
+        return mgr.latest_step()
+
+
+def _check_start(workdir: pathlib.Path, cfg: TrainConfig, mesh_size: int) -> None:
+    """Everything about the run that can be wrong, checked before anything is written to `workdir`: the saved
+    config (only RESUMABLE_FIELDS may differ), the batch split, the data mixtures, the init checkpoint's model and
+    a resume that would have nothing to do. InputError naming the field or folder."""
     saved = workdir / "config.json"
     if saved.exists():
         old, new = json.loads(saved.read_text()), json.loads(cfg.to_json())
         changed = sorted(k for k in old.keys() | new.keys()
                          if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k))
         if changed:
-            raise ValueError(f"{workdir} holds a run with a different config ({', '.join(changed)}); use another "
+            raise InputError(f"{workdir} holds a run with a different config ({', '.join(changed)}); use another "
                              f"workdir (only {', '.join(RESUMABLE_FIELDS)} may change on resume)")
+    for what, size in (("the data axis", mesh_size), ("the process count", jax.process_count())):
+        if cfg.data.batch_size % size:
+            raise InputError(f"data.batch_size {cfg.data.batch_size} is not divisible by {what} ({size})")
+    for field, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val if cfg.val_batches else None)):
+        if spec is not None:
+            try:
+                parse_mixture(spec)
+            except ValueError as err:
+                raise InputError(f"{field}: {err}") from None
+    latest = _latest_step(workdir)
+    if latest is not None and latest >= cfg.steps:
+        raise InputError(f"{workdir} already holds the checkpoint of step {latest}, at or past steps={cfg.steps}: "
+                         "nothing to train; pass a larger --set steps=N to continue the run")
+    if latest is None and cfg.init and load_config(cfg.init) != cfg.model:
+        raise InputError(f"init checkpoint {cfg.init} has a different model config than the run")
+
+
+def _write_config(workdir: pathlib.Path, cfg: TrainConfig) -> None:
+    """(Re)writes workdir/config.json, atomically (process 0 only)."""
     if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        tmp = saved.with_suffix(".json.tmp")
-        tmp.write_text(cfg.to_json())
-        tmp.replace(saved)
+        with atomic_file(workdir / "config.json", "w") as f:
+            f.write(cfg.to_json())
 
 
 def _throughput(cfg: TrainConfig, batch, seconds: float) -> dict[str, float]:
@@ -172,17 +182,18 @@ def _validate(cfg, eval_step, state, mesh, writer, step) -> dict[str, float]:
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Runs (or resumes) training to cfg.steps. Returns the last logged metrics."""
     workdir = pathlib.Path(cfg.workdir).absolute()
-    _check_workdir(workdir, cfg)
+    try:
+        mesh = make_mesh(cfg.mesh_data, cfg.mesh_tensor)
+    except ValueError as err:
+        raise InputError(f"mesh_data={cfg.mesh_data}, mesh_tensor={cfg.mesh_tensor}: {err}") from None
+    _check_start(workdir, cfg, mesh.shape["data"])
+    _write_config(workdir, cfg)
     lead = jax.process_index() == 0
-    mesh = make_mesh(cfg.mesh_data, cfg.mesh_tensor)
     tx = make_optimizer(cfg.optimizer)
     dtype = DTYPES[cfg.dtype]
     step_fn, shardings = training.make_train_step(cfg.model, tx, mesh, cfg.layout, dtype=dtype, alpha=cfg.alpha,
                                                   schedule=learning_rate(cfg.optimizer))
     eval_step = training.make_eval_step(cfg.model, mesh, dtype=dtype, alpha=cfg.alpha)
-    for what, size in (("the data axis", mesh.shape["data"]), ("the process count", jax.process_count())):
-        if cfg.data.batch_size % size:
-            raise ValueError(f"batch_size {cfg.data.batch_size} is not divisible by {what} ({size})")
     loader = make_loader(parse_mixture(cfg.data.train), cfg.data.batch_size // jax.process_count(), seed=cfg.seed,
                          shard_index=jax.process_index(), shard_count=jax.process_count(),
                          worker_count=cfg.data.workers, augment=cfg.data.augment,
@@ -242,11 +253,11 @@ def export_params(workdir: str | os.PathLike, out: str | os.PathLike, step: int 
     """Writes the parameters of a training checkpoint as a pretrained folder (config.json + Orbax params)."""
     workdir = pathlib.Path(workdir).absolute()
     cfg_dict = json.loads((workdir / "config.json").read_text())
-    model_cfg = config_lib.Fast3RConfig.from_dict(cfg_dict["model"])
+    model_cfg = Fast3RConfig.from_dict(cfg_dict["model"], str(workdir / "config.json"))
     with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data")) as mgr:
         step = mgr.latest_step() if step is None else step
         if step is None:
-            raise ValueError(f"{workdir} has no checkpoint")
+            raise InputError(f"{workdir} has no checkpoint")
         restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     params = jax.tree.map(np.asarray, restored["state"]["params"])
     return save_pretrained(out, model_cfg, params, notes={"source": "training", "workdir": str(workdir),

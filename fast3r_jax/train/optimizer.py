@@ -6,31 +6,10 @@ and norm scales (the usual ViT no-decay groups).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import optax
 
-DECAY_MASKS = ("all", "matrices")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    lr: float = 1e-4  # peak learning rate
-    min_lr: float = 1e-6  # end of the cosine decay
-    warmup_steps: int = 1000  # linear warm-up from 0 to lr
-    total_steps: int = 100_000  # warm-up + cosine
-    b1: float = 0.9
-    b2: float = 0.95
-    weight_decay: float = 0.05
-    decay_mask: str = "all"  # 'all' (upstream) or 'matrices' (no decay on biases / norm scales)
-    grad_clip_norm: float | None = None  # global-norm clipping; upstream does not clip
-
-    def __post_init__(self):
-        if self.decay_mask not in DECAY_MASKS:
-            raise ValueError(f"decay_mask must be one of {DECAY_MASKS}, got {self.decay_mask!r}")
-        if not 0 <= self.warmup_steps <= self.total_steps:
-            raise ValueError(f"need 0 <= warmup_steps ({self.warmup_steps}) <= total_steps ({self.total_steps})")
+from fast3r_jax.config import OptimizerConfig
 
 
 def learning_rate(cfg: OptimizerConfig) -> optax.Schedule:
