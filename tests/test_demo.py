@@ -55,7 +55,7 @@ def test_reconstruct_endpoint_returns_a_glb_with_points_and_the_downloads(served
     cameras = json.loads(open(next(f for f in files if f.endswith(".json"))).read())["cameras"]
     assert len(cameras) == 3
     with zipfile.ZipFile(next(f for f in files if f.endswith(".zip"))) as z:
-        assert sorted(z.namelist()) == ["cameras.txt", "images.txt", "points3D.txt"]
+        assert sorted(z.namelist()) == ["cameras.bin", "images.bin", "points3D.bin"]  # the binary model
     for stage in ("load", "inference", "cameras", "export"):
         assert f"| {stage} |" in timings
     results = list(app.root.iterdir())

@@ -15,6 +15,8 @@ import trimesh
 from fast3r_jax import cli
 from fast3r_jax import reconstruct as reconstruct_lib
 from fast3r_jax.app import viewer
+from fast3r_jax.geometry.cameras import Cameras
+from fast3r_jax.io.images import Geometry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIEWS = 3
@@ -37,7 +39,8 @@ def _outputs(num: int = 3, height: int = 24, width: int = 32) -> tuple[list[dict
         angle = 0.2 * (i + 1)
         rot = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
         local = 0.5 * glob_pts @ rot.T + [0.1, -0.2, 0.3]  # (H, W, 3)
-        views.append(dict(img=rng.uniform(-1, 1, (3, height, width)).astype(np.float32), path=f"view_{i}.png"))
+        views.append(dict(img=rng.uniform(-1, 1, (3, height, width)).astype(np.float32), path=f"view_{i}.png",
+                          geometry=Geometry((width, height), (width, height), (0, 0, width, height))))
         outputs.append(dict(pts3d_in_other_view=glob_pts, pts3d_local=local, conf=1 + 9 * rng.random((height, width)),
                             conf_local=1 + 9 * rng.random((height, width))))
     return views, outputs
@@ -52,8 +55,9 @@ def folder(tmp_path_factory):
     c2w = np.tile(np.eye(4), (num, 1, 1))
     c2w[:, 0, 3] = 0.3 * np.arange(num)
     intrinsics = np.tile(np.array([[30.0, 0, width / 2], [0, 30.0, height / 2], [0, 0, 1]]), (num, 1, 1))
-    cams = reconstruct_lib.Cameras(c2w, intrinsics, np.tile([width, height], (num, 1)), ())
-    reconstruct_lib.write_outputs(out, views, outputs, cams, reconstruct_lib.image_names(views))
+    cams = Cameras(c2w, intrinsics, np.tile([width, height], (num, 1)), ())
+    config = reconstruct_lib.ReconstructConfig(outputs=reconstruct_lib.DEFAULT_OUTPUTS + ("pointmaps",))
+    reconstruct_lib.write_outputs(out, views, outputs, cams, reconstruct_lib.image_names(views), config, {})
     return out
 
 
