@@ -5,10 +5,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from parity import golden_views, output_errors
-from reference_weights import DATA, tiny_state_dict
 from safetensors.numpy import save_file
-from upstream_configs import TINY
 
 from fast3r_jax import config as config_lib
 from fast3r_jax import load_pretrained, predict
@@ -16,6 +13,9 @@ from fast3r_jax.checkpoint import CheckpointError
 from fast3r_jax.convert.converter import main
 from fast3r_jax.convert.table import params_from_torch, params_to_torch
 from fast3r_jax.model.params import CheckpointMismatchError
+from tests.helpers.parity import golden_views, output_errors
+from tests.helpers.reference_weights import DATA, tiny_state_dict
+from tests.helpers.upstream_configs import TINY
 
 ALIAS = "downstream_head.dpt.scratch.layer_rn.2.weight"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fast3r_jax import distributed
-from multiprocess import launch
+from tests.helpers.multiprocess import launch
 
 ROOT = pathlib.Path(__file__).parents[1]
 TRAIN = [str(ROOT / "train.py"), "--set", "data.batch_size=4", "--set", "val_batches=0", "--set", "log_every=1",

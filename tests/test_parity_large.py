@@ -4,13 +4,13 @@ against the manifest's SHA-256s first."""
 
 import numpy as np
 import pytest
-from parity import VARIANTS, golden_views, intermediate_errors, intermediates, output_errors, per_view_ids
-from reference_weights import DATA, reference_state_dict
 
 from fast3r_jax import config as config_lib
 from fast3r_jax.convert.table import params_from_torch
 from fast3r_jax.inference.predict import predict
 from fast3r_jax.model.params import build_model
+from tests.helpers.parity import VARIANTS, golden_views, intermediate_errors, intermediates, output_errors, per_view_ids
+from tests.helpers.reference_weights import DATA, reference_state_dict
 
 TOL = 1e-4
 CFG = config_lib.large()

@@ -3,13 +3,21 @@ tiny_caseA_random_ids.npz), float32, tolerance max|out-ref|/max|ref| <= 1e-5 on 
 
 import numpy as np
 import pytest
-from parity import VARIANTS, golden_views, intermediate_errors, intermediates, output_errors, per_view_ids, rel_err
-from reference_weights import DATA, tiny_state_dict
 
 from fast3r_jax import config as config_lib
 from fast3r_jax.convert.table import params_from_torch
 from fast3r_jax.inference.predict import predict
 from fast3r_jax.model.params import build_model
+from tests.helpers.parity import (
+    VARIANTS,
+    golden_views,
+    intermediate_errors,
+    intermediates,
+    output_errors,
+    per_view_ids,
+    rel_err,
+)
+from tests.helpers.reference_weights import DATA, tiny_state_dict
 
 TOL = 1e-5
 CFG = config_lib.tiny()

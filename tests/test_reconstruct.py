@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 from fast3r_jax import cli, reconstruct
 from fast3r_jax.checkpoint import save_pretrained
 from fast3r_jax.data.synthetic import SyntheticScenes, write_example_scene
-from small_model import small_config, small_params
+from tests.helpers.small_model import small_config, small_params
 
 NUM_VIEWS = 4
 SIZE = 224  # the 64x48 example images become 224x224 centre crops

@@ -14,13 +14,13 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from parity import rel_err
-from small_model import small_config, small_params
 
 from fast3r_jax import sharding as sharding_lib
 from fast3r_jax.inference.engine import Engine
 from fast3r_jax.inference.predict import OUTPUT_KEYS
 from fast3r_jax.inference.sharded import METHODS, Group, SequenceParallel, ShardedEngine
+from tests.helpers.parity import rel_err
+from tests.helpers.small_model import small_config, small_params
 
 TOL = 1e-5  # max |out - ref| / max |ref|, float32
 CFG = small_config()

@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from small_model import small_params
 
 from fast3r_jax import config as config_lib
 from fast3r_jax import sharding as sharding_lib
 from fast3r_jax.model.params import init_params
 from fast3r_jax.train import step as training
 from fast3r_jax.train.optimizer import OptimizerConfig, make_optimizer
+from tests.helpers.small_model import small_params
 
 # The tiny encoder/fusion transformer with slim DPT heads (the heads dominate compile and run time on CPU).
 CFG = config_lib.tiny().replace(head=config_lib.HeadConfig(feature_dim=32, last_dim=16, layer_dims=(8, 16, 32, 64)))

@@ -12,8 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from parity import golden_views
-from reference_weights import DATA, tiny_state_dict
 from tensorboard.backend.event_processing import event_accumulator
 
 from fast3r_jax import config as config_lib
@@ -23,6 +21,8 @@ from fast3r_jax.model.fast3r import View
 from fast3r_jax.model.params import build_model
 from fast3r_jax.train.loop import NonFiniteLossError, TrainConfig, export_params, override, train
 from fast3r_jax.train.losses import multiview_loss
+from tests.helpers.parity import golden_views
+from tests.helpers.reference_weights import DATA, tiny_state_dict
 
 ROOT = pathlib.Path(__file__).parents[1]
 SMALL = config_lib.tiny().replace(head=config_lib.HeadConfig(feature_dim=32, last_dim=16, layer_dims=(8, 16, 32, 64)))

@@ -1,15 +1,15 @@
 """A tiny Fast3R with narrow DPT heads and deterministic random weights, quick to compile on CPU.
 
-The weights follow the reference goldens' drawing rule (reference_weights), so activations have sensible scales.
+The weights follow the reference goldens' drawing rule (fast3r_jax.convert.reference), so activations have
+sensible scales.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from reference_weights import _draw
-
 from fast3r_jax import config as config_lib
+from fast3r_jax.convert.reference import draw
 from fast3r_jax.convert.table import params_from_torch, upstream_shapes
 
 
@@ -22,4 +22,4 @@ def small_config(**fusion: object) -> config_lib.Fast3RConfig:
 
 def small_params(cfg: config_lib.Fast3RConfig, seed: int = 0) -> dict:
     shapes = sorted(upstream_shapes(cfg).items())
-    return params_from_torch({key: _draw(key, shape, seed, i) for i, (key, shape) in enumerate(shapes)}, cfg)
+    return params_from_torch({key: draw(key, shape, seed, i) for i, (key, shape) in enumerate(shapes)}, cfg)
