@@ -42,10 +42,10 @@ def _quick_config(workdir, **kw) -> TrainConfig:
     return cfg
 
 
-def _losses(workdir) -> dict[int, float]:
-    """Last logged loss per step (a resumed run logs the steps after its checkpoint again)."""
+def _losses(workdir, skip: int = 0) -> dict[int, float]:
+    """Last logged loss per step in metrics.jsonl after its first `skip` bytes (what a resumed run appended)."""
     out = {}
-    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_bytes()[skip:].decode().splitlines():
         row = json.loads(line)
         out[row["step"]] = row["loss"]
     return out
@@ -88,7 +88,8 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
 
 def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
-    """SIGKILL a training process mid-run; the resumed run's losses equal an uninterrupted run's, step for step."""
+    """SIGKILL a training process mid-run; the resumed run starts after its last checkpoint (it logs steps
+    checkpoint + 1 .. 60 and nothing before) with the losses of an uninterrupted run, step for step."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user would run it
     common = [sys.executable, str(ROOT / "train.py"), *QUICK, "--set", "steps=60", "--set", "ckpt_every=10"]
     subprocess.run(common + ["--set", f"workdir={tmp_path / 'a'}"], check=True, env=env, capture_output=True)
@@ -106,12 +107,15 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
     proc.wait()
     killed_at = max(_losses(tmp_path / "b"))
     assert 10 <= killed_at < 60
+    checkpoint = max(int(p.name) for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit())
+    logged = metrics.stat().st_size
     subprocess.run(run_b, check=True, env=env, capture_output=True)
 
-    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
-    assert sorted(a) == sorted(b) == list(range(1, 61))
-    for step in range(1, 61):
-        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
+    a, resumed = _losses(tmp_path / "a"), _losses(tmp_path / "b", skip=logged)
+    assert sorted(a) == list(range(1, 61))
+    assert sorted(resumed) == list(range(checkpoint + 1, 61)), (checkpoint, sorted(resumed))
+    for step in resumed:
+        assert resumed[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
 
 
 def test_overrides_and_bad_values():
