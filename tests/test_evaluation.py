@@ -36,6 +36,11 @@ def test_ground_truth_pointmaps_score_perfectly(synthetic):
     check_perfect(ev.mean_scores(results))
 
 
+# PnP on the CO3D fixture's ground-truth frames (32x16, one focal shared from view 0): measured worst 0.41 degrees
+# rotation and 0.67 degrees translation direction.
+PNP_ROT_DEG, PNP_TRANS_DEG = 1.0, 1.5
+
+
 def test_pnp_on_ground_truth_co3d_frames(tmp_path):
     """PnP (shared focal of view 0, principal point at the centre) recovers the fixture's cameras; a frame that the
     CO3D sampler repeats has no baseline to its copy, so that pair's translation direction is undefined (90 degrees)."""
@@ -46,7 +51,7 @@ def test_pnp_on_ground_truth_co3d_frames(tmp_path):
         views = data[index]
         result = ev.evaluate_sample(views, oracle(views, index), ("pose",), "pnp")
         distinct = np.array([views[a]["instance"] != views[b]["instance"] for a, b in zip(*pair_indices(3))])
-        assert (result.rot_err < 5).all() and (result.trans_err[distinct] < 5).all()
+        assert (result.rot_err < PNP_ROT_DEG).all() and (result.trans_err[distinct] < PNP_TRANS_DEG).all()
         np.testing.assert_allclose(result.trans_err[~distinct], 90.0)
         repeats += (~distinct).sum()
     assert repeats > 0

@@ -8,6 +8,7 @@ import pytest
 
 from fast3r_jax import config as config_lib
 from fast3r_jax.convert.table import params_from_torch
+from fast3r_jax.inference import engine as engine_lib
 from fast3r_jax.inference.engine import Engine, chunk_views, make_image_ids
 from fast3r_jax.inference.predict import OUTPUT_KEYS
 from fast3r_jax.model.image_index_embedding import check_image_ids
@@ -78,6 +79,22 @@ def test_chunk_sizes_do_not_change_outputs(params, views):
     ref = Engine(CFG, params, "float32", encoder_chunk=1, head_chunk=1)(many, ids)
     out = Engine(CFG, params, "float32", encoder_chunk=2, head_chunk=2)(many, ids)
     assert_within(view_errors(out, ref), TOL, count=20)
+
+
+def test_new_view_count_recompiles_only_the_fusion(params, views):
+    """Chunks of a fixed size keep the encoder's and heads' shapes, so a new view count compiles the fusion
+    transformer (one program per count) and nothing else; the same count again compiles nothing."""
+    eng = Engine(CFG, params, "float32", encoder_chunk=2, head_chunk=2)
+    compiled = {name: getattr(engine_lib, name) for name in ("_encode", "_fuse", "_decode")}
+    four = [views[0], dict(img=-views[0]["img"]), views[2], dict(img=-views[2]["img"])]  # two shapes, 2 views each
+    six = four[:2] + [dict(img=views[0]["img"][..., ::-1]), dict(img=0.5 * views[0]["img"])] + four[2:]
+    eng(four, np.arange(4))
+    before = {name: f._cache_size() for name, f in compiled.items()}
+    eng(six, np.arange(6))
+    grown = {name: f._cache_size() - before[name] for name, f in compiled.items()}
+    assert grown == {"_encode": 0, "_fuse": 1, "_decode": 0}, grown
+    eng(six, np.arange(6) + 10)
+    assert {name: f._cache_size() - before[name] for name, f in compiled.items()} == grown
 
 
 def test_single_view(engine, views):

@@ -11,6 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -25,6 +26,7 @@ from tests.helpers.parity import golden_views
 from tests.helpers.reference_weights import DATA, tiny_state_dict
 
 ROOT = pathlib.Path(__file__).parents[1]
+GRAD_NORM_RTOL = 1e-4
 SMALL = config_lib.tiny().replace(head=config_lib.HeadConfig(feature_dim=32, last_dim=16, layer_dims=(8, 16, 32, 64)))
 QUICK = ["--set", "data.batch_size=2", "--set", "val_batches=0", "--set", "log_every=1",
          "--set", "data.train=\"64 @ synthetic(num_scenes=64, num_views=2, resolution=(32, 32), split='train')\"",
@@ -51,6 +53,12 @@ def _losses(workdir, skip: int = 0) -> dict[int, float]:
     return out
 
 
+def _by_path(tree) -> dict[str, np.ndarray]:
+    """Leaves by their path ('fusion/blocks/...'); Orbax restores integer keys as strings, so paths are text."""
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def test_run_writes_tensorboard_checkpoints_and_exports(tmp_path):
     cfg = _quick_config(tmp_path / "run")
     metrics = train(cfg)
@@ -68,6 +76,13 @@ def test_run_writes_tensorboard_checkpoints_and_exports(tmp_path):
     out = export_params(tmp_path / "run", tmp_path / "exported")
     model_cfg, params = load_pretrained(out)
     assert model_cfg == SMALL
+    # the exported parameters are the last checkpoint's, read here with Orbax directly
+    saved = _by_path(ocp.StandardCheckpointer().restore(tmp_path / "run" / "checkpoints" / "6" / "state")["params"])
+    exported = _by_path(params)
+    assert sorted(exported) == sorted(saved)
+    for name, value in exported.items():
+        assert value.dtype == np.float32, name
+        np.testing.assert_array_equal(value, saved[name], err_msg=name)
     with pytest.raises(ValueError, match="different config"):
         train(override(cfg, "optimizer.lr", "0.5"))
 
@@ -151,9 +166,10 @@ def test_gradient_norms_match_golden():
     assert float(loss) == pytest.approx(float(z["loss"]), rel=1e-5)
     torch_grads = params_to_torch(grads.to_pure_dict(), cfg)
     names = [k.split("/", 1)[1] for k in z.files if k.startswith("grad_norm/")]
-    assert len(names) == 9
-    for name in names:
-        assert np.linalg.norm(torch_grads[name]) == pytest.approx(float(z[f"grad_norm/{name}"]), rel=1e-4), name
+    assert len(names) == 9  # the golden holds these norms only, no per-leaf gradients
+    errors = {name: abs(np.linalg.norm(torch_grads[name]) / float(z[f"grad_norm/{name}"]) - 1) for name in names}
+    print("gradient norm relative errors", {k: f"{v:.1e}" for k, v in errors.items()})
+    assert all(np.isfinite(v) and v <= GRAD_NORM_RTOL for v in errors.values()), errors
 
 
 @pytest.mark.parametrize("name", ["train_tiny", "train_builtin", "train_large", "finetune_fast3r"])
