@@ -26,7 +26,7 @@ from tests.helpers.parity import golden_views
 from tests.helpers.reference_weights import DATA, tiny_state_dict
 
 ROOT = pathlib.Path(__file__).parents[1]
-GRAD_NORM_RTOL = 1e-4
+GRAD_NORM_RTOL = 1e-5  # gradient norms vs the golden: measured 1.5e-6 at worst
 SMALL = config_lib.tiny().replace(head=config_lib.HeadConfig(feature_dim=32, last_dim=16, layer_dims=(8, 16, 32, 64)))
 QUICK = ["--set", "data.batch_size=2", "--set", "val_batches=0", "--set", "log_every=1",
          "--set", "data.train=\"64 @ synthetic(num_scenes=64, num_views=2, resolution=(32, 32), split='train')\"",
