@@ -5,9 +5,6 @@ rendezvous starve each other and the step deadlocks, so it is switched off for m
 """
 
 import os
-import sys
 
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
                                     "--xla_cpu_enable_concurrency_optimized_scheduler=false"]).strip()
-sys.path.insert(0, os.path.dirname(__file__))  # shared test helpers (parity, reference_weights, ...)
-sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # the entry points (train.py, evaluate.py)

@@ -13,15 +13,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from reference_weights import tiny_state_dict
 from safetensors.numpy import save_file
 from test_eval_datasets import write_co3d
-from upstream_configs import TINY
 
 from fast3r_jax import config as config_lib
 from fast3r_jax.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from fast3r_jax.cli import main
 from fast3r_jax.model.params import abstract_params
+from tests.helpers.reference_weights import tiny_state_dict
+from tests.helpers.upstream_configs import TINY
 
 ROOT = pathlib.Path(__file__).parents[1]
 TRAIN_TINY = config_lib.load_config_file(ROOT / "configs" / "train_tiny.py")

@@ -114,7 +114,20 @@ def test_batched_focals_match_single_view_and_local_head(golden):
     single = np.array([float(cameras.estimate_focal(p, c)) for p, c in zip(pts, conf)])
     assert batched.shape == (NUM_VIEWS,)
     np.testing.assert_allclose(batched, single, rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(cameras.focal_from_local(pts, conf)), batched)
+
+
+def test_focal_from_local_recovers_each_views_pinhole_focal():
+    """Local pointmaps of three pinhole cameras with different focals and depths (closed form), each with
+    low-confidence outliers: one focal per view, each view's own."""
+    rng = np.random.default_rng(4)
+    focals = np.array([35.0, 60.0, 210.5])
+    pts = np.stack([_pinhole_pointmap(f, rng.uniform(1.0, 5.0, (H, W))) for f in focals])  # (V, H, W, 3)
+    conf = rng.uniform(2.0, 3.0, (NUM_VIEWS, H, W))
+    outliers = rng.random((NUM_VIEWS, H, W)) < 0.08
+    pts[outliers] = rng.uniform(-5, 5, (outliers.sum(), 3))
+    conf[outliers] = 1.5
+    np.testing.assert_allclose(np.asarray(cameras.focal_from_local(pts.astype(np.float32), conf.astype(np.float32))),
+                               focals, rtol=1e-5)
 
 
 def test_conf_quantile_is_linear_interpolation_and_exact_on_ties():

@@ -4,7 +4,7 @@ import pytest
 
 from fast3r_jax import config as config_lib
 from fast3r_jax import config_from_upstream
-from upstream_configs import LARGE, TINY, upstream_config
+from tests.helpers.upstream_configs import LARGE, TINY, upstream_config
 
 
 def test_upstream_tiny_and_large_configs_map_to_presets():

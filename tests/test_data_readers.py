@@ -8,10 +8,9 @@ encodes the frame. Readers must return the stored poses/intrinsics and world poi
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
-
-import cv2
 
 from fast3r_jax.data import readers  # also enables OpenCV's EXR codec used by the fixtures
 from fast3r_jax.data.mixture import Mixture, parse_mixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fast3r_jax import distributed
-from multiprocess import launch
+from tests.helpers.multiprocess import launch
 
 ROOT = pathlib.Path(__file__).parents[1]
 TRAIN = [str(ROOT / "train.py"), "--set", "data.batch_size=4", "--set", "val_batches=0", "--set", "log_every=1",
@@ -26,9 +26,10 @@ def _losses(workdir: pathlib.Path) -> dict[int, float]:
 
 
 def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
-    """2 processes x 2 devices train 4 steps; 1 process x 4 devices (the same mesh) resumes their step-2 checkpoint
-    and computes steps 3 and 4 with the losses of the 2 processes (same state, same global batches)."""
-    two, one = tmp_path / "two", tmp_path / "one"
+    """2 processes x 2 devices train 4 steps: steps 1-2 have the losses of a fresh 1-process x 4-device run (the same
+    mesh); 1 process x 4 devices resumes their step-2 checkpoint and logs only steps 3 and 4, with the losses of the
+    2 processes (same state, same global batches)."""
+    two = tmp_path / "two"
     outputs = launch([*TRAIN, "--set", "steps=4", "--set", "keep=2", "--set", f"workdir={two}"], processes=2,
                      devices=2)
     assert "run written to" in outputs[0] and "run written to" not in outputs[1]  # process 0 reports and logs
@@ -37,10 +38,20 @@ def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
     expected = _losses(two)
     assert sorted(expected) == [1, 2, 3, 4]
 
-    shutil.copytree(two, one)
-    shutil.rmtree(one / "checkpoints" / "4")  # as if the 2-process run had stopped after step 2
-    launch([*TRAIN, "--set", "steps=4", "--set", "keep=2", "--set", f"workdir={one}"], processes=1, devices=4)
-    resumed = _losses(one)  # steps 3 and 4 logged again by the resumed run
+    fresh = tmp_path / "fresh"
+    launch([*TRAIN, "--set", "steps=2", "--set", f"workdir={fresh}"], processes=1, devices=4)
+    first = _losses(fresh)
+    assert sorted(first) == [1, 2]
+    for step in (1, 2):
+        assert first[step] == pytest.approx(expected[step], rel=1e-5), step
+
+    resumed_dir = tmp_path / "resumed"  # the 2-process run's config and step-2 checkpoint, none of its logs
+    resumed_dir.mkdir()
+    shutil.copy(two / "config.json", resumed_dir / "config.json")
+    shutil.copytree(two / "checkpoints" / "2", resumed_dir / "checkpoints" / "2")
+    launch([*TRAIN, "--set", "steps=4", "--set", "keep=2", "--set", f"workdir={resumed_dir}"], processes=1, devices=4)
+    resumed = _losses(resumed_dir)
+    assert sorted(resumed) == [3, 4]
     for step in (3, 4):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5), step
 

@@ -9,8 +9,6 @@ import math
 import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_eval_datasets import NRGBD_K, SEVEN_K, write_co3d, write_dtu, write_nrgbd, write_re10k, write_seven_scenes
-from test_evaluation import oracle
 
 from fast3r_jax import load_pretrained
 from fast3r_jax.cli import main
@@ -22,6 +20,16 @@ from fast3r_jax.evaluation.protocols import HEADS, POSE_METRICS, RECON_METRICS, 
 from fast3r_jax.inference import engine as inference
 from fast3r_jax.model.params import init_params
 from fast3r_jax.reconstruct import DEFAULT_CHECKPOINT
+from tests.helpers.eval_fixtures import (
+    NRGBD_K,
+    SEVEN_K,
+    oracle,
+    write_co3d,
+    write_dtu,
+    write_nrgbd,
+    write_re10k,
+    write_seven_scenes,
+)
 
 SMALL = ["--resolution", "32x16"]  # multiples of the patch size, quick to compile
 # per dataset: fixture writer and the options that make the benchmark's settings fit the fixture's few frames

@@ -3,44 +3,12 @@ perfect scores, and the geometric helpers recover known answers."""
 
 import numpy as np
 import pytest
-from test_eval_datasets import write_co3d
 
 from fast3r_jax.data.eval_datasets import Co3dPoseEval
 from fast3r_jax.data.synthetic import SyntheticScenes
 from fast3r_jax.evaluation import protocols as ev
 from fast3r_jax.geometry.metrics import pair_indices
-
-
-def camera_points(view) -> np.ndarray:
-    """(H, W, 3) float64 points in the view's camera frame: the ground truth where valid, elsewhere the pixel's ray at
-    the median valid depth (a model predicts some point for every pixel, on its ray)."""
-    valid = view["valid_mask"]
-    w2c = np.linalg.inv(view["camera_pose"].astype(np.float64))
-    gt = view["pts3d"].astype(np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
-    K = view["camera_intrinsics"].astype(np.float64)
-    u, v = np.meshgrid(np.arange(valid.shape[1]), np.arange(valid.shape[0]))
-    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones(valid.shape)], axis=-1)
-    return np.where(valid[..., None], gt, rays * np.median(gt[valid][:, 2]))
-
-
-def oracle_prediction(views, global_scale: float = 2.5, local_scale: float = 0.7) -> ev.Prediction:
-    """The model's four maps made from the ground truth: global points in view 0's camera frame and local points in
-    each camera's frame, each at its own arbitrary scale (the model's frames and scale are its own too); conf is 2 on
-    valid pixels and 1 elsewhere (PnP takes conf > 1)."""
-    to_first = np.linalg.inv(views[0]["camera_pose"].astype(np.float64))
-    pred = []
-    for v in views:
-        local = camera_points(v)
-        c2w = to_first @ v["camera_pose"]
-        glob = local @ c2w[:3, :3].T + c2w[:3, 3]
-        conf = 1.0 + v["valid_mask"].astype(np.float32)
-        pred.append({"pts3d_in_other_view": (global_scale * glob).astype(np.float32), "conf": conf,
-                     "pts3d_local": (local_scale * local).astype(np.float32), "conf_local": conf})
-    return pred
-
-
-def oracle(views, index):
-    return oracle_prediction(views)
+from tests.helpers.eval_fixtures import oracle, oracle_prediction, write_co3d
 
 
 def check_perfect(scores: dict, tasks=ev.TASKS) -> None:
@@ -68,6 +36,11 @@ def test_ground_truth_pointmaps_score_perfectly(synthetic):
     check_perfect(ev.mean_scores(results))
 
 
+# PnP on the CO3D fixture's ground-truth frames (32x16, one focal shared from view 0): measured worst 0.41 degrees
+# rotation and 0.67 degrees translation direction.
+PNP_ROT_DEG, PNP_TRANS_DEG = 1.0, 1.5
+
+
 def test_pnp_on_ground_truth_co3d_frames(tmp_path):
     """PnP (shared focal of view 0, principal point at the centre) recovers the fixture's cameras; a frame that the
     CO3D sampler repeats has no baseline to its copy, so that pair's translation direction is undefined (90 degrees)."""
@@ -78,7 +51,7 @@ def test_pnp_on_ground_truth_co3d_frames(tmp_path):
         views = data[index]
         result = ev.evaluate_sample(views, oracle(views, index), ("pose",), "pnp")
         distinct = np.array([views[a]["instance"] != views[b]["instance"] for a, b in zip(*pair_indices(3))])
-        assert (result.rot_err < 5).all() and (result.trans_err[distinct] < 5).all()
+        assert (result.rot_err < PNP_ROT_DEG).all() and (result.trans_err[distinct] < PNP_TRANS_DEG).all()
         np.testing.assert_allclose(result.trans_err[~distinct], 90.0)
         repeats += (~distinct).sum()
     assert repeats > 0

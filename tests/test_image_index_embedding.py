@@ -26,6 +26,8 @@ def test_fractional_ids_interpolate_the_formula():
     np.testing.assert_allclose(emb[0], sincos_table(1000, 64)[3], atol=1e-6)
     omega = 1.0 / 10000 ** (np.arange(32) / 32.0)
     np.testing.assert_allclose(emb[1], np.concatenate([np.sin(3.5 * omega), np.cos(3.5 * omega)]), atol=1e-5)
+    # near the table's end the float32 angle p * omega (up to 998 rad) carries ~998 * 2**-24 of rounding
+    np.testing.assert_allclose(emb[2], np.concatenate([np.sin(998.25 * omega), np.cos(998.25 * omega)]), atol=1e-4)
 
 
 def test_out_of_range_integer_ids_raise():

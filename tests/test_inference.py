@@ -5,14 +5,15 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from parity import golden_views, rel_err
-from reference_weights import DATA, tiny_state_dict
 
 from fast3r_jax import config as config_lib
 from fast3r_jax.convert.table import params_from_torch
+from fast3r_jax.inference import engine as engine_lib
 from fast3r_jax.inference.engine import Engine, chunk_views, make_image_ids
 from fast3r_jax.inference.predict import OUTPUT_KEYS
-from fast3r_jax.model.image_index_embedding import check_image_ids, sample_image_ids
+from fast3r_jax.model.image_index_embedding import check_image_ids
+from tests.helpers.parity import assert_within, golden_views, rel_err, view_errors
+from tests.helpers.reference_weights import DATA, tiny_state_dict
 
 TOL = 1e-5  # max |out - ref| / max |ref|, float32 (measured 1.5e-6 vs the goldens)
 CFG = config_lib.tiny()
@@ -49,24 +50,26 @@ def engine(params):
     return Engine(CFG, params, dtype="float32")
 
 
-def _max_error(outputs, refs) -> float:
-    return max(rel_err(np.asarray(out[k]), ref[k]) for out, ref in zip(outputs, refs) for k in OUTPUT_KEYS)
-
-
 def test_engine_matches_golden_in_true_orientation(engine, views, golden):
     outputs = engine(views, image_ids=np.array([0, 17, 503]))
     refs = [{k: golden[f"ids_forced/out_v{i}_{k}"][0] for k in OUTPUT_KEYS} for i in range(3)]
     refs[1] = {k: v.swapaxes(0, 1) for k, v in refs[1].items()}  # upstream returns the portrait view transposed
     assert outputs[1]["conf"].shape == (64, 48)
-    assert _max_error(outputs, refs) <= TOL
+    assert_within(view_errors(outputs, refs), TOL, count=12)
+
+
+def _upstream_style_draw(seed: int, num_views: int) -> np.ndarray:
+    """Upstream's draw written out: view 0 gets 0, the others the first num_views - 1 rows of a permutation of
+    1..999 (jax.random in place of torch.randperm, from the seed's one batch key)."""
+    (key,) = jax.random.split(jax.random.key(seed), 1)
+    return np.concatenate([[0], np.asarray(jax.random.permutation(key, 999))[: num_views - 1] + 1])
 
 
 def test_engine_default_ids_are_the_seeded_upstream_draw(engine, views):
     ids = engine.image_ids(3, seed=7)
-    np.testing.assert_array_equal(ids, np.asarray(sample_image_ids(jax.random.key(7), 1, 3, 1000)[0]))
+    np.testing.assert_array_equal(ids, _upstream_style_draw(7, 3))
     outputs, explicit = engine(views, seed=7), engine(views, image_ids=ids)
-    assert max(np.abs(np.asarray(a[k]) - np.asarray(b[k])).max() for a, b in zip(outputs, explicit)
-               for k in OUTPUT_KEYS) == 0
+    assert_within(view_errors(outputs, explicit), 0.0, count=12)
 
 
 def test_chunk_sizes_do_not_change_outputs(params, views):
@@ -75,7 +78,23 @@ def test_chunk_sizes_do_not_change_outputs(params, views):
     ids = np.array([0, 5, 9, 100, 200])
     ref = Engine(CFG, params, "float32", encoder_chunk=1, head_chunk=1)(many, ids)
     out = Engine(CFG, params, "float32", encoder_chunk=2, head_chunk=2)(many, ids)
-    assert _max_error(out, [{k: np.asarray(r[k]) for k in OUTPUT_KEYS} for r in ref]) <= TOL
+    assert_within(view_errors(out, ref), TOL, count=20)
+
+
+def test_new_view_count_recompiles_only_the_fusion(params, views):
+    """Chunks of a fixed size keep the encoder's and heads' shapes, so a new view count compiles the fusion
+    transformer (one program per count) and nothing else; the same count again compiles nothing."""
+    eng = Engine(CFG, params, "float32", encoder_chunk=2, head_chunk=2)
+    compiled = {name: getattr(engine_lib, name) for name in ("_encode", "_fuse", "_decode")}
+    four = [views[0], dict(img=-views[0]["img"]), views[2], dict(img=-views[2]["img"])]  # two shapes, 2 views each
+    six = four[:2] + [dict(img=views[0]["img"][..., ::-1]), dict(img=0.5 * views[0]["img"])] + four[2:]
+    eng(four, np.arange(4))
+    before = {name: f._cache_size() for name, f in compiled.items()}
+    eng(six, np.arange(6))
+    grown = {name: f._cache_size() - before[name] for name, f in compiled.items()}
+    assert grown == {"_encode": 0, "_fuse": 1, "_decode": 0}, grown
+    eng(six, np.arange(6) + 10)
+    assert {name: f._cache_size() - before[name] for name, f in compiled.items()} == grown
 
 
 def test_single_view(engine, views):
@@ -92,7 +111,7 @@ def test_chunk_plan_pads_the_last_chunk_to_a_power_of_two():
 
 def test_random_and_sequential_ids_up_to_the_table_size():
     ids = make_image_ids(10, "random", seed=3)
-    np.testing.assert_array_equal(ids, np.asarray(sample_image_ids(jax.random.key(3), 1, 10, 1000)[0]))
+    np.testing.assert_array_equal(ids, _upstream_style_draw(3, 10))
     assert ids[0] == 0 and len(set(ids.tolist())) == 10 and 1 <= ids[1:].min() and ids.max() <= 999
     np.testing.assert_array_equal(make_image_ids(10, "random", seed=3), ids)  # reproducible
     assert not np.array_equal(make_image_ids(10, "random", seed=4), ids)
@@ -117,7 +136,7 @@ def test_fractional_ids(engine, views, golden):
     """Integer-valued float ids give the table rows (the golden outputs); fractional ids move the outputs."""
     refs = [{k: golden[f"ids_forced/out_v{i}_{k}"][0] for k in OUTPUT_KEYS} for i in range(3)]
     refs[1] = {k: v.swapaxes(0, 1) for k, v in refs[1].items()}
-    assert _max_error(engine(views, np.array([0.0, 17.0, 503.0], np.float32)), refs) <= TOL
+    assert_within(view_errors(engine(views, np.array([0.0, 17.0, 503.0], np.float32)), refs), TOL, count=12)
     between = engine(views, np.array([0.0, 17.5, 503.0], np.float32))
     assert all(np.isfinite(np.asarray(o[k])).all() for o in between for k in OUTPUT_KEYS)
     assert rel_err(np.asarray(between[1]["pts3d_in_other_view"]), refs[1]["pts3d_in_other_view"]) > 1e-3

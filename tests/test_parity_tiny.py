@@ -3,13 +3,22 @@ tiny_caseA_random_ids.npz), float32, tolerance max|out-ref|/max|ref| <= 1e-5 on 
 
 import numpy as np
 import pytest
-from parity import VARIANTS, golden_views, intermediate_errors, intermediates, output_errors, per_view_ids, rel_err
-from reference_weights import DATA, tiny_state_dict
 
 from fast3r_jax import config as config_lib
 from fast3r_jax.convert.table import params_from_torch
 from fast3r_jax.inference.predict import predict
 from fast3r_jax.model.params import build_model
+from tests.helpers.parity import (
+    VARIANTS,
+    assert_within,
+    golden_views,
+    intermediate_errors,
+    intermediates,
+    output_errors,
+    per_view_ids,
+    view_errors,
+)
+from tests.helpers.reference_weights import DATA, tiny_state_dict
 
 TOL = 1e-5
 CFG = config_lib.tiny()
@@ -33,9 +42,7 @@ def test_outputs_match_golden(params, case, variant):
     ids = per_view_ids(z, variant, views)
     assert ids == ([0, 17, 503] if variant == "ids_forced" else [0, 1, 2])
     outputs = predict(CFG, params, views, image_ids=ids, train_attention_scale=variant == "train_scale")
-    errors = output_errors(outputs, z, variant)
-    assert len(errors) == 12
-    assert max(errors.values()) <= TOL, errors
+    assert_within(output_errors(outputs, z, variant), TOL, count=12)
 
 
 @pytest.mark.parametrize("case", ["tiny_caseA", "tiny_caseB"])
@@ -46,7 +53,7 @@ def test_intermediates_match_golden(model, case, variant):
     inter = intermediates(model, views, per_view_ids(z, variant, views), variant == "train_scale")
     errors = intermediate_errors(inter, z, variant)
     assert {"enc_out_v0", "dec_hook_0", "dec_hook_5", "dec_hook_7", "dec_hook_10", "dec_final"} <= set(errors)
-    assert max(errors.values()) <= TOL, errors
+    assert_within(errors, TOL)
 
 
 def test_random_id_path_with_drawn_ids(params):
@@ -55,8 +62,7 @@ def test_random_id_path_with_drawn_ids(params):
     ids = z["random_seed0/drawn_image_ids"].tolist()
     assert ids == [0, 877, 196]
     views = golden_views(np.load(DATA / "tiny_caseA.npz"))
-    errors = output_errors(predict(CFG, params, views, image_ids=ids), z, "random_seed0")
-    assert max(errors.values()) <= TOL, errors
+    assert_within(output_errors(predict(CFG, params, views, image_ids=ids), z, "random_seed0"), TOL, count=12)
 
 
 def test_inference_scale_changes_outputs(params):
@@ -76,12 +82,11 @@ def test_portrait_view_batched_with_landscape_in_one_view(params):
     assert mixed[1]["true_shape"].tolist() == [[64, 48], [48, 64]]
     out = predict(CFG, params, mixed)
     single = predict(CFG, params, views)
-    errors = [rel_err(out[i][k][:1], v) for i in range(3) for k, v in single[i].items()]
-    assert max(errors) <= TOL, errors
+    assert_within(view_errors([{k: v[:1] for k, v in o.items()} for o in out], single), TOL, count=12)
 
 
 def test_bfloat16_close_to_float32_golden(params):
     """bf16 compute stays within a few percent of the fp32 golden (numbers reported in README)."""
     z = np.load(DATA / "tiny_caseA.npz")
-    errors = output_errors(predict(CFG, params, golden_views(z), dtype="bfloat16"), z, "ids_default")
-    assert max(errors.values()) < 0.05, errors
+    assert_within(output_errors(predict(CFG, params, golden_views(z), dtype="bfloat16"), z, "ids_default"), 0.05,
+                  count=12)

@@ -18,11 +18,11 @@ import json
 
 import numpy as np
 import pytest
-from reference_weights import DATA, tiny_state_dict
 
 from benchmarks.train_parity import run_ours, step_image_ids
 from fast3r_jax import config as config_lib
 from fast3r_jax.config import OptimizerConfig
+from tests.helpers.reference_weights import DATA, tiny_state_dict
 
 GOLDEN = DATA / "train_parity_tiny.npz"
 # Measured when the golden was made (float32, CPU): largest relative difference over the 5 steps 1.9e-7 for the loss,

@@ -11,9 +11,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
-from parity import golden_views
-from reference_weights import DATA, tiny_state_dict
 from tensorboard.backend.event_processing import event_accumulator
 
 from fast3r_jax import config as config_lib
@@ -24,8 +23,11 @@ from fast3r_jax.model.fast3r import View
 from fast3r_jax.model.params import build_model
 from fast3r_jax.train.loop import NonFiniteLossError, export_params, override, train
 from fast3r_jax.train.losses import multiview_loss
+from tests.helpers.parity import golden_views
+from tests.helpers.reference_weights import DATA, tiny_state_dict
 
 ROOT = pathlib.Path(__file__).parents[1]
+GRAD_NORM_RTOL = 1e-5  # gradient norms vs the golden: measured 1.5e-6 at worst
 SMALL = config_lib.tiny().replace(head=config_lib.HeadConfig(feature_dim=32, last_dim=16, layer_dims=(8, 16, 32, 64)))
 QUICK = ["--set", "data.batch_size=2", "--set", "val_batches=0", "--set", "log_every=1",
          "--set", "data.train=\"64 @ synthetic(num_scenes=64, num_views=2, resolution=(32, 32), split='train')\"",
@@ -43,13 +45,19 @@ def _quick_config(workdir, **kw) -> TrainConfig:
     return cfg
 
 
-def _losses(workdir) -> dict[int, float]:
-    """Last logged loss per step (a resumed run logs the steps after its checkpoint again)."""
+def _losses(workdir, skip: int = 0) -> dict[int, float]:
+    """Last logged loss per step in metrics.jsonl after its first `skip` bytes (what a resumed run appended)."""
     out = {}
-    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_bytes()[skip:].decode().splitlines():
         row = json.loads(line)
         out[row["step"]] = row["loss"]
     return out
+
+
+def _by_path(tree) -> dict[str, np.ndarray]:
+    """Leaves by their path ('fusion/blocks/...'); Orbax restores integer keys as strings, so paths are text."""
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def test_run_writes_tensorboard_checkpoints_and_exports(tmp_path):
@@ -69,6 +77,13 @@ def test_run_writes_tensorboard_checkpoints_and_exports(tmp_path):
     out = export_params(tmp_path / "run", tmp_path / "exported")
     model_cfg, params = load_pretrained(out)
     assert model_cfg == SMALL
+    # the exported parameters are the last checkpoint's, read here with Orbax directly
+    saved = _by_path(ocp.StandardCheckpointer().restore(tmp_path / "run" / "checkpoints" / "6" / "state")["params"])
+    exported = _by_path(params)
+    assert sorted(exported) == sorted(saved)
+    for name, value in exported.items():
+        assert value.dtype == np.float32, name
+        np.testing.assert_array_equal(value, saved[name], err_msg=name)
     with pytest.raises(ValueError, match="different config"):
         train(override(cfg, "optimizer.lr", "0.5"))
 
@@ -89,7 +104,8 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
 
 def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
-    """SIGKILL a training process mid-run; the resumed run's losses equal an uninterrupted run's, step for step."""
+    """SIGKILL a training process mid-run; the resumed run starts after its last checkpoint (it logs steps
+    checkpoint + 1 .. 60 and nothing before) with the losses of an uninterrupted run, step for step."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user would run it
     common = [sys.executable, str(ROOT / "train.py"), *QUICK, "--set", "steps=60", "--set", "ckpt_every=10"]
     subprocess.run(common + ["--set", f"workdir={tmp_path / 'a'}"], check=True, env=env, capture_output=True)
@@ -107,12 +123,15 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
     proc.wait()
     killed_at = max(_losses(tmp_path / "b"))
     assert 10 <= killed_at < 60
+    checkpoint = max(int(p.name) for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit())
+    logged = metrics.stat().st_size
     subprocess.run(run_b, check=True, env=env, capture_output=True)
 
-    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
-    assert sorted(a) == sorted(b) == list(range(1, 61))
-    for step in range(1, 61):
-        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
+    a, resumed = _losses(tmp_path / "a"), _losses(tmp_path / "b", skip=logged)
+    assert sorted(a) == list(range(1, 61))
+    assert sorted(resumed) == list(range(checkpoint + 1, 61)), (checkpoint, sorted(resumed))
+    for step in resumed:
+        assert resumed[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
 
 
 def test_overrides_and_bad_values():
@@ -148,9 +167,10 @@ def test_gradient_norms_match_golden():
     assert float(loss) == pytest.approx(float(z["loss"]), rel=1e-5)
     torch_grads = params_to_torch(grads.to_pure_dict(), cfg)
     names = [k.split("/", 1)[1] for k in z.files if k.startswith("grad_norm/")]
-    assert len(names) == 9
-    for name in names:
-        assert np.linalg.norm(torch_grads[name]) == pytest.approx(float(z[f"grad_norm/{name}"]), rel=1e-4), name
+    assert len(names) == 9  # the golden holds these norms only, no per-leaf gradients
+    errors = {name: abs(np.linalg.norm(torch_grads[name]) / float(z[f"grad_norm/{name}"]) - 1) for name in names}
+    print("gradient norm relative errors", {k: f"{v:.1e}" for k, v in errors.items()})
+    assert all(np.isfinite(v) and v <= GRAD_NORM_RTOL for v in errors.values()), errors
 
 
 @pytest.mark.parametrize("name", ["train_tiny", "train_builtin", "train_large", "finetune_fast3r"])

@@ -13,10 +13,33 @@ VARIANTS = ("ids_default", "ids_forced", "train_scale")
 
 
 def rel_err(out, ref) -> float:
-    """max |out - ref| / max |ref| (the issue's metric)."""
+    """max |out - ref| / max |ref| (the parity metric); inf when either side holds a NaN or an infinity, so a broken
+    output can never compare as close."""
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     assert out.shape == ref.shape, (out.shape, ref.shape)
+    if not (np.isfinite(out).all() and np.isfinite(ref).all()):
+        return float("inf")
     return float(np.abs(out - ref).max() / np.abs(ref).max())
+
+
+def view_errors(outputs: list[dict], refs: list[dict], keys=OUTPUT_KEYS) -> dict[str, float]:
+    """rel_err per view and key of two per-view output lists; fails on a missing view or key (no silent zip)."""
+    assert len(outputs) == len(refs), f"{len(outputs)} views against {len(refs)} references"
+    for i, (out, ref) in enumerate(zip(outputs, refs)):
+        missing = [k for k in keys if k not in out or k not in ref]
+        assert not missing, f"view {i} lacks {missing}"
+    return {f"v{i}/{k}": rel_err(out[k], ref[k]) for i, (out, ref) in enumerate(zip(outputs, refs)) for k in keys}
+
+
+def assert_within(errors: dict[str, float], tol: float, count: int | None = None) -> float:
+    """Fails unless every error is finite and <= tol (and, given `count`, there are exactly that many); returns the
+    largest. Use this, never the built-in max(), which drops a NaN unless it comes first."""
+    assert errors, "no errors to check"
+    if count is not None:
+        assert len(errors) == count, f"{len(errors)} errors, expected {count}: {sorted(errors)}"
+    values = np.asarray(list(errors.values()), np.float64)
+    assert np.isfinite(values).all() and (values <= tol).all(), {k: v for k, v in errors.items() if not v <= tol}
+    return float(values.max())
 
 
 def golden_views(z) -> list[dict]:
@@ -31,9 +54,15 @@ def per_view_ids(z, variant: str, views: list[dict], patch: int = 16) -> list[in
     return [int(token_ids[s]) for s in starts]
 
 
+def golden_outputs(z, prefix: str) -> list[dict]:
+    """The golden's per-view outputs of one variant: {key: (B, H, W[, 3])} for every view it stores."""
+    count = len([k for k in z.files if k.startswith(f"{prefix}/out_v") and k.endswith("_conf_local")])
+    return [{k: z[f"{prefix}/out_v{i}_{k}"] for k in OUTPUT_KEYS} for i in range(count)]
+
+
 def output_errors(outputs: list[dict], z, prefix: str) -> dict[str, float]:
-    return {f"v{i}/{k}": rel_err(out[k], z[f"{prefix}/out_v{i}_{k}"])
-            for i, out in enumerate(outputs) for k in OUTPUT_KEYS}
+    """rel_err of every output of every view against the golden (a missing view or key fails)."""
+    return view_errors(outputs, golden_outputs(z, prefix))
 
 
 def intermediates(model, views: list[dict], ids: list[int], train_attention_scale: bool) -> dict[str, np.ndarray]:
