@@ -56,7 +56,7 @@ def test_reconstruct_endpoint_returns_a_glb_with_points_and_the_downloads(served
     assert len(cameras) == 3
     with zipfile.ZipFile(next(f for f in files if f.endswith(".zip"))) as z:
         assert sorted(z.namelist()) == ["cameras.bin", "images.bin", "points3D.bin"]  # the binary model
-    for stage in ("load", "inference", "cameras", "export"):
+    for stage in ("checkpoint", "images", "inference", "cameras", "export"):
         assert f"| {stage} |" in timings
     results = list(app.root.iterdir())
     assert len(results) == 1  # one result folder per request, under the app's own root
