@@ -2,6 +2,8 @@
 
     python benchmarks/end_to_end.py --input frames/ --checkpoint CK --views 8 32 128 512 1000 --json e2e.json
     python benchmarks/end_to_end.py --views 8 29          # CPU: a synthetic scene at 512x288, built-in model
+    python benchmarks/end_to_end.py --input frames/ --checkpoint CK --views 8 32 128 --torch-reference .torchref
+
 
 For each view count N (frames taken evenly from --input, a folder of photos or a video, at long side --size; without
 --input a synthetic scene of N views is rendered at 512x288):
@@ -11,6 +13,12 @@ For each view count N (frames taken evenly from --input, a folder of photos or a
 Each run reports its stages from summary.json (checkpoint load, image load, inference, of it compile, cameras, each
 export) and, for the command, start-up (imports, process start: wall time minus the stages). Results go to --json
 and a Markdown table on standard output. Heavy: run it on the device machine, not on a shared CPU.
+
+With --torch-reference ROOT (a checkout of facebookresearch/fast3r), upstream's own pipeline runs first on the same
+frame folders in a child process (benchmarks/torch_pipeline.py: its load_images, bf16 inference, view-0 focal and
+threaded PnP, a binary PLY; random ViT-L weights; cold = first call, warm = second, model already built), and the
+table gains its rows and the ratio of our warm in-process time to its warm time. JAX is initialised only after the
+command runs, and the command children and this process allocate GPU memory on demand, so each has the device.
 """
 
 from __future__ import annotations
@@ -21,7 +29,6 @@ import json
 import os
 import pathlib
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +38,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STAGES = ("checkpoint_s", "images_s", "inference_s", "compile_s", "cameras_s", "export_s")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # command children share the device with us
 
 
 def prepare_frames(source: str | None, num_views: int, size: int, folder: pathlib.Path) -> pathlib.Path:
@@ -93,27 +101,38 @@ def main() -> None:
     parser.add_argument("--pose-solver", choices=("pnp", "procrustes"), default="pnp")
     parser.add_argument("--modes", nargs="+", choices=("command", "in-process"), default=["command", "in-process"])
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--torch-reference", default=None, metavar="ROOT",
+                        help="also time upstream's pipeline on the same frames (a checkout of facebookresearch/fast3r)")
+    parser.add_argument("--torch-python", default=sys.executable, help="the Python that has torch (default: this one)")
     args = parser.parse_args()
-
-    import jax
-
-    import fast3r_jax
-    from fast3r_jax import reconstruct
-
-    backend = jax.default_backend()
-    views = args.views or ([8, 32, 128, 512, 1000] if backend != "cpu" else [8, 29])
-    rows = []
+    views = args.views or [8, 32, 128, 512, 1000]
+    rows, upstream = [], None
     with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
         tmp = pathlib.Path(tmp)
-        rec = None
-        for n in views:
-            frames = prepare_frames(args.input, n, args.size, tmp / f"frames_{n}")
-            if "command" in args.modes:
+        folders = {n: prepare_frames(args.input, n, args.size, tmp / f"frames_{n}") for n in views}
+        if args.torch_reference:
+            upstream = run_upstream(list(folders.values()), tmp, args)
+            for r in upstream["runs"]:
+                n = next(k for k, f in folders.items() if str(f) == r["frames"])
+                rows.append(dict(views=n, mode="upstream", run=r["run"], wall_s=r["total_s"], images_s=r["load_s"],
+                                 inference_s=r["inference_s"], cameras_s=r["cameras_s"], export_s=r["export_s"]))
+                print(json.dumps(rows[-1]), flush=True)
+        if "command" in args.modes:
+            for n, frames in folders.items():
                 cache = tmp / f"cache_{n}"  # empty: the first run is cold
                 for label in ("cold", "warm"):
                     result = run_command(frames, tmp / "out", cache, args)
                     rows.append(dict(views=n, mode="command", run=label, **result, **output_bytes(tmp / "out")))
                     print(json.dumps(rows[-1]), flush=True)
+
+        import jax
+
+        import fast3r_jax
+        from fast3r_jax import reconstruct
+
+        backend = jax.default_backend()
+        rec = None
+        for n, frames in folders.items():
             if "in-process" in args.modes:
                 if rec is None:
                     start = time.perf_counter()
@@ -126,12 +145,12 @@ def main() -> None:
                     rows.append(dict(views=n, mode="in-process", run=label, wall_s=time.perf_counter() - start,
                                      **_stages(summary), **output_bytes(tmp / "out")))
                     print(json.dumps(rows[-1]), flush=True)
-            shutil.rmtree(frames)
 
     meta = dict(date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 device=str(jax.devices()[0].device_kind), backend=backend, jax=jax.__version__,
                 python=platform.python_version(), size=args.size, input=args.input or "synthetic",
-                pose_solver=args.pose_solver, checkpoint=args.checkpoint or "built-in")
+                pose_solver=args.pose_solver, checkpoint=args.checkpoint or "built-in",
+                upstream={k: v for k, v in upstream.items() if k != "runs"} if upstream else None)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
     columns = ["wall_s", "startup_s", *STAGES, "export.ply_s", "export.colmap_s", "export.glb_s", "export.preview_s"]
@@ -141,7 +160,26 @@ def main() -> None:
     print("|" + "---|" * (len(columns) + 4))
     for r in rows:
         cells = [f"{r[c]:.2f}" if c in r else "" for c in columns]
-        print(f"| {r['views']} | {r['mode']} | {r['run']} | " + " | ".join(cells) + f" | {r['total'] / r['ply']:.2f} |")
+        size = f"{r['total'] / r['ply']:.2f}" if "total" in r else ""
+        print(f"| {r['views']} | {r['mode']} | {r['run']} | " + " | ".join(cells) + f" | {size} |")
+    if upstream:
+        print("\n| views | fast3r-jax in-process warm s | upstream warm s | ratio |\n|---|---|---|---|")
+        for n in views:
+            ours = [r["wall_s"] for r in rows if r["views"] == n and r["mode"] == "in-process" and r["run"] == "warm"]
+            theirs = [r["wall_s"] for r in rows if r["views"] == n and r["mode"] == "upstream" and r["run"] == "warm"]
+            if ours and theirs:
+                print(f"| {n} | {ours[0]:.3f} | {theirs[0]:.3f} | {ours[0] / theirs[0]:.2f} |")
+
+
+def run_upstream(folders: list[pathlib.Path], tmp: pathlib.Path, args: argparse.Namespace) -> dict:
+    """benchmarks/torch_pipeline.py in a child process on the frame folders; its JSON."""
+    out = tmp / "upstream.json"
+    command = [args.torch_python, str(ROOT / "benchmarks" / "torch_pipeline.py"), "--root", args.torch_reference,
+               "--size", str(args.size), "--out", str(tmp / "upstream_out"), "--json", str(out), "--frames",
+               *map(str, folders)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    subprocess.run(command, env=env, check=True)
+    return json.loads(out.read_text())
 
 
 if __name__ == "__main__":

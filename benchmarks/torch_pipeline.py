@@ -26,6 +26,7 @@ import concurrent.futures
 import importlib
 import json
 import logging
+import os
 import pathlib
 import sys
 import time
@@ -33,6 +34,7 @@ import types
 
 import numpy as np
 
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # fast3r_jax gives the config only: keep JAX off the GPU
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import torch_reference  # noqa: E402  (upstream loading helpers, keeps JAX on the CPU)
 
