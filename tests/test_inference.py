@@ -11,7 +11,7 @@ from reference_weights import DATA, tiny_state_dict
 from fast3r_jax import config as config_lib
 from fast3r_jax.convert.table import params_from_torch
 from fast3r_jax.inference.engine import Engine, chunk_views, make_image_ids
-from fast3r_jax.inference.predict import OUTPUT_KEYS
+from fast3r_jax.model.fast3r import OUTPUT_KEYS
 from fast3r_jax.model.image_index_embedding import check_image_ids, sample_image_ids
 
 TOL = 1e-5  # max |out - ref| / max |ref|, float32 (measured 1.5e-6 vs the goldens)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from device_bytes import bytes_per_device
 from small_model import small_params
 
 from fast3r_jax import config as config_lib
@@ -39,7 +40,7 @@ def _batch(batch=8, views=2, height=32, width=48, seed=0):
 def _run(layout, data, tensor, params, batch):
     mesh = sharding_lib.make_mesh(data, tensor, jax.devices()[:data * tensor])
     step, shardings = training.make_train_step(CFG, TX, mesh, layout, dtype=jnp.float32)
-    state = jax.device_put(training.init_state(params, TX, 0), shardings)
+    state = training.create_state(params, TX, 0, shardings)
     with jax.default_matmul_precision("highest"):
         new, metrics = step(state, training.device_batch(batch, mesh), training.orientations(batch))
     return new, metrics
@@ -68,7 +69,7 @@ def test_step_matches_single_device(reference, layout, data, tensor):
     for ours, ref in zip(moments, refs):
         assert np.linalg.norm(ours - ref) <= 1e-2 * max(np.linalg.norm(ref), 1e-30)
 
-    per_device = sharding_lib.bytes_per_device(new.opt_state)
+    per_device = bytes_per_device(new.opt_state)
     total = sum(x.nbytes for x in jax.tree.leaves(ref_opt))
     print(f"{layout} data={data} tensor={tensor}: optimizer state bytes per device {sorted(set(per_device.values()))}"
           f" of {total}")
@@ -77,7 +78,7 @@ def test_step_matches_single_device(reference, layout, data, tensor):
         assert set(per_device.values()) == {total}  # full copies everywhere
     else:
         assert max(per_device.values()) < 0.6 * total  # really partitioned
-    params_per_device = sharding_lib.bytes_per_device(new.params)
+    params_per_device = bytes_per_device(new.params)
     if layout == "fsdp":
         assert max(params_per_device.values()) < 0.6 * sum(x.nbytes for x in jax.tree.leaves(params))
 
@@ -111,16 +112,14 @@ SPLASH_CFG = config_lib.Fast3RConfig(
 
 
 def test_splash_step_matches_xla_under_mesh(monkeypatch):
-    """The train step traces under its mesh (jax.set_mesh), so splash's kernel sits in a shard_map over it (as
+    """The train step resolves its attention for its mesh, so splash's kernel sits in a shard_map over it (as
     Mosaic needs on TPU, and where 'auto' picks splash); the step equals the XLA-attention step in float32: loss
     and updated parameters (per leaf, in norm) to 1e-5 relative, Adam's moments to 1e-5 relative overall (1e-4 per
-    leaf). The eval step traces under its mesh too."""
-    from fast3r_jax.model import fast3r as model_lib
-
-    seen = []  # the ambient mesh where the model resolves its attention implementation (at trace time)
-    resolve = model_lib.resolve_implementation
-    monkeypatch.setattr(model_lib, "resolve_implementation",
-                        lambda impl, dtype: seen.append(jax.sharding.get_abstract_mesh()) or resolve(impl, dtype))
+    leaf). The eval step resolves its attention for its mesh too."""
+    seen = []  # the mesh each step resolves its attention implementation for (once, when it is built)
+    resolve = sharding_lib.resolve_attention
+    monkeypatch.setattr(sharding_lib, "resolve_attention",
+                        lambda impl, dtype, mesh=None: seen.append(mesh) or resolve(impl, dtype, mesh))
     mesh = sharding_lib.make_mesh(4, 2)
     params = small_params(SPLASH_CFG)  # drawn in numpy: init_params spends ~9 s on CPU for this config
     batch = _batch(batch=8, height=32, width=32)
@@ -129,14 +128,14 @@ def test_splash_step_matches_xla_under_mesh(monkeypatch):
     for impl in ("xla", "splash"):
         step, shardings = training.make_train_step(SPLASH_CFG.replace(attention=impl), TX, mesh, "replicated",
                                                    dtype=jnp.float32)
-        state = jax.device_put(training.init_state(params, TX, 0), shardings)
+        state = training.create_state(params, TX, 0, shardings)
         with jax.default_matmul_precision("highest"):
             manual = _shard_maps(step.lower(state, *args).as_text())
             new, metrics = step(state, *args)
         assert (manual > 0) == (impl == "splash"), manual  # splash runs in shard_maps, nothing else does
         assert float(metrics["finite"]) == 1.0
         out[impl] = float(metrics["loss"]), jax.tree.map(np.asarray, (new.params, new.opt_state))
-    assert seen and all(m == mesh.abstract_mesh for m in seen)
+    assert seen and all(m == mesh for m in seen)
 
     (ref_loss, (ref_params, ref_opt)), (loss, (new_params, new_opt)) = out["xla"], out["splash"]
     assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
@@ -158,7 +157,7 @@ def test_splash_step_matches_xla_under_mesh(monkeypatch):
     seen.clear()
     evaluate = training.make_eval_step(SPLASH_CFG.replace(attention="splash"), mesh, dtype=jnp.float32)
     lowered = evaluate.lower(params, *args, jax.random.key(0))
-    assert seen == [mesh.abstract_mesh] and _shard_maps(lowered.as_text()) > 0
+    assert seen == [mesh] and _shard_maps(lowered.as_text()) > 0
 
 
 def _shard_maps(stablehlo: str) -> int:
