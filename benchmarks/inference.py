@@ -44,11 +44,12 @@ if str(HERE.parent) not in sys.path:
 
 from fast3r_jax import config as config_lib  # noqa: E402
 from fast3r_jax.convert.table import params_from_torch  # noqa: E402
-from fast3r_jax.inference.predict import DTYPES, OUTPUT_KEYS, predict  # noqa: E402
-from fast3r_jax.model.attention import resolve_implementation  # noqa: E402
-from fast3r_jax.model.fast3r import View  # noqa: E402
+from fast3r_jax.inference.predict import predict  # noqa: E402
+from fast3r_jax.model.attention import AttentionImpl  # noqa: E402
+from fast3r_jax.model.fast3r import DTYPES, OUTPUT_KEYS, View  # noqa: E402
 from fast3r_jax.model.flops import forward_flops  # noqa: E402
 from fast3r_jax.model.params import build_model, init_params  # noqa: E402
+from fast3r_jax.sharding import resolve_attention  # noqa: E402
 
 TORCH_ATTENTION = ("flash_attention", "pytorch_auto", "pytorch_naive")  # upstream's attn_implementation values
 
@@ -71,7 +72,7 @@ def _peak_bytes() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def whole_forward(model, num_views: int, height: int, width: int):
+def whole_forward(model, num_views: int, height: int, width: int, attention: AttentionImpl):
     """Random landscape views and the jitted whole-model forward over them: (forward, state, imgs, true_shape,
     ids), called as forward(state, imgs)."""
     graphdef, state = nnx.split(model)
@@ -82,33 +83,30 @@ def whole_forward(model, num_views: int, height: int, width: int):
     @jax.jit
     def forward(state, imgs):
         views = [View(imgs[i:i + 1], true_shape[i:i + 1]) for i in range(num_views)]
-        return nnx.merge(graphdef, state)(views, ids)
+        return nnx.merge(graphdef, state)(views, ids, attention=attention)
 
     return forward, state, imgs, true_shape, ids
 
 
 def bench(model, num_views: int, height: int, width: int, repeats: int) -> dict:
     graphdef = nnx.graphdef(model)
-    attention = resolve_implementation(model.cfg.attention, model.dtype)
-    forward, state, imgs, true_shape, ids = whole_forward(model, num_views, height, width)
+    attention = resolve_attention(model.cfg.attention, model.dtype)
+    forward, state, imgs, true_shape, ids = whole_forward(model, num_views, height, width, attention)
 
     @jax.jit
     def encode(state, imgs):
-        return nnx.merge(graphdef, state).encoder(imgs, true_shape, "landscape", attention=attention)[0]
+        return nnx.merge(graphdef, state).encode(imgs, true_shape, "landscape", attention=attention)  # (V, n, D)
 
     @jax.jit
     def fuse(state, tokens):
-        m = nnx.merge(graphdef, state)
         n = tokens.shape[1]
-        return m.fusion(tokens.reshape(1, -1, tokens.shape[-1]), (n,) * num_views, ids, hooks=m.cfg.hooks,
-                        train_attention_scale=False, attention=attention)
+        return nnx.merge(graphdef, state).fuse(tokens.reshape(1, -1, tokens.shape[-1]), (n,) * num_views, ids,
+                                               attention=attention)  # 4 x (1, V*n, C_k)
 
     @jax.jit
     def heads(state, hooks):
-        m = nnx.merge(graphdef, state)
-        per_view = [h.reshape(num_views, -1, h.shape[-1]) for h in hooks]
-        grid = (height // m.cfg.encoder.patch_size, width // m.cfg.encoder.patch_size)
-        return m.global_head(per_view, grid), m.local_head(per_view, grid)
+        per_view = [h.reshape(num_views, -1, h.shape[-1]) for h in hooks]  # 4 x (V, n, C_k)
+        return nnx.merge(graphdef, state).decode(per_view, (height, width), "landscape", true_shape)
 
     row = dict(views=num_views, height=height, width=width)
     row["compile_s"], row["forward_s"] = _time(forward, state, imgs, repeats=repeats)
@@ -132,7 +130,7 @@ def run_jax(args, height: int, width: int) -> tuple[dict, list[dict]]:
     model = build_model(cfg, init_params(cfg), DTYPES[args.dtype])
     env = dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(), jax=jax.__version__,
                flax=flax.__version__, python=platform.python_version(), dtype=args.dtype,
-               attention=resolve_implementation(cfg.attention, DTYPES[args.dtype]))
+               attention=resolve_attention(cfg.attention, DTYPES[args.dtype]).kernel)
     print(json.dumps(env), flush=True)
     rows = []
     print(f"{'N':>5} {'forward s':>10} {'compile s':>10} {'enc s':>8} {'fusion s':>9} {'heads s':>8} "

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from fast3r_jax import config as config_lib
 from fast3r_jax.inference import engine as inference
-from fast3r_jax.inference.predict import DTYPES
+from fast3r_jax.model.fast3r import DTYPES
 from fast3r_jax.model.params import init_params
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     engine = inference.Engine(cfg, init_params(cfg), args.dtype)
     limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     env = dict(device=jax.devices()[0].device_kind, jax=jax.__version__, config=args.config, size=args.size,
-               dtype=args.dtype, attention=engine.attention, bytes_limit=limit)
+               dtype=args.dtype, attention=engine.attention.kernel, bytes_limit=limit)
     print(json.dumps(env), flush=True)
     print(f"{'N':>6} {'tokens':>9} {'args GiB':>9} {'out GiB':>8} {'temp GiB':>9} {'total GiB':>10} {'fits':>5} "
           f"{'compile s':>9}", flush=True)

@@ -20,7 +20,8 @@ import numpy as np
 from fast3r_jax import config as config_lib
 from fast3r_jax.convert.reference import reference_state_dict
 from fast3r_jax.convert.table import params_from_torch
-from fast3r_jax.inference.predict import OUTPUT_KEYS, predict
+from fast3r_jax.inference.predict import predict
+from fast3r_jax.model.fast3r import OUTPUT_KEYS
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data"  # the goldens and the weights manifest
 CASES = {"tiny": ("tiny_caseA", "tiny_caseB"), "large": ("large_caseA",)}

@@ -20,8 +20,9 @@ import jax
 from inference import whole_forward  # benchmarks/inference.py, beside this script
 
 from fast3r_jax import config as config_lib
-from fast3r_jax.inference.predict import DTYPES
+from fast3r_jax.model.fast3r import DTYPES
 from fast3r_jax.model.params import build_model, init_params
+from fast3r_jax.sharding import resolve_attention
 
 
 def device_kernel_times(trace_dir: pathlib.Path) -> dict[str, tuple[float, int]]:
@@ -55,8 +56,9 @@ def main() -> None:
 
     width, height = (int(x) for x in args.size.split("x"))
     cfg = getattr(config_lib, args.config)()
+    attention = resolve_attention(cfg.attention, DTYPES[args.dtype])
     forward, state, imgs, *_ = whole_forward(build_model(cfg, init_params(cfg), DTYPES[args.dtype]), args.views,
-                                             height, width)
+                                             height, width, attention)
     jax.block_until_ready(forward(state, imgs))  # compile and warm up
     trace_dir = args.trace_dir or pathlib.Path(tempfile.mkdtemp(prefix="fast3r_profile_"))
     with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):

@@ -58,14 +58,14 @@ if str(HERE) not in sys.path:
 from torch_reference import ALPHA, SCENE_KEYS, scene_batch, upstream_config  # noqa: E402
 
 from fast3r_jax import config as config_lib  # noqa: E402
+from fast3r_jax.config import OptimizerConfig  # noqa: E402
 from fast3r_jax.convert.table import params_from_torch  # noqa: E402
 from fast3r_jax.data.synthetic import SyntheticScenes  # noqa: E402
-from fast3r_jax.inference.predict import DTYPES  # noqa: E402
 from fast3r_jax.io.images import normalize  # noqa: E402
+from fast3r_jax.model.fast3r import DTYPES  # noqa: E402
 from fast3r_jax.model.image_index_embedding import sample_image_ids  # noqa: E402
 from fast3r_jax.sharding import make_mesh  # noqa: E402
 from fast3r_jax.train import step as training  # noqa: E402
-from fast3r_jax.config import OptimizerConfig  # noqa: E402
 from fast3r_jax.train.optimizer import learning_rate, make_optimizer  # noqa: E402
 
 RUNS = (("float32", "float32", "a"), ("bfloat16", "bfloat16", "a"), ("bfloat16_spread", "bfloat16", "b"))

@@ -54,12 +54,12 @@ for path in (HERE.parent, HERE):  # a plain checkout: `python benchmarks/train_s
 from torch_reference import ATTENTION, largest_fitting, random_batch  # noqa: E402
 
 from fast3r_jax import config as config_lib  # noqa: E402
-from fast3r_jax.inference.predict import DTYPES  # noqa: E402
+from fast3r_jax.config import OptimizerConfig  # noqa: E402
+from fast3r_jax.model.fast3r import DTYPES  # noqa: E402
 from fast3r_jax.model.flops import peak_flops, train_step_flops  # noqa: E402
 from fast3r_jax.model.params import init_params  # noqa: E402
 from fast3r_jax.sharding import make_mesh  # noqa: E402
 from fast3r_jax.train import step as training  # noqa: E402
-from fast3r_jax.config import OptimizerConfig  # noqa: E402
 from fast3r_jax.train.optimizer import learning_rate, make_optimizer  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def bench(cfg: config_lib.Fast3RConfig, num_views: int, height: int, width: int,
     tx = make_optimizer(opt)
     step_fn, shardings = training.make_train_step(cfg, tx, mesh, "replicated", dtype=DTYPES[dtype],
                                                   schedule=learning_rate(opt))
-    state = jax.device_put(training.init_state(init_params(cfg, 0), tx, 0), shardings)
+    state = training.create_state(lambda: init_params(cfg, 0), tx, 0, shardings)
     host_batch = random_batch(num_views, height, width, batch)
     device_batch = training.device_batch(host_batch, mesh)
     orient = training.orientations(host_batch)

@@ -419,7 +419,7 @@ class TrainConfig:
 
     def __post_init__(self):
         # Imported here: both modules import jax, and predict imports this module.
-        from fast3r_jax.inference.predict import DTYPES  # noqa: PLC0415
+        from fast3r_jax.model.fast3r import DTYPES  # noqa: PLC0415
         from fast3r_jax.sharding import LAYOUTS  # noqa: PLC0415
 
         if self.dtype not in DTYPES:

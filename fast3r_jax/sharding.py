@@ -1,4 +1,6 @@
-"""Parallelism declared once: logical axes for every parameter, and per-layout rules mapping them to mesh axes.
+"""Parallelism declared once: logical axes for every parameter, one rule table mapping logical axes to mesh axes
+(parameters, optimizer state and activations, `RULES`) applied by one function (`logical_spec`), and the attention
+kernel each computation runs, resolved once for its mesh (`resolve_attention`).
 
 Mesh axes: `data` (batch; also partitions optimizer state / parameters) and `tensor` (Megatron-style: attention
 heads and MLP hidden units). Layouts:
@@ -8,9 +10,9 @@ heads and MLP hidden units). Layouts:
     fsdp        parameters and optimizer state partitioned over `data` (ZeRO-3)
 Each layout combines with tensor parallelism when the mesh's `tensor` axis is larger than 1.
 
-Sharded inference (fast3r_jax.inference.sharded) uses a ('data', 'seq', 'tensor') mesh and the activation rules
-below: per-view work (encoder, DPT heads) splits the views over every device; the fusion transformer splits its
-tokens over 'data' x 'seq' and its attention heads and MLP units over 'tensor'.
+Sharded inference (fast3r_jax.inference.sharded) uses a ('data', 'seq', 'tensor') mesh and the same rules: per-view
+work (encoder, DPT heads) splits the views over every device; the fusion transformer splits its tokens over
+'data' x 'seq' and its attention heads and MLP units over 'tensor'.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import re
 from typing import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from fast3r_jax.config import ATTENTION_IMPLEMENTATIONS
+from fast3r_jax.model.attention import AttentionImpl
 
 LAYOUTS = ("replicated", "zero2", "fsdp")
 
@@ -37,18 +43,23 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"blocks\.layers\.mlp\.fc2\.kernel$", ("layers", "mlp", "embed")),
 )
 
-# Logical axis -> mesh axis, by concern. Tensor parallelism is always on (a tensor axis of size 1 is a no-op).
-TENSOR_RULES: dict[str, str] = {"heads": "tensor", "mlp": "tensor"}
-
-# Sharded inference: logical activation axis -> mesh axes (a dimension they do not divide stays whole).
-INFERENCE_AXES = ("data", "seq", "tensor")
-ACTIVATION_RULES: dict[str, tuple[str, ...]] = {
-    "views": ("data", "seq", "tensor"),  # encoder and DPT heads: per-view work, every device takes a share
-    "tokens": ("data", "seq"),  # fusion transformer sequence
-    "heads": (TENSOR_RULES["heads"],),  # fusion attention heads, split as their weights
+# Logical axis -> mesh axes, ONE table for parameters, optimizer state and activations. Mesh axes absent from a
+# mesh are skipped (the training mesh has no 'seq'), and a dimension the axes do not divide stays whole. Tensor
+# parallelism is always on (a 'tensor' axis of size 1 is a no-op).
+RULES: dict[str, tuple[str, ...]] = {
+    "layers": (),  # stacked transformer blocks
+    "embed": (),  # model width
+    "heads": ("tensor",),  # attention heads: weights (Megatron) and activations
+    "mlp": ("tensor",),  # MLP hidden units
+    "batch": ("data",),  # training samples
+    "views": ("data", "seq", "tensor"),  # sharded inference, encoder and DPT heads: every device takes a share
+    "tokens": ("data", "seq"),  # sharded inference: the fusion transformer's sequence
 }
-# Parameters tensor-parallel at inference: the fusion transformer's, which run on the tokens of all views. The
-# encoder and heads work per view; their weights are replicated so that they run without communication.
+
+# Sharded inference: its mesh axes, and the parameters tensor-parallel there: the fusion transformer's, which run
+# on the tokens of all views. The encoder and heads work per view; their weights are replicated so that they run
+# without communication.
+INFERENCE_AXES = ("data", "seq", "tensor")
 INFERENCE_TENSOR_PARALLEL = r"^fusion\."
 
 
@@ -84,20 +95,52 @@ def make_inference_mesh(data: int = 1, seq: int = -1, tensor: int = 1,
     return Mesh(np.asarray(devices).reshape(data, seq, tensor), INFERENCE_AXES)
 
 
-def activation_spec(mesh: Mesh, logical: Sequence[str | None], shape: Sequence[int] | None = None) -> P:
-    """PartitionSpec of an activation from its logical axes (ACTIVATION_RULES); with `shape`, a dimension that
-    the mesh axes do not divide stays whole (as parameters under param_specs)."""
+def logical_spec(mesh: Mesh, logical: Sequence[str | None], shape: Sequence[int] | None = None) -> P:
+    """PartitionSpec of an array from the logical axis of each dimension (RULES; None: not partitioned). With
+    `shape`, a dimension that its mesh axes do not divide stays whole."""
     spec = []
     for i, name in enumerate(logical):
-        axes = ACTIVATION_RULES[name] if name else ()
-        size = int(np.prod([mesh.shape[a] for a in axes]))
-        fits = axes and (shape is None or shape[i] % size == 0)
+        axes = tuple(a for a in RULES[name] if a in mesh.shape) if name else ()
+        fits = axes and (shape is None or shape[i] % int(np.prod([mesh.shape[a] for a in axes])) == 0)
         spec.append((axes[0] if len(axes) == 1 else axes) if fits else None)
     return P(*spec)
 
 
+def resolve_attention(implementation: str, dtype, mesh: Mesh | None = None) -> AttentionImpl:
+    """The attention kernel for a config's `attention` name, decided once when a step or engine is built.
+
+    'auto' is cudnn on GPU with 16-bit inputs, splash on TPU where the kernel can be placed (one device, or a
+    `mesh` to shard_map it over), else xla; explicit names are checked. mesh: the mesh a jitted computation spans
+    (None: one device, or a caller's shard_map); splash shard_maps over it, heads over RULES['heads'] and batch
+    over the other axes. Off TPU splash runs in Pallas interpret mode (tests and debugging).
+    """
+    backend = jax.default_backend()
+    sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    kernel = implementation
+    if implementation == "auto":
+        kernel = "xla"
+        if backend == "gpu" and sixteen_bit:
+            kernel = "cudnn"
+        elif backend == "tpu" and (jax.device_count() == 1 or mesh is not None):
+            kernel = "splash"
+    elif implementation == "cudnn":
+        if backend != "gpu":
+            raise ValueError(f"attention='cudnn' needs an NVIDIA GPU backend, got {backend!r}")
+        if not sixteen_bit:
+            raise ValueError(f"attention='cudnn' needs bfloat16 or float16 inputs, got {jnp.dtype(dtype)}")
+    elif implementation not in ("xla", "splash"):
+        raise ValueError(f"unknown attention implementation {implementation!r}, expected one of "
+                         f"{ATTENTION_IMPLEMENTATIONS}")
+    if kernel != "splash":
+        return AttentionImpl(kernel)
+    if mesh is None:
+        return AttentionImpl(kernel, interpret=backend != "tpu")
+    heads = next((a for a in RULES["heads"] if a in mesh.shape), None)
+    return AttentionImpl(kernel, mesh, tuple(a for a in mesh.axis_names if a != heads), heads, backend != "tpu")
+
+
 def inference_param_specs(params: Mapping, mesh: Mesh) -> dict:
-    """PartitionSpec per parameter for sharded inference: TENSOR_RULES for INFERENCE_TENSOR_PARALLEL, the rest
+    """PartitionSpec per parameter for sharded inference: the rules for INFERENCE_TENSOR_PARALLEL, the rest
     replicated."""
     specs = param_specs(params, mesh, "replicated")
     return jax.tree_util.tree_map_with_path(
@@ -135,9 +178,7 @@ def param_specs(params: Mapping, mesh: Mesh, layout: str) -> dict:
     data_size = mesh.shape["data"]
 
     def spec(key_path, leaf):
-        axes = logical_axes(_path(key_path), len(leaf.shape))
-        mesh_axes = [TENSOR_RULES.get(a) if a else None for a in axes]
-        mesh_axes = [a if a is None or leaf.shape[i] % mesh.shape[a] == 0 else None for i, a in enumerate(mesh_axes)]
+        mesh_axes = list(logical_spec(mesh, logical_axes(_path(key_path), len(leaf.shape)), leaf.shape))
         if layout == "fsdp":
             mesh_axes = _add_data_axis(mesh_axes, leaf.shape, data_size)
         return P(*mesh_axes)
@@ -170,14 +211,5 @@ def named(mesh: Mesh, specs):
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Arrays with a leading batch axis: split over 'data', replicated over 'tensor'."""
-    return NamedSharding(mesh, P("data"))
+    return NamedSharding(mesh, logical_spec(mesh, ("batch",)))
 
-
-def bytes_per_device(tree) -> dict[str, int]:
-    """Bytes each device holds for a tree of sharded arrays (to show that partitioning is real)."""
-    out: dict[str, int] = {}
-    for leaf in jax.tree.leaves(tree):
-        for shard in leaf.addressable_shards:
-            key = str(shard.device)
-            out[key] = out.get(key, 0) + shard.data.size * shard.data.dtype.itemsize
-    return out

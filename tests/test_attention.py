@@ -3,7 +3,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast3r_jax.model.attention import dot_product_attention, resolve_implementation
+from fast3r_jax.sharding import resolve_attention
+
+
+def dot_product_attention(q, k, v, *, scale, implementation, mesh=None):
+    """The kernel a step or engine would resolve for `implementation` (and `mesh`), applied to q, k, v."""
+    return resolve_attention(implementation, q.dtype, mesh)(q, k, v, scale=scale)
+
+
+def resolve_implementation(implementation, dtype, mesh=None) -> str:
+    """The kernel name `resolve_attention` picks."""
+    return resolve_attention(implementation, dtype, mesh).kernel
 
 
 def _naive(q, k, v, scale):
@@ -78,7 +88,7 @@ def test_splash_gradient_with_padding_matches_xla():
 
 
 def test_splash_under_mesh_shards_batch_and_heads():
-    """Under an ambient ('data', 'tensor') mesh the kernel runs in a shard_map (as Mosaic needs on TPU), each
+    """Resolved for a ('data', 'tensor') mesh the kernel runs in a shard_map (as Mosaic needs on TPU), each
     device on its batch rows and heads; the result equals XLA's."""
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
@@ -88,10 +98,9 @@ def test_splash_under_mesh_shards_batch_and_heads():
     mesh = make_mesh(data=4, tensor=2)
     spec = NamedSharding(mesh, P("data", None, "tensor", None))
     q, k, v = (jax.device_put(x, spec) for x in _qkv(5, (4, 200, 2, 32)))
-    attend = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, scale=0.2, implementation="splash"))
-    with jax.set_mesh(mesh):
-        assert "shard_map" in str(jax.make_jaxpr(attend)(q, k, v))
-        out = attend(q, k, v)
+    attend = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, scale=0.2, implementation="splash", mesh=mesh))
+    assert "shard_map" in str(jax.make_jaxpr(attend)(q, k, v))
+    out = attend(q, k, v)
     with jax.default_matmul_precision("highest"):
         ref = dot_product_attention(q, k, v, scale=0.2, implementation="xla")
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5)
@@ -103,11 +112,11 @@ def test_dispatch_splash(monkeypatch):
     assert resolve_implementation("splash", jnp.float32) == "splash"  # interpret mode off TPU
     assert resolve_implementation("auto", jnp.float32) == "xla"  # CPU
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-    # 8 test devices and no ambient mesh: a Mosaic kernel could not be partitioned, so auto keeps XLA
+    # 8 test devices and no mesh: a Mosaic kernel could not be partitioned, so auto keeps XLA
     assert resolve_implementation("auto", jnp.bfloat16) == "xla"
-    with jax.set_mesh(make_mesh(data=4, tensor=2)):
-        assert resolve_implementation("auto", jnp.bfloat16) == "splash"
-        assert resolve_implementation("auto", jnp.float32) == "splash"
+    mesh = make_mesh(data=4, tensor=2)
+    assert resolve_implementation("auto", jnp.bfloat16, mesh) == "splash"
+    assert resolve_implementation("auto", jnp.float32, mesh) == "splash"
     monkeypatch.setattr(jax, "device_count", lambda: 1)
     assert resolve_implementation("auto", jnp.float32) == "splash"
     with pytest.raises(ValueError, match="unknown attention implementation 'flash'.*splash"):

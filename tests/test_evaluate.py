@@ -149,7 +149,7 @@ def test_scenes_reuse_the_compiled_model():
     config, params = load_pretrained(DEFAULT_CHECKPOINT)
     predict = model_predictor(config, params)
     scenes = SyntheticScenes(3, 2, (32, 16), split="test")
-    compiled = (inference._encode, inference._fuse, inference._decode)  # pylint: disable=protected-access
+    compiled = (inference.encode_chunk, inference._fuse, inference._decode)  # pylint: disable=protected-access
     predict(scenes[0], 0)
     sizes = [f._cache_size() for f in compiled]
     predict(scenes[1], 1)

@@ -10,7 +10,7 @@ from fast3r_jax import config as config_lib
 from fast3r_jax.convert.table import params_from_torch
 from fast3r_jax.inference import engine as engine_lib
 from fast3r_jax.inference.engine import Engine, chunk_views, make_image_ids
-from fast3r_jax.inference.predict import OUTPUT_KEYS
+from fast3r_jax.model.fast3r import OUTPUT_KEYS
 from fast3r_jax.model.image_index_embedding import check_image_ids
 from tests.helpers.parity import assert_within, golden_views, rel_err, view_errors
 from tests.helpers.reference_weights import DATA, tiny_state_dict

@@ -5,7 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast3r_jax.model.rope2d import apply_rope, apply_rope2d, rope_tables
+from fast3r_jax.model.rope2d import apply_rope, rope_tables
+
+
+def apply_rope2d(x: jax.Array, positions: jax.Array, base: float = 100.0) -> jax.Array:
+    """x (B, N, H, D) rotated by the 2D RoPE of integer (row, column) positions (B, N, 2), in one call."""
+    return apply_rope(x, rope_tables(positions, x.shape[-1], base))
 
 
 def _reference(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:

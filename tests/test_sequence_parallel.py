@@ -11,14 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from device_bytes import bytes_per_device
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fast3r_jax import sharding as sharding_lib
 from fast3r_jax.inference.engine import Engine
-from fast3r_jax.inference.predict import OUTPUT_KEYS
 from fast3r_jax.inference.sharded import METHODS, Group, SequenceParallel, ShardedEngine
+from fast3r_jax.model.fast3r import OUTPUT_KEYS
 from tests.helpers.parity import assert_within, rel_err, view_errors
 from tests.helpers.small_model import small_config, small_params
 
@@ -83,7 +84,7 @@ def _dense(q, k, v, valid, scale):
 def test_attention_across_shards_is_exact(method, shape):
     layout = _layout(shape, method, chunk=8)  # chunks smaller than a shard: the kernel pads and loops
     tokens = layout.shards * layout.local
-    spec = sharding_lib.activation_spec(layout.mesh, (None, "tokens", "heads", None), (1, tokens, 4, 16))
+    spec = sharding_lib.logical_spec(layout.mesh, (None, "tokens", "heads", None), (1, tokens, 4, 16))
     q, k, v = (jax.device_put(jax.random.normal(key, (1, tokens, 4, 16)), NamedSharding(layout.mesh, spec))
                for key in jax.random.split(jax.random.key(0), 3))
     with jax.default_matmul_precision("highest"):
@@ -100,7 +101,7 @@ def test_attention_across_shards_is_exact(method, shape):
 
 def _fusion_inputs(engine, layout):
     """Encoder chunks as the engine hands them to the fusion transformer, and the image ids."""
-    sharding = NamedSharding(layout.mesh, sharding_lib.activation_spec(layout.mesh, ("views",)))
+    sharding = NamedSharding(layout.mesh, sharding_lib.logical_spec(layout.mesh, ("views",)))
     enc = [[jax.device_put(np.ones((layout.devices * c, g.tokens, CFG.encoder.embed_dim), np.float32), sharding)
             for c in g.enc_chunks] for g in layout.groups]
     return enc, jnp.zeros((1, len(layout.view_lengths())), jnp.int32)
@@ -115,12 +116,11 @@ def test_fusion_tokens_are_split_over_devices(params, shape, method):
 
     def fuse(state, enc, ids):
         model = nnx.merge(engine._graphdef, state)
-        return model.fusion(layout.gather_tokens(enc), layout.view_lengths(), ids, hooks=CFG.hooks,
-                            train_attention_scale=False, attention=layout)
+        return model.fuse(layout.gather_tokens(enc), layout.view_lengths(), ids, attention=layout)
 
     fn = jax.jit(fuse)
     hooks = fn(engine._state, enc, ids)
-    per_device = sharding_lib.bytes_per_device(hooks[1:])
+    per_device = bytes_per_device(hooks[1:])
     total = sum(h.nbytes for h in hooks[1:])
     print(f"{method} {shape}: fusion hooks {sorted(set(per_device.values()))} bytes per device of {total}")
     assert {s.data.shape for s in hooks[-1].addressable_shards} == {(1, local, dim)}
@@ -167,7 +167,7 @@ def test_bad_arguments_raise(params):
     with pytest.raises(ValueError, match="devices"):
         sharding_lib.make_inference_mesh(3, 3, 1)
     assert sharding_lib.make_inference_mesh(tensor=2).shape == {"data": 1, "seq": 4, "tensor": 2}
-    assert sharding_lib.activation_spec(sharding_lib.make_inference_mesh(2, 4), ("views",)) == \
+    assert sharding_lib.logical_spec(sharding_lib.make_inference_mesh(2, 4), ("views",)) == \
         P(("data", "seq", "tensor"))
 
 
@@ -177,4 +177,4 @@ def test_local_kernel_is_cudnn_or_xla(params):
     # a model set to splash attention runs the XLA kernel across token shards
     engine = ShardedEngine(CFG.replace(attention="splash"), params, sharding_lib.make_inference_mesh(1, 8, 1),
                            "float32")
-    assert engine.attention == "splash" and engine.layout({((32, 48), "landscape"): [0, 1]}).kernel == "xla"
+    assert engine.attention.kernel == "splash" and engine.layout({((32, 48), "landscape"): [0, 1]}).kernel == "xla"

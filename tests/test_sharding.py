@@ -16,6 +16,7 @@ from fast3r_jax.config import OptimizerConfig
 from fast3r_jax.model.params import init_params
 from fast3r_jax.train import step as training
 from fast3r_jax.train.optimizer import make_optimizer
+from tests.helpers.device_bytes import bytes_per_device
 from tests.helpers.small_model import random_batch, small_params
 
 # The tiny encoder/fusion transformer with slim DPT heads (the heads dominate compile and run time on CPU).
@@ -33,7 +34,7 @@ LAYOUTS = [("replicated", 8, 1), ("zero2", 8, 1), ("fsdp", 8, 1), ("zero2", 4, 2
 def _run(layout, data, tensor, params, batch):
     mesh = sharding_lib.make_mesh(data, tensor, jax.devices()[:data * tensor])
     step, shardings = training.make_train_step(CFG, TX, mesh, layout, dtype=jnp.float32)
-    state = jax.device_put(training.init_state(params, TX, 0), shardings)
+    state = training.create_state(params, TX, 0, shardings)
     with jax.default_matmul_precision("highest"):
         new, metrics = step(state, training.device_batch(batch, mesh), training.orientations(batch))
     return new, metrics
@@ -75,7 +76,7 @@ def test_step_matches_single_device(reference, layout, data, tensor):
 
     mesh = sharding_lib.make_mesh(data, tensor, jax.devices()[:data * tensor])
     for tree, partitioned in ((new.opt_state, layout != "replicated"), (new.params, layout == "fsdp")):
-        per_device = sharding_lib.bytes_per_device(tree)
+        per_device = bytes_per_device(tree)
         expected, replicated = _bytes_from_specs(tree, mesh, data if partitioned else 1)
         total = sum(x.nbytes for x in jax.tree.leaves(tree))
         print(f"  bytes per device {max(per_device.values())} of {total} (replicated leaves {replicated})")
@@ -135,16 +136,14 @@ SPLASH_CFG = config_lib.Fast3RConfig(
 
 
 def test_splash_step_matches_xla_under_mesh(monkeypatch):
-    """The train step traces under its mesh (jax.set_mesh), so splash's kernel sits in a shard_map over it (as
+    """The train step resolves its attention for its mesh, so splash's kernel sits in a shard_map over it (as
     Mosaic needs on TPU, and where 'auto' picks splash); the step equals the XLA-attention step in float32: loss
     and updated parameters (per leaf, in norm) to 1e-5 relative, Adam's moments to 1e-5 relative overall (1e-4 per
-    leaf). The eval step traces under its mesh too."""
-    from fast3r_jax.model import fast3r as model_lib
-
-    seen = []  # the ambient mesh where the model resolves its attention implementation (at trace time)
-    resolve = model_lib.resolve_implementation
-    monkeypatch.setattr(model_lib, "resolve_implementation",
-                        lambda impl, dtype: seen.append(jax.sharding.get_abstract_mesh()) or resolve(impl, dtype))
+    leaf). The eval step resolves its attention for its mesh too."""
+    seen = []  # the mesh each step resolves its attention implementation for (once, when it is built)
+    resolve = sharding_lib.resolve_attention
+    monkeypatch.setattr(sharding_lib, "resolve_attention",
+                        lambda impl, dtype, mesh=None: seen.append(mesh) or resolve(impl, dtype, mesh))
     mesh = sharding_lib.make_mesh(4, 2)
     params = small_params(SPLASH_CFG)  # drawn in numpy: init_params spends ~9 s on CPU for this config
     batch = random_batch(batch=8, height=32, width=32)
@@ -153,14 +152,14 @@ def test_splash_step_matches_xla_under_mesh(monkeypatch):
     for impl in ("xla", "splash"):
         step, shardings = training.make_train_step(SPLASH_CFG.replace(attention=impl), TX, mesh, "replicated",
                                                    dtype=jnp.float32)
-        state = jax.device_put(training.init_state(params, TX, 0), shardings)
+        state = training.create_state(params, TX, 0, shardings)
         with jax.default_matmul_precision("highest"):
             manual = _shard_maps(step.lower(state, *args).as_text())
             new, metrics = step(state, *args)
         assert (manual > 0) == (impl == "splash"), manual  # splash runs in shard_maps, nothing else does
         assert float(metrics["finite"]) == 1.0
         out[impl] = float(metrics["loss"]), jax.tree.map(np.asarray, (new.params, new.opt_state))
-    assert seen and all(m == mesh.abstract_mesh for m in seen)
+    assert seen and all(m == mesh for m in seen)
 
     (ref_loss, (ref_params, ref_opt)), (loss, (new_params, new_opt)) = out["xla"], out["splash"]
     assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
@@ -182,7 +181,7 @@ def test_splash_step_matches_xla_under_mesh(monkeypatch):
     seen.clear()
     evaluate = training.make_eval_step(SPLASH_CFG.replace(attention="splash"), mesh, dtype=jnp.float32)
     lowered = evaluate.lower(params, *args, jax.random.key(0))
-    assert seen == [mesh.abstract_mesh] and _shard_maps(lowered.as_text()) > 0
+    assert seen == [mesh] and _shard_maps(lowered.as_text()) > 0
 
 
 def _shard_maps(stablehlo: str) -> int:

@@ -25,10 +25,11 @@ from flax import nnx
 from tqdm import tqdm
 
 from fast3r_jax.config import Fast3RConfig
-from fast3r_jax.inference.predict import DTYPES, OUTPUT_KEYS
-from fast3r_jax.model.attention import resolve_implementation
+from fast3r_jax.model.attention import AttentionFn
+from fast3r_jax.model.fast3r import DTYPES, OUTPUT_KEYS
 from fast3r_jax.model.image_index_embedding import check_image_ids, sample_image_ids
 from fast3r_jax.model.params import build_model
+from fast3r_jax.sharding import resolve_attention
 
 IMAGE_ID_POLICIES = ("random", "sequential")
 
@@ -70,20 +71,21 @@ def make_image_ids(num_views: int, policy: str = "random", seed: int = 0, num_id
 
 
 # ----------------------------------------------------------------------------
-# Jitted pieces of the model.
+# Jitted stages of the model (Fast3R.encode / fuse / decode).
 # ----------------------------------------------------------------------------
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "orientation", "attention"))
-def _encode(graphdef, state, img: jax.Array, true_shape: jax.Array, orientation: str, attention: str) -> jax.Array:
-    """(C, 3, h, w) landscape-layout images -> (C, n, D_enc) tokens."""
-    model = nnx.merge(graphdef, state)
-    return model.encoder(img.astype(model.dtype), true_shape, orientation, attention=attention)[0]
+def encode_chunk(graphdef: nnx.GraphDef, state: nnx.State, img: jax.Array, true_shape: jax.Array, orientation: str,
+                 attention: AttentionFn) -> jax.Array:
+    """(C, 3, h, w) landscape-layout images -> (C, n, D_enc) tokens (on one device, or split over a mesh as the
+    inputs are)."""
+    return nnx.merge(graphdef, state).encode(img, true_shape, orientation, attention=attention)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "counts", "head_chunks", "attention"))
 def _fuse(graphdef, state, enc_chunks: list[list[jax.Array]], image_ids: jax.Array, counts: tuple[int, ...],
-          head_chunks: tuple[tuple[int, ...], ...], attention: str) -> list[list[list[jax.Array]]]:
+          head_chunks: tuple[tuple[int, ...], ...], attention: AttentionFn) -> list[list[list[jax.Array]]]:
     """Fuses the tokens of all views; returns per group, per head chunk, the four hooks (C, n, C_k).
 
     enc_chunks: per shape group, its encoder chunks (C, n, D_enc) (the last one padded); counts: real views per
@@ -95,8 +97,8 @@ def _fuse(graphdef, state, enc_chunks: list[list[jax.Array]], image_ids: jax.Arr
         group = jnp.concatenate(chunks, axis=0)[:count]  # (G, n, D_enc)
         tokens.append(group.reshape(-1, group.shape[-1]))
         lengths += [group.shape[1]] * count
-    hooks = model.fusion(jnp.concatenate(tokens)[None], tuple(lengths), image_ids, hooks=model.cfg.hooks,
-                         train_attention_scale=False, attention=attention)  # 4 x (1, N, C_k)
+    hooks = model.fuse(jnp.concatenate(tokens)[None], tuple(lengths), image_ids,
+                       attention=attention)  # 4 x (1, N, C_k)
     out, start = [], 0
     for chunks, count, sizes in zip(enc_chunks, counts, head_chunks):
         n = chunks[0].shape[1]
@@ -114,9 +116,7 @@ def _fuse(graphdef, state, enc_chunks: list[list[jax.Array]], image_ids: jax.Arr
 def _decode(graphdef, state, hooks: list[jax.Array], true_shape: jax.Array, hw: tuple[int, int],
             orientation: str) -> list[dict[str, jax.Array]]:
     """Both heads on one chunk of hooks; per view dicts of maps (H, W[, 3]) in true orientation."""
-    out = nnx.merge(graphdef, state)._decode(hooks, hw, orientation, true_shape)  # landscape layout
-    if orientation == "portrait":
-        out = {k: jnp.swapaxes(v, 1, 2) for k, v in out.items()}
+    out = nnx.merge(graphdef, state).decode(hooks, hw, orientation, true_shape, landscape=False)  # (C, H, W[, 3])
     return [{k: out[k][i] for k in OUTPUT_KEYS} for i in range(true_shape.shape[0])]
 
 
@@ -168,7 +168,7 @@ class Engine:
         self.dtype = dtype
         self.encoder_chunk = encoder_chunk
         self.head_chunk = head_chunk
-        self.attention = resolve_implementation(config.attention, DTYPES[dtype])
+        self.attention = resolve_attention(config.attention, DTYPES[dtype])  # one device
         self._graphdef, self._state = nnx.split(build_model(config, params, DTYPES[dtype]))
         self._precision = "highest" if dtype == "float32" else "default"
 
@@ -192,7 +192,7 @@ class Engine:
         order = [i for members in groups.values() for i in members]
         enc_plan = [chunk_views(m, self.encoder_chunk) for m in groups.values()]
         head_plan = [chunk_views(m, self.head_chunk) for m in groups.values()]
-        bar, sync = _progress(sum(map(len, enc_plan)) + 1 + sum(map(len, head_plan)), progress)
+        bar, sync = progress_bar(sum(map(len, enc_plan)) + 1 + sum(map(len, head_plan)), progress)
 
         def shapes(batch: list[int]) -> np.ndarray:
             return np.asarray([prepared[i][1] for i in batch], np.int32)  # (C, 2)
@@ -209,7 +209,7 @@ class Engine:
             enc_chunks: list[list[jax.Array]] = [[] for _ in groups]
             upcoming = images(enc_calls[0][2])
             for k, (g, orientation, batch) in enumerate(enc_calls):
-                tokens = _encode(self._graphdef, self._state, upcoming, shapes(batch), orientation, self.attention)
+                tokens = encode_chunk(self._graphdef, self._state, upcoming, shapes(batch), orientation, self.attention)
                 if k + 1 < len(enc_calls):
                     upcoming = images(enc_calls[k + 1][2])
                 enc_chunks[g].append(sync(tokens))
@@ -245,7 +245,7 @@ class Engine:
         return prepared, ids, groups
 
 
-def _progress(total: int, progress: bool | None) -> tuple[tqdm, Callable]:
+def progress_bar(total: int, progress: bool | None) -> tuple[tqdm, Callable]:
     """A progress bar over `total` steps, and the function that waits for each step's result while it shows."""
     bar = tqdm(total=total, desc="inference", unit="step", disable=(None if progress is None else not progress))
     return bar, (jax.block_until_ready if not bar.disable else (lambda x: x))

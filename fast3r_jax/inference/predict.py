@@ -11,17 +11,18 @@ import numpy as np
 from flax import nnx
 
 from fast3r_jax.config import Fast3RConfig
-from fast3r_jax.model.fast3r import View, orientation_of
+from fast3r_jax.model.attention import AttentionImpl
+from fast3r_jax.model.fast3r import DTYPES, OUTPUT_KEYS, View, orientation_of
 from fast3r_jax.model.image_index_embedding import check_image_ids
 from fast3r_jax.model.params import build_model
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-OUTPUT_KEYS = ("pts3d_in_other_view", "conf", "pts3d_local", "conf_local")
+from fast3r_jax.sharding import resolve_attention
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "train_attention_scale"))
-def _forward(graphdef, state, views: list[View], image_ids: jax.Array, train_attention_scale: bool):
-    return nnx.merge(graphdef, state)(views, image_ids, train_attention_scale=train_attention_scale)
+@functools.partial(jax.jit, static_argnames=("graphdef", "attention", "train_attention_scale"))
+def _forward(graphdef: nnx.GraphDef, state: nnx.State, views: list[View], image_ids: jax.Array,
+             attention: AttentionImpl, train_attention_scale: bool) -> list[dict[str, jax.Array]]:
+    return nnx.merge(graphdef, state)(views, image_ids, attention=attention,
+                                      train_attention_scale=train_attention_scale)
 
 
 def predict(config: Fast3RConfig, params: Mapping, views: Sequence[Mapping], image_ids=None,
@@ -58,9 +59,9 @@ def predict(config: Fast3RConfig, params: Mapping, views: Sequence[Mapping], ima
     ids = check_image_ids(ids, len(views), config.fusion.num_image_ids)
     ids = jnp.asarray(np.broadcast_to(ids, (batch, len(views))))
 
-    model = build_model(config, params, DTYPES[dtype])
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(build_model(config, params, DTYPES[dtype]))
+    attention = resolve_attention(config.attention, DTYPES[dtype])
     precision = "highest" if dtype == "float32" else "default"
     with jax.default_matmul_precision(precision):
-        outputs = _forward(graphdef, state, batch_views, ids, train_attention_scale)
+        outputs = _forward(graphdef, state, batch_views, ids, attention, train_attention_scale)
     return [{k: np.asarray(out[k], np.float32) for k in OUTPUT_KEYS} for out in outputs]

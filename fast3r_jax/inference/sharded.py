@@ -18,8 +18,9 @@ in one of two ways:
 Block kernels. The ring merge needs each block's log-sum-exp (LSE). On GPU in 16-bit, blocks run cuDNN through
 `jax.nn.dot_product_attention(return_residual=True)`, which returns the LSE rounded to the input dtype: in bf16
 that is up to 0.03 off at |lse| ~ 10 (block weights up to 3% off), so the block's q, k, v go in as float16, whose
-LSE is 8x finer (q, k, v are assumed inside float16's range, +-65504). Measured on an H100 (8 blocks of 6144 keys, 16 heads): merged blocks in float16 are as close
-to float32 attention as one bf16 cuDNN call over all keys (max rel. error 7.2e-3 both), bf16 blocks 9.7e-3.
+LSE is 8x finer (q, k, v are assumed inside float16's range, +-65504). Measured on an H100 (8 blocks of 6144 keys,
+16 heads): merged blocks in float16 are as close to float32 attention as one bf16 cuDNN call over all keys (max
+rel. error 7.2e-3 both), bf16 blocks 9.7e-3.
 Elsewhere (float32, CPU, TPU) blocks run the XLA kernel `attend`: einsums over query and key chunks with float32
 statistics (flash attention in XLA; memory B * H * chunk^2 floats per step; 7x slower than the cuDNN blocks on
 the H100), which also serves allgather off GPU; allgather on GPU runs cuDNN on the gathered real keys and needs
@@ -47,8 +48,8 @@ from jax.sharding import PartitionSpec as P
 from fast3r_jax import distributed
 from fast3r_jax import sharding as sharding_lib
 from fast3r_jax.config import Fast3RConfig
-from fast3r_jax.inference.engine import Engine, _encode, _progress, chunk_views
-from fast3r_jax.inference.predict import OUTPUT_KEYS
+from fast3r_jax.inference.engine import Engine, chunk_views, encode_chunk, progress_bar
+from fast3r_jax.model.fast3r import OUTPUT_KEYS
 
 METHODS = ("allgather", "ring")
 KERNELS = ("cudnn", "xla")  # local attention kernels (module docstring); splash is not one (ShardedEngine.layout)
@@ -58,12 +59,9 @@ Stats = tuple[jax.Array, jax.Array, jax.Array]  # unnormalised out (B, Q, H, D),
 
 
 def _shard_map(fn, mesh: Mesh, in_specs, out_specs):
-    """`jax.shard_map` (jax >= 0.7) or the experimental one. Replication checks are off: the chunk loops start
-    from constants that do not vary over the mesh."""
-    if hasattr(jax, "shard_map"):
-        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
-    from jax.experimental.shard_map import shard_map
-    return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+    """`jax.shard_map` with replication checks off: the chunk loops start from constants that do not vary over the
+    mesh."""
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
 # ----------------------------------------------------------------------------
@@ -154,7 +152,7 @@ def _cudnn_stats(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | No
 
 
 def _mesh_axes(logical: str) -> tuple[str, ...]:
-    return sharding_lib.ACTIVATION_RULES[logical]
+    return sharding_lib.RULES[logical]
 
 
 def _size(mesh: Mesh, axes: Sequence[str]) -> int:
@@ -167,13 +165,13 @@ def _tensor_axes() -> tuple[str, ...]:
     tokens, views = _mesh_axes("tokens"), _mesh_axes("views")
     rest = tuple(a for a in views if a not in tokens)
     if views != tokens + rest:
-        raise ValueError(f"ACTIVATION_RULES: views {views} must start with the token axes {tokens}")
+        raise ValueError(f"sharding.RULES: views {views} must start with the token axes {tokens}")
     return rest
 
 
 def views_sharding(mesh: Mesh) -> NamedSharding:
     """Arrays with a leading views axis, dealt out over every device."""
-    return NamedSharding(mesh, sharding_lib.activation_spec(mesh, ("views",)))
+    return NamedSharding(mesh, sharding_lib.logical_spec(mesh, ("views",)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +285,7 @@ class SequenceParallel:
                 parts.append(x.reshape(-1, x.shape[-1]))
             return jnp.concatenate(parts)[None]  # (1, local, D_enc)
 
-        views, tokens = self._spec("views"), sharding_lib.activation_spec(self.mesh, (None, "tokens", None))
+        views, tokens = self._spec("views"), sharding_lib.logical_spec(self.mesh, (None, "tokens", None))
         return _shard_map(local, self.mesh, (jax.tree.map(lambda _: views, enc_chunks),), tokens)(enc_chunks)
 
     def scatter_hooks(self, hooks: list[jax.Array]) -> list[list[list[jax.Array]]]:
@@ -311,18 +309,18 @@ class SequenceParallel:
                 start += per_shard * group.slots * group.tokens
             return out
 
-        tokens = sharding_lib.activation_spec(self.mesh, (None, "tokens", None))
+        tokens = sharding_lib.logical_spec(self.mesh, (None, "tokens", None))
         out_specs = [[[self._spec("views")] * 4 for _ in g.head_chunks] for g in groups]
         return _shard_map(local, self.mesh, ([tokens] * len(hooks),), out_specs)(hooks)
 
     def _spec(self, logical: str) -> P:
-        return sharding_lib.activation_spec(self.mesh, (logical,))
+        return sharding_lib.logical_spec(self.mesh, (logical,))
 
     # -- attention across token shards --
 
     def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Array:
         """Exact softmax(q k^T * scale) v over the real tokens; q, k, v (B, S * local, H, D) split over the mesh."""
-        spec = sharding_lib.activation_spec(self.mesh, (None, "tokens", "heads", None), q.shape)
+        spec = sharding_lib.logical_spec(self.mesh, (None, "tokens", "heads", None), q.shape)
         local = self._ring if self.method == "ring" else self._allgather
         return _shard_map(functools.partial(local, scale=scale), self.mesh, (spec, spec, spec), spec)(q, k, v)
 
@@ -368,8 +366,8 @@ def _fuse(graphdef, state, enc_chunks: list[list[jax.Array]], image_ids: jax.Arr
     (`SequenceParallel.embedding_ids`).
     """
     model = nnx.merge(graphdef, state)
-    hooks = model.fusion(layout.gather_tokens(enc_chunks), layout.view_lengths(), image_ids, hooks=model.cfg.hooks,
-                         train_attention_scale=False, attention=layout)  # 4 x (1, S * local, C_k)
+    hooks = model.fuse(layout.gather_tokens(enc_chunks), layout.view_lengths(), image_ids,
+                       attention=layout)  # 4 x (1, S * local, C_k)
     return layout.scatter_hooks(hooks)
 
 
@@ -377,9 +375,7 @@ def _fuse(graphdef, state, enc_chunks: list[list[jax.Array]], image_ids: jax.Arr
 def _decode(graphdef, state, hooks: list[jax.Array], true_shape: jax.Array, hw: tuple[int, int],
             orientation: str, mesh: Mesh) -> dict[str, jax.Array]:
     """Both heads on one chunk of views split over the mesh; maps (C, H, W[, 3]) in true orientation."""
-    out = nnx.merge(graphdef, state)._decode(hooks, hw, orientation, true_shape)  # landscape layout
-    if orientation == "portrait":
-        out = {k: jnp.swapaxes(v, 1, 2) for k, v in out.items()}
+    out = nnx.merge(graphdef, state).decode(hooks, hw, orientation, true_shape, landscape=False)  # (C, H, W[, 3])
     return {k: jax.lax.with_sharding_constraint(out[k], views_sharding(mesh)) for k in OUTPUT_KEYS}
 
 
@@ -442,7 +438,7 @@ class ShardedEngine(Engine):
         # The model's attention picks the local kernel: cuDNN stays cuDNN; splash ('auto' on TPU, or asked for)
         # runs the XLA kernel, since the kernels here mask padding keys and (ring) return softmax statistics,
         # neither of which fast3r_jax.model.attention's splash call does. The encoder still runs the model's choice.
-        kernel = "cudnn" if self.attention == "cudnn" else "xla"
+        kernel = "cudnn" if self.attention.kernel == "cudnn" else "xla"
         return SequenceParallel(self.mesh, self.seq_attention, kernel, self.seq_chunk, made)
 
     def __call__(self, views: Sequence[Mapping], image_ids=None, *, seed: int = 0,
@@ -452,7 +448,7 @@ class ShardedEngine(Engine):
         layout = self.layout(groups)
         members = list(groups.values())
         put = functools.partial(jax.device_put, device=views_sharding(self.mesh))
-        bar, sync = _progress(sum(len(g.enc_chunks) + len(g.head_chunks) for g in layout.groups) + 1, progress)
+        bar, sync = progress_bar(sum(len(g.enc_chunks) + len(g.head_chunks) for g in layout.groups) + 1, progress)
 
         def views_of(g: int, rows: list[int | None]) -> list[int]:
             return [members[g][0 if p is None else p] for p in rows]  # padding repeats the group's first view
@@ -468,8 +464,8 @@ class ShardedEngine(Engine):
                 for c in range(len(group.enc_chunks)):
                     index = views_of(g, group.rows(group.enc_chunks, c, layout.devices))
                     img = put(np.stack([prepared[i][0] for i in index]))  # (C, 3, h, w)
-                    enc_chunks[-1].append(sync(_encode(self._graphdef, self._state, img, shapes(index), orientation,
-                                                       self.attention)))
+                    enc_chunks[-1].append(sync(encode_chunk(self._graphdef, self._state, img, shapes(index),
+                                                            orientation, self.attention)))
                     bar.update()
             view_ids = np.zeros(len(layout.views()), ids.dtype)  # padding views take id 0
             for k, (g, p) in enumerate(layout.views()):

@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from fast3r_jax.config import EncoderConfig
+from fast3r_jax.model.attention import AttentionFn
 from fast3r_jax.model.rope2d import rope_tables
 from fast3r_jax.model.transformer import BlockConfig, BlockStack, layer_norm
 
@@ -86,7 +87,7 @@ class Encoder(nnx.Module):
         self.norm = layer_norm(cfg.embed_dim, cfg.norm_eps, dtype, rngs)
 
     def __call__(self, img: jax.Array, true_shape: jax.Array, orientation: str, *,
-                 attention: str) -> tuple[jax.Array, jax.Array]:
+                 attention: AttentionFn) -> tuple[jax.Array, jax.Array]:
         """Returns encoder tokens (B, n, D_enc) and their (row, col) positions (B, n, 2)."""
         x, pos = self.patch_embed(img, true_shape, orientation)
         head_dim = self.cfg.embed_dim // self.cfg.num_heads

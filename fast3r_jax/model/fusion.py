@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fast3r_jax.config import INFERENCE_SCALE_FACTOR, FusionConfig
+from fast3r_jax.model.attention import AttentionFn
 from fast3r_jax.model.image_index_embedding import image_index_embedding
 from fast3r_jax.model.transformer import BlockConfig, BlockStack, layer_norm
 
@@ -29,7 +30,7 @@ class FusionTransformer(nnx.Module):
 
     def __call__(self, tokens: jax.Array, view_lengths: tuple[int, ...], image_ids: jax.Array, *,
                  hooks: tuple[int, int, int, int], train_attention_scale: bool,
-                 attention: str) -> list[jax.Array]:
+                 attention: AttentionFn) -> list[jax.Array]:
         """Fuses the concatenated encoder tokens of all views.
 
         tokens: (B, N, D_enc), views concatenated in order with `view_lengths` tokens each.

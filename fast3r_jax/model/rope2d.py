@@ -53,10 +53,3 @@ def apply_rope(x: jax.Array, tables: RopeTables) -> jax.Array:
     x32 = x.astype(jnp.float32)
     return (x32 * cos + _swap_quarters(x32) * sin).astype(x.dtype)
 
-
-def apply_rope2d(x: jax.Array, positions: jax.Array, base: float = 100.0) -> jax.Array:
-    """Applies 2D RoPE in float32 and returns x's dtype.
-
-    x: (B, N, H, D) queries or keys, D a multiple of 4. positions: (B, N, 2) integer (row, column) of each token.
-    """
-    return apply_rope(x, rope_tables(positions, x.shape[-1], base))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fast3r_jax.model.attention import dot_product_attention
+from fast3r_jax.model.attention import AttentionFn
 from fast3r_jax.model.rope2d import RopeTables, apply_rope
 
 
@@ -48,12 +48,12 @@ class SelfAttention(nnx.Module):
                                       kernel_init=lambda k, s, d: init(k, (int(np.prod(s[:-1])), s[-1]), d).reshape(s),
                                       dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, rope: RopeTables | None, *, scale: float, attention: str) -> jax.Array:
+    def __call__(self, x: jax.Array, rope: RopeTables | None, *, scale: float, attention: AttentionFn) -> jax.Array:
         qkv = self.qkv(x)  # (B, N, 3, H, Dh)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        out = dot_product_attention(q, k, v, scale=scale, implementation=attention)  # (B, N, H, Dh)
+        out = attention(q, k, v, scale=scale)  # (B, N, H, Dh)
         return self.proj(out)
 
 
@@ -89,7 +89,7 @@ class Block(nnx.Module):
         self.norm2 = layer_norm(cfg.dim, cfg.norm_eps, dtype, rngs)
         self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, rope: RopeTables | None, *, scale: float, attention: str) -> jax.Array:
+    def __call__(self, x: jax.Array, rope: RopeTables | None, *, scale: float, attention: AttentionFn) -> jax.Array:
         x = x + self.attn(self.norm1(x), rope, scale=scale, attention=attention)
         return x + self.mlp(self.norm2(x))
 
@@ -108,7 +108,7 @@ class BlockStack(nnx.Module):
 
         self.layers = make(rngs)
 
-    def __call__(self, x: jax.Array, rope: RopeTables | None, *, scale: float, attention: str,
+    def __call__(self, x: jax.Array, rope: RopeTables | None, *, scale: float, attention: AttentionFn,
                  keep: Sequence[int] = ()) -> tuple[jax.Array, list[jax.Array]]:
         """Runs all blocks. Returns the final output and the outputs after the blocks counted in `keep`.
 

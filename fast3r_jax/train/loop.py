@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -27,8 +28,8 @@ from fast3r_jax.config import Fast3RConfig, TrainConfig, check_value
 from fast3r_jax.data.mixture import parse_mixture
 from fast3r_jax.data.pipeline import make_loader
 from fast3r_jax.errors import InputError
-from fast3r_jax.inference.predict import DTYPES
 from fast3r_jax.io.files import atomic_file
+from fast3r_jax.model.fast3r import DTYPES
 from fast3r_jax.model.flops import peak_flops, train_step_flops
 from fast3r_jax.model.params import init_params
 from fast3r_jax.sharding import make_mesh
@@ -95,8 +96,8 @@ def _restore_or_init(cfg: TrainConfig, tx, shardings, mgr: ocp.CheckpointManager
     if cfg.init:
         _, params = load_pretrained(cfg.init)  # its config was checked by _check_start
     else:
-        params = init_params(cfg.model, cfg.seed)
-    return jax.device_put(training.init_state(params, tx, cfg.seed), shardings), 0
+        params = functools.partial(init_params, cfg.model, cfg.seed)
+    return training.create_state(params, tx, cfg.seed, shardings), 0
 
 
 # Fields a resumed run may change: how long it runs, where its folder is, how it logs and saves; not what it computes.

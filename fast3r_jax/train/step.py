@@ -3,15 +3,14 @@
 `TrainState` is a plain pytree (params, optimizer state, step, RNG key data) so Orbax saves and restores it whole.
 `make_train_step` jit-compiles one step for a mesh and layout (see fast3r_jax.sharding); the gradient is
 constrained to the optimizer-state layout, so under zero2 it is reduce-scattered rather than all-reduced.
-The train and eval steps are traced with their mesh as the ambient one (`jax.set_mesh`), so that model code which
-asks for it sees it: splash attention's shard_map, and `attention='auto'` choosing splash on a multi-device TPU
-(fast3r_jax.model.attention).
+`create_state` builds the state directly in that layout. The train and eval steps resolve the model's attention
+kernel once, for their mesh (`sharding.resolve_attention`: splash's shard_map spans it, and `attention='auto'`
+picks splash on a TPU mesh).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -24,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from fast3r_jax import sharding as sharding_lib
 from fast3r_jax.config import Fast3RConfig
+from fast3r_jax.model.attention import AttentionImpl
 from fast3r_jax.model.fast3r import Fast3R, View, orientation_of
 from fast3r_jax.model.image_index_embedding import sample_image_ids
 from fast3r_jax.model.params import abstract_params
@@ -44,8 +44,23 @@ class TrainState:
 
 
 def init_state(params: Mapping, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """The state at step 0 (placed nowhere in particular: see `create_state`)."""
     return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
                       rng=jax.random.key_data(jax.random.key(seed)))
+
+
+def create_state(params: Mapping | Callable[[], Mapping], tx: optax.GradientTransformation, seed: int,
+                 shardings: TrainState) -> TrainState:
+    """The state at step 0 created in its sharded layout (`shardings`, as `make_train_step` returns them), so no
+    device ever holds more than its part (fsdp works for models larger than one device).
+
+    params: host arrays (e.g. a converted checkpoint: copied straight into their shards), or a function making
+    them (e.g. random initialisation: run under jit, each device computing only its shards).
+    """
+    if callable(params):
+        return jax.jit(lambda: init_state(params(), tx, seed), out_shardings=shardings)()
+    placed = jax.device_put(params, shardings.params)
+    return jax.jit(lambda p: init_state(p, tx, seed), out_shardings=shardings)(placed)
 
 
 def state_shardings(state: TrainState, tx: optax.GradientTransformation, mesh: Mesh, layout: str) -> TrainState:
@@ -61,13 +76,15 @@ def orientations(batch: Sequence[Mapping[str, np.ndarray]]) -> tuple[str, ...]:
     return tuple(orientation_of(view["true_shape"]) for view in batch)
 
 
-def _predict(graphdef, params, batch, ids, orient, train_attention_scale: bool):
+def _predict(graphdef: nnx.GraphDef, params, batch, ids: jax.Array, orient: tuple[str, ...],
+             attention: AttentionImpl, train_attention_scale: bool) -> list[dict[str, jax.Array]]:
     views = [View(v["img"], v["true_shape"], o) for v, o in zip(batch, orient)]
-    return nnx.merge(graphdef, params)(views, ids, train_attention_scale=train_attention_scale)
+    return nnx.merge(graphdef, params)(views, ids, attention=attention, train_attention_scale=train_attention_scale)
 
 
-def _loss(graphdef, params, batch, ids, orient, alpha, train_attention_scale=True):
-    preds = _predict(graphdef, params, batch, ids, orient, train_attention_scale)
+def _loss(graphdef: nnx.GraphDef, params, batch, ids: jax.Array, orient: tuple[str, ...], alpha: float,
+          attention: AttentionImpl, train_attention_scale: bool = True):
+    preds = _predict(graphdef, params, batch, ids, orient, attention, train_attention_scale)
     gts = [{k: v[k] for k in TARGET_KEYS} for v in batch]
     loss, details = multiview_loss(gts, preds, alpha=alpha)
     return loss, (details, preds)
@@ -85,6 +102,7 @@ def make_train_step(cfg: Fast3RConfig, tx: optax.GradientTransformation, mesh: M
     the state unchanged and reports metrics['finite'] = 0 (the caller stops with an error).
     """
     graphdef = graphdef_for(cfg, dtype)
+    attention = sharding_lib.resolve_attention(cfg.attention, dtype, mesh)
     params_shape = abstract_params(cfg)
     state_shape = jax.eval_shape(lambda p: init_state(p, tx, 0), params_shape)
     shardings = state_shardings(state_shape, tx, mesh, layout)
@@ -96,7 +114,7 @@ def make_train_step(cfg: Fast3RConfig, tx: optax.GradientTransformation, mesh: M
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         ids = sample_image_ids(key, batch_size, num_views, cfg.fusion.num_image_ids)
         (loss, (details, _)), grads = jax.value_and_grad(_loss, argnums=1, has_aux=True)(
-            graphdef, state.params, batch, ids, orient, alpha)
+            graphdef, state.params, batch, ids, orient, alpha, attention)
         grads = jax.lax.with_sharding_constraint(grads, grad_sharding)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -112,37 +130,22 @@ def make_train_step(cfg: Fast3RConfig, tx: optax.GradientTransformation, mesh: M
 
     jitted = jax.jit(step, in_shardings=(shardings, data), out_shardings=(shardings, None),
                      static_argnums=2, donate_argnums=0)
-    return _under_mesh(jitted, mesh), shardings
+    return jitted, shardings
 
 
 def make_eval_step(cfg: Fast3RConfig, mesh: Mesh, *, dtype=jnp.bfloat16, alpha: float = 0.2):
     """Returns eval(params, batch, orientations, key) -> (metrics, predictions) with upstream's inference scale."""
     graphdef = graphdef_for(cfg, dtype)
+    attention = sharding_lib.resolve_attention(cfg.attention, dtype, mesh)
     data = sharding_lib.batch_sharding(mesh)
 
     def evaluate(params, batch, orient, key):
         ids = sample_image_ids(key, batch[0]["img"].shape[0], len(batch), cfg.fusion.num_image_ids)
-        loss, (details, preds) = _loss(graphdef, params, batch, ids, orient, alpha, train_attention_scale=False)
+        loss, (details, preds) = _loss(graphdef, params, batch, ids, orient, alpha, attention,
+                                       train_attention_scale=False)
         return dict(loss=loss, **details), preds
 
-    return _under_mesh(jax.jit(evaluate, in_shardings=(None, data, None), static_argnums=2), mesh)
-
-
-def _under_mesh(jitted, mesh: Mesh):
-    """`jitted` called (so traced) and lowered with `mesh` as the ambient mesh. `jax.set_mesh` must be entered
-    outside jit, hence around the call; the ambient mesh is part of jit's cache key."""
-
-    @functools.wraps(jitted)
-    def call(*args, **kwargs):
-        with jax.set_mesh(mesh):
-            return jitted(*args, **kwargs)
-
-    def lower(*args, **kwargs):
-        with jax.set_mesh(mesh):
-            return jitted.lower(*args, **kwargs)
-
-    call.lower = lower
-    return call
+    return jax.jit(evaluate, in_shardings=(None, data, None), static_argnums=2)
 
 
 def device_batch(batch: Sequence[Mapping[str, np.ndarray]], mesh: Mesh) -> list[dict[str, jax.Array]]:

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fast3r_jax.inference.predict import OUTPUT_KEYS
-from fast3r_jax.model.fast3r import orientation_of
+from fast3r_jax.model.attention import XLA
+from fast3r_jax.model.fast3r import OUTPUT_KEYS, orientation_of
 
 VARIANTS = ("ids_default", "ids_forced", "train_scale")
 
@@ -71,12 +71,12 @@ def intermediates(model, views: list[dict], ids: list[int], train_attention_scal
     with jax.default_matmul_precision("highest"):
         for v in views:
             shape = np.asarray(v["true_shape"])
-            t, p = model.encoder(jnp.asarray(v["img"]), jnp.asarray(shape), orientation_of(shape), attention="xla")
+            t, p = model.encoder(jnp.asarray(v["img"]), jnp.asarray(shape), orientation_of(shape), attention=XLA)
             enc.append(np.asarray(t))
             pos.append(np.asarray(p))
         lengths = tuple(t.shape[1] for t in enc)
-        hooks = model.fusion(jnp.concatenate(enc, axis=1), lengths, jnp.asarray([ids], jnp.int32),
-                             hooks=model.cfg.hooks, train_attention_scale=train_attention_scale, attention="xla")
+        hooks = model.fuse(jnp.concatenate(enc, axis=1), lengths, jnp.asarray([ids], jnp.int32), attention=XLA,
+                           train_attention_scale=train_attention_scale)
     out = {f"enc_out_v{i}": e for i, e in enumerate(enc)} | {f"enc_pos_v{i}": p for i, p in enumerate(pos)}
     out |= {f"dec_hook_{k}": np.asarray(h) for k, h in zip(model.cfg.hooks, hooks)}
     return out
