@@ -1,10 +1,13 @@
-"""Test session setup: 8 host CPU devices, so sharding layouts run for real on a single machine.
+"""Test session setup: 8 host CPU devices, so sharding layouts run for real on a single machine, and a compilation
+cache of the session's own (commands enable the persistent cache by default; tests never touch the user's).
 
 XLA:CPU's concurrency-optimised scheduler can start two collectives of one program at once; with few cores their
 rendezvous starve each other and the step deadlocks, so it is switched off for multi-device CPU runs.
 """
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
                                     "--xla_cpu_enable_concurrency_optimized_scheduler=false"]).strip()
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="fast3r-jax-tests-xla-"))
