@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from device_bytes import bytes_per_device
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -20,6 +19,7 @@ from fast3r_jax import sharding as sharding_lib
 from fast3r_jax.inference.engine import Engine
 from fast3r_jax.inference.sharded import METHODS, Group, SequenceParallel, ShardedEngine
 from fast3r_jax.model.fast3r import OUTPUT_KEYS
+from tests.helpers.device_bytes import bytes_per_device
 from tests.helpers.parity import assert_within, rel_err, view_errors
 from tests.helpers.small_model import small_config, small_params
 
