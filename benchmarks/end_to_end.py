@@ -177,9 +177,10 @@ def run_upstream(folders: list[pathlib.Path], tmp: pathlib.Path, args: argparse.
     command = [args.torch_python, str(ROOT / "benchmarks" / "torch_pipeline.py"), "--root", args.torch_reference,
                "--size", str(args.size), "--out", str(tmp / "upstream_out"), "--json", str(out), "--frames",
                *map(str, folders)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    subprocess.run(command, env=env, check=True)
-    return json.loads(out.read_text())
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch_reference  # noqa: PLC0415  (upstream helpers; imported only with --torch-reference)
+
+    return torch_reference.run_child(command, out)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ import math
 import os
 import pathlib
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -774,6 +775,17 @@ def _cpu_bf16_autocast_ok() -> bool:
             return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     except Exception:
         return False
+
+
+def run_child(command: list[str], out: pathlib.Path) -> dict:
+    """Runs an upstream PyTorch child process (JAX kept on the CPU there, so the device is upstream's alone) and
+    returns the JSON it wrote to `out`."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    print("upstream PyTorch run: " + shlex.join(command), flush=True)
+    proc = subprocess.run(command, env=env, check=False)
+    if proc.returncode or not out.is_file():
+        raise SystemExit(f"upstream PyTorch run failed (exit status {proc.returncode})")
+    return json.loads(out.read_text())
 
 
 def main(argv: list[str] | None = None) -> None:

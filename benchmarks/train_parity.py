@@ -38,10 +38,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import pathlib
 import shlex
-import subprocess
 import sys
 import tempfile
 from typing import Any
@@ -55,6 +53,7 @@ if str(HERE.parent) not in sys.path:
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import torch_reference  # noqa: E402
 from torch_reference import ALPHA, SCENE_KEYS, scene_batch, upstream_config  # noqa: E402
 
 from fast3r_jax import config as config_lib  # noqa: E402
@@ -174,12 +173,7 @@ def run_upstream(args, run_dir: pathlib.Path, plan: dict) -> dict:
            args.config, "--views", "--train-parity", str(run_dir), "--json", str(out)]
     if args.torch_device:
         cmd += ["--device", args.torch_device]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    print("upstream PyTorch run: " + shlex.join(cmd), flush=True)
-    proc = subprocess.run(cmd, env=env, check=False)
-    if proc.returncode or not out.is_file():
-        raise SystemExit(f"upstream PyTorch run failed (exit status {proc.returncode})")
-    return json.loads(out.read_text())
+    return torch_reference.run_child(cmd, out)
 
 
 def write_golden(path: pathlib.Path, data: dict, upstream: dict, plan: dict, argv: list[str], measured: dict) -> None:

@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +48,7 @@ for path in (HERE.parent, HERE):  # a plain checkout: `python benchmarks/train_s
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import torch_reference  # noqa: E402
 from torch_reference import ATTENTION, largest_fitting, random_batch  # noqa: E402
 
 from fast3r_jax import config as config_lib  # noqa: E402
@@ -114,12 +112,7 @@ def run_upstream(args) -> dict:
         if args.max_views:
             cmd += ["--max-views", "--max-views-step", str(args.max_views_step), "--max-views-limit",
                     str(args.max_views_limit)]
-        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-        print("upstream PyTorch run: " + shlex.join(cmd), flush=True)
-        proc = subprocess.run(cmd, env=env, check=False)
-        if proc.returncode or not out.is_file():
-            raise SystemExit(f"upstream PyTorch run failed (exit status {proc.returncode})")
-        return json.loads(out.read_text())
+        return torch_reference.run_child(cmd, out)
 
 
 def _gib(value) -> str:
