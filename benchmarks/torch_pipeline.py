@@ -7,7 +7,8 @@ touches the GPU. ROOT is a local checkout of facebookresearch/fast3r (nothing of
 upstream's: its `load_images(folder, size)` (fast3r/dust3r/utils/image.py), its `inference(views, model, device,
 dtype=torch.bfloat16)` (fast3r/dust3r/inference_multiview.py), cameras as its `estimate_camera_poses` does them with
 its defaults and the demo's focal setting (focal of view 0 from the global head by its `estimate_focal`, then its
-`estimate_cam_pose_one_sample`: `fast_pnp` per view in a thread pool, 10 RANSAC iterations, pixels with conf > 1),
+`estimate_cam_pose_one_sample`: `fast_pnp` per view in a thread pool, 100 RANSAC iterations as its viewer
+(fast3r/viz/viser_visualizer.py) and our `--pose-solver pnp` use, pixels with conf > 1),
 and a binary PLY of the global points with conf > 1, coloured by the images (written with numpy in one call).
 
 Upstream's camera functions live in `fast3r/models/multiview_dust3r_module.py`, which imports the training stack
@@ -99,7 +100,7 @@ def run_once(folder: pathlib.Path, out: pathlib.Path, model, functions, device, 
     focal = functions["estimate_focal"](sample[0]["pts3d_in_other_view"][None], sample[0]["conf"][None])
     for view in sample:
         view["focal_length"] = focal
-    poses, _ = functions["estimate_cam_pose_one_sample"](sample, niter_PnP=10)
+    poses, _ = functions["estimate_cam_pose_one_sample"](sample, niter_PnP=100)
     times["cameras_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -66,11 +66,13 @@ def _num(x: float) -> str:
 
 
 def _save_png(path: PathLike, image: Image.Image, text: dict[str, str] | None = None) -> None:
+    """Lossless PNG with zlib level 1: depth maps compress about as well as at the default level 6, several times
+    faster."""
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
     with atomic_file(path) as f:
-        image.save(f, format="PNG", pnginfo=info)
+        image.save(f, format="PNG", pnginfo=info, compress_level=1)
 
 
 # ------------------------------------------------------------------------------------------- input checking
