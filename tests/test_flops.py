@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from fast3r_jax import config as config_lib
+from fast3r_jax.model.attention import XLA
 from fast3r_jax.model.fast3r import Fast3R
 from fast3r_jax.model.flops import forward_flops, train_step_flops
 
@@ -31,7 +32,7 @@ def test_encoder_flops_match_xla_cost_analysis():
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Fast3R(CFG, dtype=jnp.float32, rngs=nnx.Rngs(0))))
 
     def encode(state, img):
-        return nnx.merge(graphdef, state).encoder(img, jnp.array([SIZE], jnp.int32), "landscape", attention="xla")
+        return nnx.merge(graphdef, state).encoder(img, jnp.array([SIZE], jnp.int32), "landscape", attention=XLA)
 
     img = jax.ShapeDtypeStruct((1, 3, *SIZE), jnp.float32)
     xla = float(jax.jit(encode).lower(state, img).compile().cost_analysis()["flops"])

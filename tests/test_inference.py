@@ -85,14 +85,14 @@ def test_new_view_count_recompiles_only_the_fusion(params, views):
     """Chunks of a fixed size keep the encoder's and heads' shapes, so a new view count compiles the fusion
     transformer (one program per count) and nothing else; the same count again compiles nothing."""
     eng = Engine(CFG, params, "float32", encoder_chunk=2, head_chunk=2)
-    compiled = {name: getattr(engine_lib, name) for name in ("_encode", "_fuse", "_decode")}
+    compiled = {name: getattr(engine_lib, name) for name in ("encode_chunk", "_fuse", "_decode")}
     four = [views[0], dict(img=-views[0]["img"]), views[2], dict(img=-views[2]["img"])]  # two shapes, 2 views each
     six = four[:2] + [dict(img=views[0]["img"][..., ::-1]), dict(img=0.5 * views[0]["img"])] + four[2:]
     eng(four, np.arange(4))
     before = {name: f._cache_size() for name, f in compiled.items()}
     eng(six, np.arange(6))
     grown = {name: f._cache_size() - before[name] for name, f in compiled.items()}
-    assert grown == {"_encode": 0, "_fuse": 1, "_decode": 0}, grown
+    assert grown == {"encode_chunk": 0, "_fuse": 1, "_decode": 0}, grown
     eng(six, np.arange(6) + 10)
     assert {name: f._cache_size() - before[name] for name, f in compiled.items()} == grown
 
