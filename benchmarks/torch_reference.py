@@ -68,8 +68,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from fast3r_jax import config as config_lib  # noqa: E402
+from fast3r_jax.model.fast3r import OUTPUT_KEYS  # noqa: E402
 
-OUTPUT_KEYS = ("pts3d_in_other_view", "conf", "pts3d_local", "conf_local")
 ATTENTION = ("flash_attention", "pytorch_auto", "pytorch_naive")  # upstream's attn_implementation values
 
 NOTE_INIT_BYPASS = ("not executed: fast3r/utils/__init__.py and fast3r/dust3r/datasets/__init__.py (training and data "
