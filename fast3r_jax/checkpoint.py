@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pathlib
 from typing import Any, Iterator, Mapping, Sequence
@@ -62,7 +63,11 @@ def save_pretrained(directory: str | os.PathLike, config: Fast3RConfig, params: 
 
 @contextlib.contextmanager
 def _os_errors_unwrapped() -> Iterator[None]:
-    """Re-raises the OSError (a full disk, a read-only folder) that Orbax wrapped in another exception."""
+    """Re-raises the OSError (a full disk, a read-only folder) that Orbax wrapped in another exception; Orbax's own
+    error logs (hundreds of lines of traces from its writer threads) stay quiet meanwhile: the error says it all."""
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.CRITICAL)
     try:
         yield
     except OSError:
@@ -74,6 +79,8 @@ def _os_errors_unwrapped() -> Iterator[None]:
         if cause is None:
             raise
         raise cause from None
+    finally:
+        absl_log.setLevel(level)
 
 
 def load_config(directory: str | os.PathLike) -> Fast3RConfig:
