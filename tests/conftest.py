@@ -10,4 +10,8 @@ import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
                                     "--xla_cpu_enable_concurrency_optimized_scheduler=false"]).strip()
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="fast3r-jax-tests-xla-"))
+# One cache for the whole run, shared by the pytest-xdist workers and the commands tests start, holding every
+# program however quick to compile: the same tiny models are compiled by many tests and subprocesses.
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"fast3r-jax-tests-xla-{_run}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

@@ -7,8 +7,6 @@ import numpy as np
 import optax
 import pytest
 
-from fast3r_jax import config as config_lib
-from fast3r_jax.model.params import abstract_params
 from fast3r_jax.train.optimizer import OptimizerConfig, learning_rate, make_optimizer
 
 
@@ -28,8 +26,11 @@ def test_schedule_is_linear_warmup_then_cosine_to_min_lr():
 
 
 def _ones_like_model() -> dict:
-    """The tiny model's parameter tree, every entry 1."""
-    return jax.tree.map(lambda s: np.ones(s.shape, np.float32), abstract_params(config_lib.tiny()))
+    """A parameter tree with the model's kinds of leaves (dense and conv kernels, biases, norm scales, a stacked
+    layer axis), every entry 1."""
+    shapes = {"dense": {"kernel": (4, 6), "bias": (6,)}, "conv": {"kernel": (3, 3, 2, 4), "bias": (4,)},
+              "norm": {"scale": (6,), "bias": (6,)}, "blocks": {"qkv": {"kernel": (2, 6, 3, 2, 3)}}}
+    return jax.tree.map(lambda shape: np.ones(shape, np.float32), shapes, is_leaf=lambda x: isinstance(x, tuple))
 
 
 @pytest.mark.parametrize("mask", ["all", "matrices"])
