@@ -51,3 +51,20 @@ def test_counts_scale_with_batch_depth_and_training():
     block = 2 * n * d * (3 * d + d + 8 * d) + 4 * n * n * d  # qkv, proj, two MLP matmuls; q @ k^T and p @ v
     deeper = CFG.replace(fusion=config_lib.FusionConfig(embed_dim=64, num_heads=2, depth=6))
     assert forward_flops(deeper, sizes) - forward_flops(CFG, sizes) == pytest.approx(2 * block)
+
+
+def test_head_flops_match_xla_cost_analysis():
+    """Both DPT heads on a 16 x 24 token grid (borders, where XLA skips the zero padding's taps, are a small part),
+    against the heads' share of forward_flops."""
+    size, grid = (256, 384), (16, 24)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Fast3R(CFG, dtype=jnp.float32, rngs=nnx.Rngs(0))))
+
+    def decode(state, hooks):
+        return nnx.merge(graphdef, state).decode(hooks, size, "landscape", jnp.array([size], jnp.int32))
+
+    hooks = [jax.ShapeDtypeStruct((1, grid[0] * grid[1], 64), jnp.float32) for _ in range(4)]
+    xla = float(jax.jit(decode).lower(state, hooks).compile().cost_analysis()["flops"])
+    no_heads = CFG.replace(head=config_lib.HeadConfig(feature_dim=0, last_dim=0, layer_dims=(0, 0, 0, 0)))
+    ours = forward_flops(CFG, [size]) - forward_flops(no_heads, [size])
+    print(f"analytic {ours:.4e} XLA {xla:.4e} ratio {xla / ours:.4f}")
+    assert 1 - ELEMENTWISE_MAX <= xla / ours <= 1 + ELEMENTWISE_MAX

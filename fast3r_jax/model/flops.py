@@ -41,9 +41,9 @@ def _dpt_head(cfg: Fast3RConfig, rows: int, cols: int) -> float:
         units = 2 if i < 3 else 1  # the coarsest fusion block has no skip input
         total += units * 2 * (2 * pixels * f * f * 9)  # residual conv units
         total += 2 * (4 * pixels) * f * f  # 1x1 out conv after 2x upsampling
-    pixels = n * 4 * 4 * 4  # the head runs at H/2 x W/2, then at H x W
-    total += 2 * (pixels / 4) * f * (f // 2) * 9
-    total += 2 * pixels * (f // 2) * h.last_dim * 9 + 2 * pixels * h.last_dim * 4
+    half, full = n * 8 * 8, n * 16 * 16  # pixels at H/2 x W/2 (out_conv1) and at H x W (out_conv2, out_conv3)
+    total += 2 * half * f * (f // 2) * 9
+    total += 2 * full * (f // 2) * h.last_dim * 9 + 2 * full * h.last_dim * 4
     return total
 
 
