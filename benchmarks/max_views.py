@@ -18,7 +18,6 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 
 from fast3r_jax import config as config_lib
 from fast3r_jax.inference import engine as inference
@@ -28,18 +27,9 @@ from fast3r_jax.model.params import init_params
 
 def fusion_memory(engine: inference.Engine, num_views: int, height: int, width: int) -> dict:
     """Compiles the fusion step for `num_views` landscape views of (height, width) and returns its memory plan."""
-    patch, dim = engine.config.encoder.patch_size, engine.config.encoder.embed_dim
-    tokens = (height // patch) * (width // patch)
-    members = list(range(num_views))
-    enc_plan = inference.chunk_views(members, engine.encoder_chunk)
-    head_sizes = tuple(len(batch) for batch in inference.chunk_views(members, engine.head_chunk))
-    dtype = DTYPES[engine.dtype]
-    enc_chunks = [[jax.ShapeDtypeStruct((len(batch), tokens, dim), dtype) for batch in enc_plan]]
-    ids = jax.ShapeDtypeStruct((1, num_views), jnp.float32)
+    tokens = (height // engine.config.encoder.patch_size) * (width // engine.config.encoder.patch_size)
     start = time.perf_counter()
-    lowered = inference._fuse.lower(engine._graphdef, engine._state, enc_chunks, ids,  # noqa: SLF001
-                                    (num_views,), (head_sizes,), engine.attention)
-    compiled = lowered.compile()
+    compiled = engine.lower_fusion(num_views, height, width).compile()
     seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
     row = dict(views=num_views, tokens=num_views * tokens, compile_s=seconds,

@@ -165,3 +165,18 @@ def test_bad_inputs_raise(engine, views, params):
         Engine(CFG, params, dtype="float16")
     with pytest.raises(ValueError, match="head_chunk"):
         Engine(CFG, params, head_chunk=0)
+
+
+def test_lower_fusion_plans_memory_for_any_view_count(engine):
+    """The fusion step lowered from abstract inputs: its outputs are the four hook arrays of every view (padded to
+    the head chunks), so their bytes grow exactly with the view count; nothing runs."""
+    h, w = 64, 96
+    tokens = (h // 16) * (w // 16)
+    hook_dims = [CFG.encoder.embed_dim] + [CFG.fusion.embed_dim] * 3
+    itemsize = np.dtype(engine_lib.DTYPES[engine.dtype]).itemsize
+    for n in (3, 9):
+        mem = engine.lower_fusion(n, h, w).compile().memory_analysis()
+        chunks = chunk_views(list(range(n)), engine.head_chunk)
+        data = sum(map(len, chunks)) * tokens * sum(hook_dims) * itemsize
+        arrays = 4 * len(chunks)  # XLA adds the output tuple's table of pointers, 8 bytes per array
+        assert data <= mem.output_size_in_bytes <= data + 8 * arrays

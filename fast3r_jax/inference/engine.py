@@ -230,6 +230,21 @@ class Engine:
                     bar.update()
         return outputs
 
+    def lower_fusion(self, num_views: int, height: int, width: int) -> jax.stages.Lowered:
+        """The fusion step for `num_views` landscape views of (height, width), lowered from abstract inputs (nothing
+        runs): compile it and read `memory_analysis()` to learn whether that many views fit in one forward."""
+        patch, dim = self.config.encoder.patch_size, self.config.encoder.embed_dim
+        tokens = (height // patch) * (width // patch)
+        members = list(range(num_views))
+        dtype = DTYPES[self.dtype]
+        enc_chunks = [[jax.ShapeDtypeStruct((len(batch), tokens, dim), dtype)
+                       for batch in chunk_views(members, self.encoder_chunk)]]
+        head_sizes = tuple(len(batch) for batch in chunk_views(members, self.head_chunk))
+        ids = jax.ShapeDtypeStruct((1, num_views), jnp.float32)
+        with jax.default_matmul_precision(self._precision):
+            return _fuse.lower(self._graphdef, self._state, enc_chunks, ids, (num_views,), (head_sizes,),
+                               self.attention)
+
     def _inputs(self, views: Sequence[Mapping], image_ids,
                 seed: int) -> tuple[list[tuple[np.ndarray, tuple[int, int]]], np.ndarray, dict[tuple, list[int]]]:
         """Checked inputs: prepared views, one image id per view, and the views of each (image shape, orientation)
