@@ -25,20 +25,22 @@ everything recomputed), 'dots' (every matmul output), 'dots_no_batch' (matmul ou
 projections and MLP layers, not attention scores). Each timing is the median over --repeats steps after one warm-up
 step. Memory per program is XLA's own account of the compiled program (arguments + outputs + temporaries - donated
 buffers: 'GiB'); the process peak since start (allocator) is reported once. A program that does not fit (when
-compiled or when run) is recorded as out of memory and the state is re-created. FLOPs are the analytic count of model FLOPs (fast3r_jax.model.flops:
-forward + 2x backward; recomputation under remat is not counted); MFU against the device's datasheet bf16 peak.
+compiled or when run) is recorded as out of memory and the state is re-created. FLOPs are the analytic count of model
+FLOPs (fast3r_jax.model.flops: forward + 2x backward; recomputation under remat is not counted); MFU against the
+device's datasheet bf16 peak.
 
 --levers adds, at --lever-views N (20), the options toward a higher MFU next to the sweep's rows at that N: each
 remat policy not in the sweep, --lever-batch samples per step (2) without remat, and the sweep's no-remat program
 compiled with the XLA options of --xla-options (default: the latency-hiding scheduler; per program, through
 `Lowered.compile(compiler_options=...)`, so no second process is needed).
 
---max-views predicts the largest view count that trains with --max-views-remat (full) from the two largest sweep
-rows of that setting (program memory is linear in N) and the device's memory limit (--memory-limit-gib overrides
-it), rounded down to --max-views-step, then checks it with up to --max-views-tries programs (the prediction and the
-next step up, compiled concurrently; 0: the prediction only, to be checked by a later run with --views P P+step):
-'verified' when the prediction trains and the next step does not. Upstream's
-side searches by running (doubling then bisection, torch_reference.largest_fitting, up to --max-views-limit).
+--max-views predicts the largest view count that trains with --max-views-remat (full) from the two largest sweep rows
+of that setting (program memory is linear in N) and the allocator's limit (95% of the device unless
+XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise; --memory-limit-gib overrides it), rounded down to --max-views-step,
+then checks it with up to --max-views-tries programs (the prediction and the next step up, compiled concurrently; 0:
+the prediction only, to be checked by a later run with --views P P+step): 'verified' when the prediction trains and
+the next step does not. Upstream's side searches by running (doubling then bisection,
+torch_reference.largest_fitting, up to --max-views-limit).
 
 Tables (Markdown, ready for the README): the sweep, the levers, the largest view count, and per (remat, N) both
 step times, the ratio ours / upstream, images/s and memory.
@@ -370,13 +372,16 @@ def main() -> None:
 
     start = time.perf_counter()
     upstream = run_upstream(args)["train"] if args.torch_reference else None  # first: the device is still free
+    # read when the backend starts (below): JAX's allocator may use 95% of the device, not its default 75%
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     compilation_cache.enable(args.compilation_cache)
     width, height = (int(x) for x in args.size.split("x"))
     base = getattr(config_lib, args.config)()
     device = jax.devices()[0]
     env = {"device": device.device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
-               "flax": flax.__version__, "optax": optax.__version__, "python": platform.python_version(),
-               "dtype": args.dtype, "attention": base.attention, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+           "flax": flax.__version__, "optax": optax.__version__, "python": platform.python_version(),
+           "dtype": args.dtype, "attention": base.attention, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "mem_fraction": os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]}
     print(json.dumps(env), flush=True)
 
     bench = Bench(base, height, width, args.dtype, args.compile_threads)
