@@ -233,7 +233,8 @@ def _compare_params(args, cfg: config_lib.Fast3RConfig, out_dir: pathlib.Path) -
         from fast3r_jax.checkpoint import load_pretrained
 
         loaded_cfg, params = load_pretrained(args.checkpoint)
-        if loaded_cfg.replace(attention="auto", remat=False) != cfg.replace(attention="auto", remat=False):
+        neutral = {"attention": "auto", "remat": False, "remat_policy": "full"}  # no effect on outputs
+        if loaded_cfg.replace(**neutral) != cfg.replace(**neutral):
             raise ValueError(f"{args.checkpoint}'s config differs from the one upstream ran with")
         return params, f"converted checkpoint {args.checkpoint}"
     if args.torch_checkpoint:

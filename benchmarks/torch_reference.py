@@ -109,7 +109,7 @@ def upstream_config(cfg: config_lib.Fast3RConfig, attn_implementation: str = "fl
                       "patch_size": enc.patch_size, "with_local_head": head.with_local_head},
     }
     back = config_lib.from_upstream(d)
-    if back != cfg.replace(attention=back.attention, remat=back.remat):
+    if back != cfg.replace(attention=back.attention, remat=back.remat, remat_policy=back.remat_policy):
         raise ValueError(f"config has no upstream equivalent (the round trip gives {back})")
     return d
 

@@ -1,42 +1,65 @@
-"""Training-step speed and memory of Fast3R in JAX on one device, beside upstream PyTorch Fast3R on the same GPU.
+"""Training-step speed and memory of Fast3R in JAX on one device, levers toward a higher MFU, beside upstream PyTorch.
 
-    python benchmarks/train_step.py --config large --views 8 20 48 --size 512x384 --remat off on \
-        --torch-reference .torchref --max-views --json train_step.json
+    python benchmarks/train_step.py --config large --views 8 20 48 --size 512x384 --remat none full --levers \
+        --max-views --torch-reference .torchref --json train_step.json
 
 (a checkout of facebookresearch/fast3r at .torchref; without --torch-reference only our side runs.) Plumbing check on
-a CPU: --config tiny --views 2 --size 64x48 --repeats 1 --max-views --max-views-limit 4.
+a CPU: --config tiny --views 2 4 --size 64x48 --repeats 1 --levers --lever-views 2 --max-views
+--memory-limit-gib 1.
 
 One sample of N views per step (upstream trains with one sample per GPU), random weights and targets (timing does
 not depend on them); the batch comes from torch_reference.random_batch, the same for both sides. Ours: bf16 compute
-on float32 master weights, AdamW as configured for training, our criterion. Upstream (--torch-reference ROOT, run
-first in its own process by benchmarks/torch_reference.py --train-views, so each framework has the device to
-itself): its model in train mode with its flash-attention setting (--torch-attention), its training criterion
-ConfLossMultiviewV2(Regr3DMultiviewV4(L21, avg_dis), alpha=0.2) on both heads, torch.optim.AdamW as its config
-sets it (lr 1e-4, betas (0.9, 0.95), weight decay 0.05), forward and criterion under bf16 autocast; the step is
-forward, criterion, backward, optimizer step (torch_reference.train_step). Each timing is the median over --repeats
-steps after one warm-up step; our compile time is reported separately. FLOPs are the analytic count of model FLOPs
-(fast3r_jax.model.flops: forward + 2x backward; recomputation under remat is not counted). Our peak memory is the
-allocator's peak since the start of the process, so each (remat, N) row that should be read on its own runs in its
-own process (--views with several values grows N: each row's peak is the largest so far, the row's own for an
-increasing sweep); upstream's is torch.cuda.max_memory_allocated per row (weights, gradients and optimizer state
-included). A view count that does not fit ends its remat setting's sweep with 'out of memory'.
+on float32 master weights, AdamW as configured for training, our criterion; the training state is donated to the
+step (its buffers are reused for the new state: the 'donated GiB' the compiled program aliases). Upstream
+(--torch-reference ROOT, run first in its own process by benchmarks/torch_reference.py --train-views, so each
+framework has the device to itself): its model in train mode with its flash-attention setting (--torch-attention),
+its training criterion ConfLossMultiviewV2(Regr3DMultiviewV4(L21, avg_dis), alpha=0.2) on both heads,
+torch.optim.AdamW as its config sets it (lr 1e-4, betas (0.9, 0.95), weight decay 0.05), forward and criterion
+under bf16 autocast; the step is forward, criterion, backward, optimizer step (torch_reference.train_step).
 
---max-views then searches the largest view count that trains, on both sides (and per remat setting): from the
-largest timed N that trained, doubling until the first out-of-memory, then bisection to --max-views-step, up to
---max-views-limit (torch_reference.largest_fitting). The last table holds, per view count, both step times, the
-ratio ours / upstream, images/s and peak memory, and the largest view counts.
+Programs. Every measured program (each (N, remat) of the sweep, each lever) is traced in turn and compiled
+concurrently (--compile-threads), then all are timed one after another on one shared training state (rematerialising
+does not change the parameters); compile times therefore overlap and the compile phase's wall time is reported too.
+--remat takes 'none' or a policy of what each rematerialised block keeps (config.REMAT_POLICIES): 'full' (nothing:
+everything recomputed), 'dots' (every matmul output), 'dots_no_batch' (matmul outputs without batch dimensions: the
+projections and MLP layers, not attention scores). Each timing is the median over --repeats steps after one warm-up
+step. Memory per program is XLA's own account of the compiled program (arguments + outputs + temporaries - donated
+buffers: 'GiB'); the process peak since start (allocator) is reported once. A program that does not fit (when
+compiled or when run) is recorded as out of memory and the state is re-created. FLOPs are the analytic count of model
+FLOPs (fast3r_jax.model.flops: forward + 2x backward; recomputation under remat is not counted); MFU against the
+device's datasheet bf16 peak.
+
+--levers adds, at --lever-views N (20), the options toward a higher MFU next to the sweep's rows at that N: each
+remat policy not in the sweep, --lever-batch samples per step (2) without remat, and the sweep's no-remat program
+compiled with the XLA options of --xla-options (default: the latency-hiding scheduler; per program, through
+`Lowered.compile(compiler_options=...)`, so no second process is needed).
+
+--max-views predicts the largest view count that trains with --max-views-remat (full) from the two largest sweep rows
+of that setting (program memory is linear in N) and the allocator's limit (95% of the device unless
+XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise; --memory-limit-gib overrides it), rounded down to --max-views-step,
+then checks it with up to --max-views-tries programs (the prediction and the next step up, compiled concurrently; 0:
+the prediction only, to be checked by a later run with --views P P+step): 'verified' when the prediction trains and
+the next step does not. Upstream's side searches by running (doubling then bisection,
+torch_reference.largest_fitting, up to --max-views-limit).
+
+Tables (Markdown, ready for the README): the sweep, the levers, the largest view count, and per (remat, N) both
+step times, the ratio ours / upstream, images/s and memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import dataclasses
 import json
+import os
 import pathlib
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 
 import flax
 import jax
@@ -49,10 +72,11 @@ for path in (HERE.parent, HERE):  # a plain checkout: `python benchmarks/train_s
         sys.path.insert(0, str(path))
 
 import torch_reference  # noqa: E402
-from torch_reference import ATTENTION, largest_fitting, random_batch  # noqa: E402
+from torch_reference import ATTENTION, random_batch  # noqa: E402
 
+from fast3r_jax import compilation_cache  # noqa: E402
 from fast3r_jax import config as config_lib  # noqa: E402
-from fast3r_jax.config import OptimizerConfig  # noqa: E402
+from fast3r_jax.config import REMAT_POLICIES, OptimizerConfig  # noqa: E402
 from fast3r_jax.model.fast3r import DTYPES  # noqa: E402
 from fast3r_jax.model.flops import peak_flops, train_step_flops  # noqa: E402
 from fast3r_jax.model.params import init_params  # noqa: E402
@@ -60,40 +84,106 @@ from fast3r_jax.sharding import make_mesh  # noqa: E402
 from fast3r_jax.train import step as training  # noqa: E402
 from fast3r_jax.train.optimizer import learning_rate, make_optimizer  # noqa: E402
 
+REMAT_CHOICES = ("none", *REMAT_POLICIES)
+GIB = 2**30
 
-def bench(cfg: config_lib.Fast3RConfig, num_views: int, height: int, width: int, batch: int, dtype: str,
-          repeats: int) -> dict:
-    """One (config, N) row: compile time, median step time, images/s, TFLOP/s, MFU, peak memory, final loss."""
-    mesh = make_mesh(1, 1)
-    opt = OptimizerConfig(warmup_steps=10, total_steps=1000)
-    tx = make_optimizer(opt)
-    step_fn, shardings = training.make_train_step(cfg, tx, mesh, "replicated", dtype=DTYPES[dtype],
-                                                  schedule=learning_rate(opt))
-    state = training.create_state(lambda: init_params(cfg, 0), tx, 0, shardings)
-    host_batch = random_batch(num_views, height, width, batch)
-    device_batch = training.device_batch(host_batch, mesh)
-    orient = training.orientations(host_batch)
-    start = time.perf_counter()
-    state, metrics = step_fn(state, device_batch, orient)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        state, metrics = step_fn(state, device_batch, orient)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    if not np.isfinite(float(metrics["loss"])):
-        raise FloatingPointError(f"non-finite loss {float(metrics['loss'])} at N={num_views}")
-    step_s = statistics.median(times)
-    flops = train_step_flops(cfg, [(height, width)] * num_views, batch)
-    peak = peak_flops(jax.devices()[0].device_kind)
-    stats = jax.devices()[0].memory_stats() or {}
-    params = sum(x.size for x in jax.tree.leaves(state.params))
-    return dict(views=num_views, height=height, width=width, batch=batch, remat=cfg.remat, params=params,
-                compile_s=compile_s, step_s=step_s, images_per_s=batch * num_views / step_s,
-                tflops_per_s=flops / step_s / 1e12, mfu=flops / step_s / peak if peak else None,
-                peak_bytes=stats.get("peak_bytes_in_use"), loss=float(metrics["loss"]))
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """One measured training step: N views, remat setting, samples per step, extra XLA options, the table it is in."""
+
+    views: int
+    remat: str  # 'none' or a REMAT_POLICIES name
+    batch: int
+    xla_options: tuple[tuple[str, bool | int | float | str], ...] = ()
+    group: str = "sweep"  # sweep | lever | max_views
+
+    @property
+    def label(self) -> str:
+        parts = [f"remat {self.remat}", f"batch {self.batch}"]
+        parts += [f"{k}={v}" for k, v in self.xla_options]
+        return ", ".join(parts)
+
+
+class Bench:
+    """Compiles programs concurrently and times them on one shared training state."""
+
+    def __init__(self, base: config_lib.Fast3RConfig, height: int, width: int, dtype: str, threads: int):
+        self.base, self.height, self.width, self.dtype = base, height, width, dtype
+        self.mesh = make_mesh(1, 1)
+        opt = OptimizerConfig(warmup_steps=10, total_steps=1000)
+        self.tx, self.schedule = make_optimizer(opt), learning_rate(opt)
+        self.shardings = training.make_train_step(base, self.tx, self.mesh, "replicated", dtype=DTYPES[dtype],
+                                                  schedule=self.schedule)[1]
+        self.state = self._fresh_state()
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads)
+        self.compile_wall_start: float | None = None
+
+    def _fresh_state(self) -> training.TrainState:
+        return training.create_state(lambda: init_params(self.base, 0), self.tx, 0, self.shardings)
+
+    def model_config(self, remat: str) -> config_lib.Fast3RConfig:
+        return self.base.replace(remat=remat != "none", remat_policy="full" if remat == "none" else remat)
+
+    def submit(self, program: Program) -> concurrent.futures.Future:
+        """Traces the program here and compiles it on the pool; the future gives (compiled, batch, compile s)."""
+        step_fn, _ = training.make_train_step(self.model_config(program.remat), self.tx, self.mesh, "replicated",
+                                              dtype=DTYPES[self.dtype], schedule=self.schedule)
+        host_batch = random_batch(program.views, self.height, self.width, program.batch)
+        device_batch = training.device_batch(host_batch, self.mesh)
+        lowered = step_fn.lower(self.state, device_batch, training.orientations(host_batch))
+        options = dict(program.xla_options) or None
+        if self.compile_wall_start is None:
+            self.compile_wall_start = time.perf_counter()
+
+        def compile_it():
+            start = time.perf_counter()
+            compiled = lowered.compile(compiler_options=options)
+            return compiled, device_batch, time.perf_counter() - start
+
+        return self.pool.submit(compile_it)
+
+    def run(self, program: Program, compiled, device_batch, compile_s: float, repeats: int) -> dict[str, Any]:
+        """Warm-up plus `repeats` timed steps of a compiled program: the row (or an out-of-memory row)."""
+        cfg = self.model_config(program.remat)
+        row: dict[str, Any] = dict(dataclasses.asdict(program), label=program.label, compile_s=compile_s,
+                                   **_program_memory(compiled))
+        times = []
+        try:
+            for k in range(repeats + 1):
+                start = time.perf_counter()
+                self.state, metrics = compiled(self.state, device_batch)
+                jax.block_until_ready(metrics)
+                if k:
+                    times.append(time.perf_counter() - start)
+        except Exception as err:  # out of memory is a result; anything else is re-raised
+            if not _out_of_memory(err):
+                raise
+            self.state = self._fresh_state()  # the donated state may be gone
+            return dict(row, out_of_memory=True, error=str(err).splitlines()[0][:200])
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss} for {program}")
+        step_s = statistics.median(times) if times else None
+        flops = train_step_flops(cfg, [(self.height, self.width)] * program.views, program.batch)
+        peak = peak_flops(jax.devices()[0].device_kind)
+        return dict(row, out_of_memory=False, step_s=step_s, loss=loss,
+                    images_per_s=program.batch * program.views / step_s if step_s else None,
+                    tflops_per_s=flops / step_s / 1e12 if step_s else None,
+                    mfu=flops / step_s / peak if step_s and peak else None)
+
+
+def _program_memory(compiled) -> dict[str, int | None]:
+    """XLA's account of a compiled program: bytes it needs while running (arguments + outputs + temporaries - the
+    donated buffers it reuses) and the donated bytes; None where the backend does not say."""
+    try:
+        m = compiled.memory_analysis()
+    except (NotImplementedError, jax.errors.JaxRuntimeError):
+        m = None
+    if m is None:
+        return {"program_bytes": None, "donated_bytes": None}
+    total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+    return {"program_bytes": int(total), "donated_bytes": int(m.alias_size_in_bytes)}
 
 
 def _out_of_memory(err: Exception) -> bool:
@@ -115,38 +205,129 @@ def run_upstream(args) -> dict:
         return torch_reference.run_child(cmd, out)
 
 
+def measure(bench: Bench, programs: list[Program], repeats: int) -> list[dict[str, Any]]:
+    """Compiles every program concurrently, then times them one after another (printing each row)."""
+    futures = [bench.submit(p) for p in programs]
+    compiled = []
+    for future in futures:  # timing starts once nothing compiles any more
+        try:
+            compiled.append(future.result())
+        except Exception as err:  # a program too large to compile is out of memory; anything else is re-raised
+            if not _out_of_memory(err):
+                raise
+            compiled.append(err)
+    print(f"compiled {len(programs)} programs in {time.perf_counter() - bench.compile_wall_start:.1f} s "
+          "(concurrently)", flush=True)
+    bench.compile_wall_start = None
+    rows = []
+    for program, result in zip(programs, compiled, strict=True):
+        if isinstance(result, Exception):
+            row = dict(dataclasses.asdict(program), label=program.label, compile_s=None, program_bytes=None,
+                       donated_bytes=None, out_of_memory=True, error=str(result).splitlines()[0][:200])
+        else:
+            row = bench.run(program, *result, repeats)
+        rows.append(row)
+        if row["out_of_memory"]:
+            result = "out of memory"
+        elif row["step_s"] is None:
+            result = "trains"
+        else:
+            result = (f"{row['step_s']:.4f} s  {row['images_per_s']:.1f} img/s  MFU {_fmt(row['mfu'], '.3f')}  "
+                      f"{_gib(row['program_bytes'])} GiB  compile {row['compile_s']:.0f} s")
+        print(f"{program.group:>9} {program.views:>4}  {program.label:<40} {result}", flush=True)
+    return rows
+
+
+def max_views(bench: Bench, rows: list[dict], args, limit_bytes: int | None) -> dict[str, Any]:
+    """The largest view count that trains with --max-views-remat: predicted from memory, checked by running."""
+    fits = sorted((r for r in rows if r["group"] == "sweep" and r["remat"] == args.max_views_remat
+                   and not r["out_of_memory"] and r["program_bytes"]), key=lambda r: r["views"])
+    if len(fits) < 2 or limit_bytes is None:
+        return {"predicted": None, "reason": "needs two sweep rows with program memory and a device memory limit"}
+    (n0, b0), (n1, b1) = ((r["views"], r["program_bytes"]) for r in fits[-2:])
+    per_view = (b1 - b0) / (n1 - n0)
+    if per_view <= 0:
+        return {"predicted": None, "reason": f"program memory does not grow with N ({b0} -> {b1} bytes)"}
+    step = args.max_views_step
+    predicted = min(int((n1 + (limit_bytes - b1) / per_view) // step * step), args.max_views_limit)
+    result: dict[str, Any] = {"remat": args.max_views_remat, "predicted": predicted, "bytes_per_view": per_view,
+                                  "limit_bytes": limit_bytes, "largest": n1, "verified": False, "tried": {}}
+    if predicted <= n1 or not args.max_views_tries:
+        return result
+    probes = [predicted + k * step for k in range(args.max_views_tries)]
+    programs = [Program(n, args.max_views_remat, args.batch, group="max_views") for n in probes]
+    for row in measure(bench, programs, repeats=0):
+        result["tried"][row["views"]] = not row["out_of_memory"]
+        if row["out_of_memory"]:
+            break
+        result["largest"] = row["views"]
+    tried = result["tried"]
+    result["verified"] = tried.get(predicted, False) and tried.get(predicted + step) is False
+    return result
+
+
+def _option_value(text: str) -> bool | int | float | str:
+    """An XLA option's value from its command-line text (XLA checks the type: 'true' must be a bool)."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _gib(value) -> str:
-    return f"{value / 2**30:.2f}" if value else "n/a"
+    return f"{value / GIB:.1f}" if value else "n/a"
 
 
-def print_side_by_side(rows: list[dict], upstream: dict | None, searches: dict) -> list[dict]:
-    """The final table: per (remat, N) both step times, ours / upstream, images/s, peak memory; largest N."""
-    theirs = {r["views"]: r for r in (upstream or {}).get("rows", [])}
-    print(f"\n{'remat':>5} {'N':>4} {'jax s':>8} {'torch s':>8} {'jax/torch':>9} {'jax img/s':>9} "
-          f"{'torch img/s':>11} {'jax GiB':>8} {'torch GiB':>9} {'jax MFU':>7}")
-    merged = []
-    for row in rows:
-        b = theirs.get(row["views"], {})
-        ok_a, ok_b = "step_s" in row, "step_s" in b
-        m = dict(remat=row["remat"], views=row["views"], jax_s=row.get("step_s"), torch_s=b.get("step_s"),
-                 ratio=row["step_s"] / b["step_s"] if ok_a and ok_b else None,
-                 jax_images_per_s=row.get("images_per_s"), torch_images_per_s=b.get("images_per_s"),
-                 jax_peak_bytes=row.get("peak_bytes"), torch_peak_bytes=b.get("peak_bytes"), jax_mfu=row.get("mfu"),
-                 jax_oom=bool(row.get("out_of_memory")), torch_oom=bool(b.get("oom")))
-        merged.append(m)
-        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-        print(f"{'on' if m['remat'] else 'off':>5} {m['views']:>4} "
-              f"{'OOM' if m['jax_oom'] else fmt(m['jax_s'], '.4f'):>8} "
-              f"{'OOM' if m['torch_oom'] else fmt(m['torch_s'], '.4f'):>8} {fmt(m['ratio'], '.3f'):>9} "
-              f"{fmt(m['jax_images_per_s'], '.1f'):>9} {fmt(m['torch_images_per_s'], '.1f'):>11} "
-              f"{_gib(m['jax_peak_bytes']):>8} {_gib(m['torch_peak_bytes']):>9} {fmt(m['jax_mfu'], '.3f'):>7}")
-    largest = [f"jax remat {k}: {v['largest']}" + (" (limit)" if v["limit_reached"] else "") for k, v in searches.items()]
-    if upstream and "max_views" in upstream:
-        u = upstream["max_views"]
-        largest.append(f"torch: {u['largest']}" + (" (limit)" if u["limit_reached"] else ""))
-    if largest:
-        print("largest view count that trains: " + ", ".join(largest))
-    return merged
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(rows: list[dict], upstream: dict | None, search: dict | None, env: dict, args) -> str:
+    """README-ready tables."""
+    lines = [f"{env['device']}, jax {env['jax']}, {args.config} config, {args.size}, {args.dtype}", "",
+             "| views | remat | batch | XLA options | step s | images/s | TFLOP/s | MFU | GiB | compile s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["group"] == "max_views":
+            continue
+        options = " ".join(f"{k}={v}" for k, v in r["xla_options"]) or "-"
+        if r["out_of_memory"]:
+            lines.append(f"| {r['views']} | {r['remat']} | {r['batch']} | {options} | out of memory | | | | "
+                         f"{_gib(r['program_bytes'])} | {_fmt(r['compile_s'], '.0f')} |")
+            continue
+        lines.append(f"| {r['views']} | {r['remat']} | {r['batch']} | {options} | {r['step_s']:.3f} | "
+                     f"{r['images_per_s']:.1f} | {r['tflops_per_s']:.1f} | {_fmt(r['mfu'], '.3f')} | "
+                     f"{_gib(r['program_bytes'])} | {r['compile_s']:.0f} |")
+    if search and search.get("predicted") is None:
+        lines += ["", f"Largest view count: not predicted ({search['reason']})"]
+    elif search:
+        status = "verified" if search["verified"] else f"tried {search['tried']}"
+        lines += ["", (f"Largest view count that trains (remat {search['remat']}): {search['largest']} "
+                       f"(predicted {search['predicted']} from {search['bytes_per_view'] / GIB:.2f} GiB per view "
+                       f"and a {search['limit_bytes'] / GIB:.1f} GiB limit; {status})")]
+    if upstream:
+        theirs = {r["views"]: r for r in upstream.get("rows", [])}
+        lines += ["", ("| views | remat | ours s | upstream s | ours / upstream | ours images/s | "
+                       "upstream images/s | ours GiB | upstream GiB |"), "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            b = theirs.get(r["views"])
+            if r["group"] != "sweep" or b is None:
+                continue
+            ours = None if r["out_of_memory"] else r["step_s"]
+            ratio = ours / b["step_s"] if ours and b.get("step_s") else None
+            lines.append(f"| {r['views']} | {r['remat']} | {_fmt(ours, '.3f') if ours else 'OOM'} | "
+                         f"{'OOM' if b.get('oom') else _fmt(b.get('step_s'), '.3f')} | {_fmt(ratio, '.2f')} | "
+                         f"{_fmt(r.get('images_per_s'), '.1f')} | {_fmt(b.get('images_per_s'), '.1f')} | "
+                         f"{_gib(r['program_bytes'])} | {_gib(b.get('peak_bytes'))} |")
+        if "max_views" in upstream:
+            u = upstream["max_views"]
+            lines.append(f"\nUpstream's largest view count that trains: {u['largest']}"
+                         + (" (the search limit)" if u["limit_reached"] else ""))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -156,67 +337,78 @@ def main() -> None:
     parser.add_argument("--size", default="512x384", help="WxH of every view")
     parser.add_argument("--batch", type=int, default=1, help="samples per step")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
-    parser.add_argument("--remat", nargs="+", default=["off", "on"], choices=["off", "on"])
+    parser.add_argument("--remat", nargs="+", default=["none", "full"], choices=REMAT_CHOICES)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--levers", action="store_true", help="also time the MFU levers at --lever-views")
+    parser.add_argument("--lever-views", type=int, default=20)
+    parser.add_argument("--lever-batch", type=int, default=2, help="samples per step of the batch lever")
+    parser.add_argument("--xla-options", nargs="*", default=["xla_gpu_enable_latency_hiding_scheduler=true"],
+                        help="KEY=VALUE XLA options of the XLA lever")
+    parser.add_argument("--max-views", action="store_true", help="find the largest view count that trains")
+    parser.add_argument("--max-views-remat", default="full", choices=REMAT_CHOICES)
+    parser.add_argument("--max-views-step", type=int, default=4, help="granularity of that search")
+    parser.add_argument("--max-views-tries", type=int, default=2,
+                        help="programs run to check the prediction (0: the prediction only)")
+    parser.add_argument("--max-views-limit", type=int, default=1024, help="upper end of that search")
+    parser.add_argument("--memory-limit-gib", type=float, default=None,
+                        help="device memory for the prediction (default: the allocator's limit)")
+    parser.add_argument("--compile-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--compilation-cache", default="off",
+                        help="persistent XLA cache folder ('off': compile times are cold)")
     parser.add_argument("--torch-reference", type=pathlib.Path, default=None,
                         help="local checkout of facebookresearch/fast3r: time upstream's training step as well")
     parser.add_argument("--torch-python", default=sys.executable, help="interpreter with torch for upstream's run")
     parser.add_argument("--torch-attention", default="flash_attention", choices=ATTENTION,
                         help="upstream attn_implementation (its training config's: flash_attention)")
-    parser.add_argument("--max-views", action="store_true", help="search the largest view count that trains")
-    parser.add_argument("--max-views-step", type=int, default=4, help="granularity of that search")
-    parser.add_argument("--max-views-limit", type=int, default=1024, help="upper end of that search")
     parser.add_argument("--json", type=pathlib.Path, default=None)
+    parser.add_argument("--markdown", type=pathlib.Path, default=None)
     args = parser.parse_args()
     if args.torch_reference and not (args.torch_reference / "fast3r" / "models" / "fast3r.py").is_file():
         parser.error(f"--torch-reference: {args.torch_reference} is not a checkout of facebookresearch/fast3r")
+    if any("=" not in o for o in args.xla_options):
+        parser.error("--xla-options: expected KEY=VALUE")
+    if args.max_views_tries < 0:
+        parser.error("--max-views-tries must be >= 0")
 
+    start = time.perf_counter()
     upstream = run_upstream(args)["train"] if args.torch_reference else None  # first: the device is still free
+    # read when the backend starts (below): JAX's allocator may use 95% of the device, not its default 75%
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+    compilation_cache.enable(args.compilation_cache)
     width, height = (int(x) for x in args.size.split("x"))
     base = getattr(config_lib, args.config)()
-    env = dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(), jax=jax.__version__,
-               flax=flax.__version__, optax=optax.__version__, python=platform.python_version(),
-               dtype=args.dtype, attention=base.attention)
+    device = jax.devices()[0]
+    env = {"device": device.device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
+           "flax": flax.__version__, "optax": optax.__version__, "python": platform.python_version(),
+           "dtype": args.dtype, "attention": base.attention, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "mem_fraction": os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]}
     print(json.dumps(env), flush=True)
-    print(f"{'remat':>5} {'N':>4} {'step s':>8} {'compile s':>9} {'img/s':>7} {'TFLOP/s':>8} {'MFU':>6} "
-          f"{'peak GiB':>9}", flush=True)
-    rows, searches = [], {}
-    for remat in args.remat:
-        cfg = base.replace(remat=remat == "on")
-        for n in args.views:
-            try:
-                row = bench(cfg, n, height, width, args.batch, args.dtype, args.repeats)
-            except Exception as err:  # out of memory ends this setting's sweep; anything else is re-raised
-                if not _out_of_memory(err):
-                    raise
-                print(f"{remat:>5} {n:>4} out of memory", flush=True)
-                rows.append(dict(views=n, remat=remat == "on", out_of_memory=True))
-                break
-            rows.append(row)
-            peak = row["peak_bytes"] / 2**30 if row["peak_bytes"] else float("nan")
-            mfu = f"{row['mfu']:.3f}" if row["mfu"] is not None else "n/a"
-            print(f"{remat:>5} {n:>4} {row['step_s']:>8.3f} {row['compile_s']:>9.1f} {row['images_per_s']:>7.1f} "
-                  f"{row['tflops_per_s']:>8.1f} {mfu:>6} {peak:>9.2f}", flush=True)
-        fitted = [r["views"] for r in rows if r["remat"] == (remat == "on") and not r.get("out_of_memory")]
-        if args.max_views and fitted:
-            searches[remat] = largest_fitting(lambda n, c=cfg: _trains(c, n, height, width, args), max(fitted),
-                                              args.max_views_step, args.max_views_limit)
-            print(f"{remat:>5} largest view count that trains: {searches[remat]['largest']}", flush=True)
-    merged = print_side_by_side(rows, upstream, searches)
+
+    bench = Bench(base, height, width, args.dtype, args.compile_threads)
+    programs = [Program(n, remat, args.batch) for remat in args.remat for n in args.views]
+    if args.levers:
+        n = args.lever_views
+        options = tuple((k, _option_value(v)) for k, v in (o.split("=", 1) for o in args.xla_options))
+        programs += [Program(n, remat, args.batch, group="lever") for remat in REMAT_CHOICES
+                     if remat not in args.remat or n not in args.views]
+        programs += [Program(n, "none", args.lever_batch, group="lever")]
+        if options:
+            programs += [Program(n, "none", args.batch, options, group="lever")]
+    rows = measure(bench, programs, args.repeats)
+    stats = device.memory_stats() or {}
+    limit = int(args.memory_limit_gib * GIB) if args.memory_limit_gib else stats.get("bytes_limit")
+    search = max_views(bench, rows, args, limit) if args.max_views else None
+    stats = device.memory_stats() or {}
+    env["process_peak_bytes"] = stats.get("peak_bytes_in_use")
+    env["seconds"] = time.perf_counter() - start
+    table = markdown(rows, upstream, search, env, args)
+    print("\n" + table + f"\n\nprocess peak {_gib(env['process_peak_bytes'])} GiB; {env['seconds']:.0f} s in all",
+          flush=True)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
     if args.json:
-        args.json.write_text(json.dumps(dict(env=env, rows=rows, max_views=searches, upstream=upstream,
-                                             side_by_side=merged), indent=1))
-
-
-def _trains(cfg: config_lib.Fast3RConfig, num_views: int, height: int, width: int, args) -> bool:
-    """Whether one training step at `num_views` fits on the device."""
-    try:
-        bench(cfg, num_views, height, width, args.batch, args.dtype, repeats=1)
-    except Exception as err:
-        if not _out_of_memory(err):
-            raise
-        return False
-    return True
+        result = {"env": env, "rows": rows, "max_views": search, "upstream": upstream}
+        args.json.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ INFERENCE_SCALE_FACTOR = math.sqrt(math.log(137) / math.log(20))
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 DECAY_MASKS = ("all", "matrices")
+# What a rematerialised block keeps for the backward pass (fast3r_jax.model.transformer.REMAT_POLICIES): nothing
+# (everything recomputed), every matmul output, or the matmul outputs without batch dimensions (the projections
+# and MLP layers, not attention scores).
+REMAT_POLICIES = ("full", "dots", "dots_no_batch")
 
 T = TypeVar("T")
 
@@ -177,10 +181,13 @@ class Fast3RConfig:
     head: HeadConfig = HeadConfig()
     attention: str = "auto"  # 'auto' (cudnn on GPU in 16-bit, splash on TPU, else xla), 'xla', 'cudnn', 'splash'
     remat: bool = False  # rematerialise each transformer block in the backward pass
+    remat_policy: str = "full"  # with remat: what each block keeps for the backward pass (REMAT_POLICIES)
 
     def __post_init__(self):
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise InputError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise InputError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         for name, dim, heads in (("encoder", self.encoder.embed_dim, self.encoder.num_heads),
                                  ("fusion", self.fusion.embed_dim, self.fusion.num_heads)):
             if heads < 1 or dim % heads:

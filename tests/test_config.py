@@ -46,6 +46,8 @@ def test_unsupported_upstream_settings_raise(section, key, value, match):
 def test_invalid_configs_raise():
     with pytest.raises(ValueError, match="attention"):
         config_lib.tiny().replace(attention="flash")
+    with pytest.raises(ValueError, match="remat_policy must be one of"):
+        config_lib.tiny().replace(remat=True, remat_policy="everything")
     with pytest.raises(ValueError, match="divisible"):
         config_lib.Fast3RConfig(encoder=config_lib.EncoderConfig(embed_dim=100, num_heads=3))
     with pytest.raises(ValueError, match="unknown"):

@@ -5,14 +5,14 @@ encodes the frame. Readers must return the stored poses/intrinsics and world poi
 (tolerances = the depth encoding's quantisation), and sample views the way the reference does.
 """
 
-import json
+import dataclasses
 import os
 
 import cv2
 import numpy as np
 import pytest
 
-from fast3r_jax.data import readers  # also enables OpenCV's EXR codec used by the fixtures
+from fast3r_jax.data import layouts, readers
 from fast3r_jax.data.mixture import Mixture, parse_mixture
 
 W, H = 32, 24
@@ -57,16 +57,11 @@ class Truth(dict):
         return plane_view(K, c2w)[0]
 
 
-def write_rgb(path: str, scene: int, frame: int) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    rgb = np.broadcast_to(colour(scene, frame), (H, W, 3))
-    assert cv2.imwrite(path, np.ascontiguousarray(rgb[..., ::-1]))
-
-
-def write_depth(path: str, depth: np.ndarray, half: bool = False) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    params = [cv2.IMWRITE_EXR_TYPE, cv2.IMWRITE_EXR_TYPE_HALF] if half else []
-    assert cv2.imwrite(path, depth, params)
+def frame(truth: Truth, label: str, instance: str, scene: int, number: int) -> layouts.Frame:
+    """A fixture frame (flat colour, plane depth) registered in `truth`."""
+    K, c2w = intrinsics(number), pose(scene, number)
+    depth = truth.add(label, instance, scene, number, K, c2w)
+    return layouts.Frame(np.broadcast_to(colour(scene, number), (H, W, 3)), depth, K, c2w)
 
 
 def check_sample(views, truth: Truth, num_views: int, depth_tol: float, dataset: str):
@@ -100,119 +95,68 @@ def check_sample(views, truth: Truth, num_views: int, depth_tol: float, dataset:
 
 
 def write_co3d(root, frames_per_seq=6) -> Truth:
-    truth = Truth()
+    truth, sequences = Truth(), {}
     selected = {"apple": {"110_1": list(range(1, frames_per_seq + 1))}, "ball": {"220_2": [3, 5, 7, 9]}}
+    mask = np.full((H, W), 255, np.uint8)
+    mask[:, :5] = 0  # background: first 5 columns
     for scene, (cat, seqs) in enumerate(selected.items()):
-        for seq, numbers in seqs.items():
-            for n in numbers:
-                stem = f"frame{n:06d}"
-                base = os.path.join(root, cat, seq)
-                K, c2w = intrinsics(n), pose(scene, n)
-                depth = truth.add(f"{cat}/{seq}", stem, scene, n, K, c2w)
-                write_rgb(os.path.join(base, "images", stem + ".jpg"), scene, n)
-                np.savez(os.path.join(base, "images", stem + ".npz"), camera_intrinsics=K.astype(np.float32),
-                         camera_pose=c2w.astype(np.float32), maximum_depth=np.float32(depth.max()))
-                write_depth(os.path.join(base, "depths", stem + ".jpg.geometric.png"),
-                            np.round(depth / depth.max() * 65535).astype(np.uint16))
-                mask = np.full((H, W), 255, np.uint8)
-                mask[:, :5] = 0  # background: first 5 columns
-                write_depth(os.path.join(base, "masks", stem + ".png"), mask)
-    with open(os.path.join(root, "selected_seqs_train.json"), "w") as f:
-        json.dump(selected, f)
+        sequences[cat] = {seq: {n: dataclasses.replace(frame(truth, f"{cat}/{seq}", f"frame{n:06d}", scene, n),
+                                                       mask=mask) for n in numbers}
+                          for seq, numbers in seqs.items()}
+    layouts.write_co3d(root, sequences)
     return truth
 
 
-def _metadata_frames(root, scenes: dict[str, list[str]], depth_dir, rgb_dir, rgb_ext) -> Truth:
-    """Frames of ScanNet++/ARKitScenes-style all_metadata.npz layouts (uint16 millimetre depth)."""
-    truth, names, sceneids, Ks, poses = Truth(), [], [], [], []
-    for scene, (scene_name, frame_names) in enumerate(scenes.items()):
-        for frame, name in enumerate(frame_names):
-            K, c2w = intrinsics(frame), pose(scene, frame)
-            stem = os.path.splitext(name)[0]
-            depth = truth.add(scene_name, stem, scene, frame, K, c2w)
-            write_rgb(os.path.join(root, scene_name, rgb_dir, stem + rgb_ext), scene, frame)
-            depth_name = name if name.endswith(".png") else name + ".png"
-            write_depth(os.path.join(root, scene_name, depth_dir, depth_name),
-                        np.round(depth * 1000).astype(np.uint16))
-            names.append(name)
-            sceneids.append(scene)
-            Ks.append(K)
-            poses.append(c2w)
-    np.savez(os.path.join(root, "all_metadata.npz"), scenes=np.array(list(scenes)), sceneids=np.array(sceneids),
-             images=np.array(names), intrinsics=np.array(Ks), trajectories=np.array(poses))
-    return truth
+def _metadata_frames(scenes: dict[str, list[str]]) -> tuple[Truth, dict]:
+    """Frames of ScanNet++/ARKitScenes-style all_metadata.npz layouts."""
+    truth = Truth()
+    frames = {name: {image: frame(truth, name, os.path.splitext(image)[0], scene, number)
+                     for number, image in enumerate(images)}
+              for scene, (name, images) in enumerate(scenes.items())}
+    return truth, frames
 
 
 def write_scannetpp(root) -> Truth:
-    scenes = {"0a5c013435": [f"frame_{i:06d}" for i in (0, 10, 20, 30, 40)] + ["DSC00012", "DSC00015",
-                                                                                "DSC00019", "DSC00023"],
-              "1b2d3f4e5a": [f"frame_{i:06d}" for i in range(5)]}
-    return _metadata_frames(root, scenes, "depth", "images", ".jpg")
+    truth, frames = _metadata_frames({
+        "0a5c013435": [f"frame_{i:06d}" for i in (0, 10, 20, 30, 40)] + ["DSC00012", "DSC00015", "DSC00019",
+                                                                        "DSC00023"],
+        "1b2d3f4e5a": [f"frame_{i:06d}" for i in range(5)]})
+    layouts.write_scannetpp(root, frames)
+    return truth
 
 
 def write_arkitscenes(root) -> Truth:
-    scenes = {"41069021": [f"41069021_{t:.3f}.png" for t in (100.5, 101.0, 101.5, 102.0, 102.5, 103.0)],
-              "42445991": [f"42445991_{t:.3f}.png" for t in (7.0, 7.5, 8.0, 8.5)]}
-    return _metadata_frames(os.path.join(root, "Training"), scenes, "lowres_depth", "vga_wide", ".jpg")
+    truth, frames = _metadata_frames({
+        "41069021": [f"41069021_{t:.3f}.png" for t in (100.5, 101.0, 101.5, 102.0, 102.5, 103.0)],
+        "42445991": [f"42445991_{t:.3f}.png" for t in (7.0, 7.5, 8.0, 8.5)]})
+    layouts.write_arkitscenes(root, frames)
+    return truth
 
 
 def write_habitat(root, size=1000, drop=None) -> Truth:
-    truth, lines = Truth(), []
+    truth, scenes = Truth(), {}
     for scene, line in enumerate(["scene_a/00001", "scene_b/sub/00042"]):
-        data_path, key = os.path.split(os.path.join(root, line))
-        lines.append(line)
-        for i in range(1, 6):
-            if drop == (scene, i):
-                continue
-            K, c2w = intrinsics(i), pose(scene, i)
-            stem = os.path.join(data_path, f"{key}_{i}")
-            depth = truth.add(os.path.relpath(data_path, root), f"{key}_{i}", scene, i, K, c2w)
-            write_rgb(stem + ".jpeg", scene, i)
-            write_depth(stem + "_depth.exr", depth.astype(np.float32), half=True)
-            with open(stem + "_camera_params.json", "w") as f:
-                json.dump(dict(camera_intrinsics=K.tolist(), R_cam2world=c2w[:3, :3].tolist(),
-                               t_cam2world=c2w[:3, 3].tolist()), f)
-    with open(os.path.join(root, f"Habitat_{size}_scenes_train.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        folder, key = os.path.split(line)
+        scenes[line] = {i: frame(truth, folder, f"{key}_{i}", scene, i) for i in range(1, 6) if drop != (scene, i)}
+    layouts.write_habitat(root, scenes, size=size)
     return truth
 
 
 def write_blendedmvs(root) -> Truth:
     truth = Truth()
     scenes = {(0x5a3c, 21): [0, 1, 2, 3, 4], (0x5b00, 30): [2, 4, 6, 8]}  # seq_low 30 -> 'val'
-    rows = []
-    for scene, ((high, low), imgs) in enumerate(scenes.items()):
-        name = f"{high:08x}{low:016x}"
-        rows += [(high, low, a, b, 1.0) for a, b in zip(imgs[:-1], imgs[1:])]
-        for i in imgs:
-            K, c2w = intrinsics(i), pose(scene, i)
-            stem = os.path.join(root, name, f"{i:08d}")
-            depth = truth.add(name, f"{i:08d}", scene, i, K, c2w)
-            write_rgb(stem + ".jpg", scene, i)
-            write_depth(stem + ".exr", depth.astype(np.float32))
-            np.savez(stem + ".npz", intrinsics=K.astype(np.float32), R_cam2world=c2w[:3, :3].astype(np.float32),
-                     t_cam2world=c2w[:3, 3].astype(np.float32))
-    dtype = [("seq_high", "<u4"), ("seq_low", "<u8"), ("img1", "<u4"), ("img2", "<u4"), ("score", "<f4")]
-    np.save(os.path.join(root, "blendedmvs_pairs.npy"), np.array(rows, dtype=dtype))
+    layouts.write_blendedmvs(root, {
+        (high, low): {i: frame(truth, f"{high:08x}{low:016x}", f"{i:08d}", scene, i) for i in imgs}
+        for scene, ((high, low), imgs) in enumerate(scenes.items())})
     return truth
 
 
 def write_megadepth(root) -> Truth:
     truth = Truth()
     scenes = {"0001/0": ["1021_a", "1022_b", "1023_c", "1024_d", "1025_e"], "0015/1": ["7_x", "8_y", "9_z"]}
-    sceneids, images = [], []
-    for scene, (scene_name, names) in enumerate(scenes.items()):
-        for frame, name in enumerate(names):
-            K, c2w = intrinsics(frame), pose(scene, frame)
-            stem = os.path.join(root, scene_name, name)
-            depth = truth.add(scene_name, name, scene, frame, K, c2w)
-            write_rgb(stem + ".jpg", scene, frame)
-            write_depth(stem + ".exr", depth.astype(np.float32))
-            np.savez(stem + ".npz", intrinsics=K.astype(np.float32), cam2world=c2w.astype(np.float32))
-            sceneids.append(scene)
-            images.append(name)
-    np.savez(os.path.join(root, "all_metadata_for_multiview.npz"), scenes=np.array(list(scenes)),
-             sceneids=np.array(sceneids), images=np.array(images))
+    layouts.write_megadepth(root, {name: {image: frame(truth, name, image, scene, number)
+                                          for number, image in enumerate(images)}
+                                   for scene, (name, images) in enumerate(scenes.items())})
     return truth
 
 

@@ -49,11 +49,13 @@ def test_bfloat16_step_keeps_float32_master_weights(float32_step):
     assert np.median(moved) > 1e-4  # the step updated the float32 weights (lr 1e-3 Adam: about 1e-3 per entry)
 
 
-def test_remat_leaves_gradients_unchanged(float32_step):
-    """Adam's first moment after one step is 0.1 x the gradient: compared leaf by leaf."""
-    (ref, ref_loss), (new, loss) = float32_step, _step(CFG.replace(remat=True), jnp.float32)
+@pytest.mark.parametrize("policy", config_lib.REMAT_POLICIES)
+def test_remat_leaves_gradients_unchanged(float32_step, policy):
+    """Adam's first moment after one step is 0.1 x the gradient: compared leaf by leaf, for every policy of what a
+    rematerialised block keeps."""
+    (ref, ref_loss), (new, loss) = float32_step, _step(CFG.replace(remat=True, remat_policy=policy), jnp.float32)
     assert loss == ref_loss
     ours, refs = (jax.tree.leaves(optax.tree_utils.tree_get(s.opt_state, "mu")) for s in (new, ref))
     errors = [np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30) for a, b in zip(ours, refs, strict=True)]
-    print(f"remat gradient error per leaf: max {max(errors):.1e}")
+    print(f"remat ({policy}) gradient error per leaf: max {max(errors):.1e}")
     assert np.isfinite(errors).all() and max(errors) <= REMAT_RTOL

@@ -78,7 +78,7 @@ class PatchEmbed(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    def __init__(self, cfg: EncoderConfig, *, dtype, remat: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: EncoderConfig, *, dtype, remat: str | None, rngs: nnx.Rngs):
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim, dtype=dtype, rngs=rngs)
         block = BlockConfig(dim=cfg.embed_dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,

@@ -67,8 +67,9 @@ class Fast3R(nnx.Module):
     def __init__(self, cfg: Fast3RConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
         self.dtype = dtype
-        self.encoder = Encoder(cfg.encoder, dtype=dtype, remat=cfg.remat, rngs=rngs)
-        self.fusion = FusionTransformer(cfg.fusion, cfg.encoder.embed_dim, dtype=dtype, remat=cfg.remat, rngs=rngs)
+        remat = cfg.remat_policy if cfg.remat else None
+        self.encoder = Encoder(cfg.encoder, dtype=dtype, remat=remat, rngs=rngs)
+        self.fusion = FusionTransformer(cfg.fusion, cfg.encoder.embed_dim, dtype=dtype, remat=remat, rngs=rngs)
         dims = (cfg.encoder.embed_dim,) + (cfg.fusion.embed_dim,) * 3
         self.global_head = DPTHead(cfg.head, dims, cfg.encoder.patch_size, dtype=dtype, rngs=rngs)
         self.local_head = DPTHead(cfg.head, dims, cfg.encoder.patch_size, dtype=dtype, rngs=rngs)

@@ -13,7 +13,7 @@ from fast3r_jax.model.transformer import BlockConfig, BlockStack, layer_norm
 
 
 class FusionTransformer(nnx.Module):
-    def __init__(self, cfg: FusionConfig, enc_dim: int, *, dtype, remat: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: FusionConfig, enc_dim: int, *, dtype, remat: str | None, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = nnx.Linear(enc_dim, cfg.embed_dim, kernel_init=nnx.initializers.xavier_uniform(),
                                 dtype=dtype, rngs=rngs)

@@ -94,10 +94,24 @@ class Block(nnx.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class BlockStack(nnx.Module):
-    """`depth` blocks with parameters stacked on a leading axis, applied with lax.scan."""
+# config.REMAT_POLICIES -> what a rematerialised block saves for the backward pass.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
-    def __init__(self, cfg: BlockConfig, depth: int, *, dtype, remat: bool, rngs: nnx.Rngs):
+
+class BlockStack(nnx.Module):
+    """`depth` blocks with parameters stacked on a leading axis, applied with lax.scan.
+
+    remat: None, or a REMAT_POLICIES name: each block is rematerialised in the backward pass, keeping what the
+    policy saves.
+    """
+
+    def __init__(self, cfg: BlockConfig, depth: int, *, dtype, remat: str | None, rngs: nnx.Rngs):
+        if remat is not None and remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be None or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
         self.depth = depth
         self.remat = remat
 
@@ -123,8 +137,8 @@ class BlockStack(nnx.Module):
         def apply(h, layer_state):
             return nnx.merge(graphdef, layer_state)(h, rope, scale=scale, attention=attention)
 
-        if self.remat:
-            apply = jax.checkpoint(apply, prevent_cse=False)
+        if self.remat is not None:
+            apply = jax.checkpoint(apply, prevent_cse=False, policy=REMAT_POLICIES[self.remat])
         if not keep:
             x, _ = jax.lax.scan(lambda h, layer_state: (apply(h, layer_state), None), x, state)
             return x, []
