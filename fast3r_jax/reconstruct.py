@@ -48,7 +48,7 @@ from fast3r_jax.checkpoint import load_config, load_pretrained
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.data.synthetic import CAMERAS_FILE, read_example_cameras
 from fast3r_jax.errors import InputError
-from fast3r_jax.geometry.cameras import POSE_SOLVERS, Cameras, estimate_cameras, read_intrinsics
+from fast3r_jax.geometry.cameras import MIN_PNP_POINTS, POSE_SOLVERS, Cameras, estimate_cameras, read_intrinsics
 from fast3r_jax.geometry.metrics import pose_errors
 from fast3r_jax.inference.engine import Engine
 from fast3r_jax.inference.sharded import ShardedEngine
@@ -60,6 +60,9 @@ BUILTIN_IMAGE_SIZE = 128  # long side of the images the built-in model was train
 UPSTREAM_IMAGE_SIZE = 512  # long side of the released upstream model's inputs
 BAD_IMAGE_POLICIES = ("fail", "skip")
 DEFAULT_VIDEO_FPS = 1.0
+# PnP correspondences per view: on synthetic scenes with noise and outliers, poses as close to the ground truth as
+# with all pixels (tests/test_cameras.py), and RANSAC dozens of times faster at 512x288.
+DEFAULT_PNP_POINTS = 8192
 OUTPUTS = ("ply", "colmap", "cameras", "glb", "depth", "confidence", "preview", "pointmaps")
 DEFAULT_OUTPUTS = ("ply", "colmap", "cameras", "glb", "depth", "confidence", "preview")
 MAP_FORMATS = ("png", "npy")
@@ -90,7 +93,8 @@ class ReconstructConfig:
     the GLB and the COLMAP model (the most confident points); max_preview_points: points rendered in the preview.
     maps_format: depth and confidence maps as 'png' or 'npy'. colmap_text: COLMAP text model instead of binary.
     intrinsics: a file of known intrinsics of the original images (COLMAP cameras, or our cameras.json), used by
-    both pose solvers instead of estimated focals (geometry.cameras.read_intrinsics).
+    both pose solvers instead of estimated focals (geometry.cameras.read_intrinsics). max_pnp_points: PnP's
+    correspondences per view, an evenly spaced subset of the conf > 1 pixels (None: all of them, as upstream).
     """
 
     size: int | None = None
@@ -115,6 +119,7 @@ class ReconstructConfig:
     colmap_text: bool = False
     maps_format: str = "png"
     intrinsics: str | None = None
+    max_pnp_points: int | None = DEFAULT_PNP_POINTS
 
     def check(self) -> None:
         """Raises ReconstructError naming the first setting that is out of range."""
@@ -132,6 +137,8 @@ class ReconstructConfig:
             raise ReconstructError(f"--conf-threshold must be a finite number, got {self.conf_threshold}")
         for name in ("video_fps", "video_frames", "max_views", "encoder_chunk", "head_chunk", "max_preview_points"):
             positive(name, getattr(self, name))
+        if self.max_pnp_points is not None and self.max_pnp_points < MIN_PNP_POINTS:
+            raise ReconstructError(f"--max-pnp-points must be at least {MIN_PNP_POINTS}, got {self.max_pnp_points}")
         for name in ("max_glb_points", "max_colmap_points"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ReconstructError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -616,7 +623,8 @@ class Reconstructor:
         start = time.perf_counter()
         on_device = config.pose_solver == "procrustes" and self.mesh is None  # sharded outputs go via the host copy
         known = None if config.intrinsics is None else known_intrinsics(config.intrinsics, views, notify)
-        cams = estimate_cameras(outputs if on_device else host_outputs, config.pose_solver, intrinsics=known)
+        cams = estimate_cameras(outputs if on_device else host_outputs, config.pose_solver, intrinsics=known,
+                                max_pnp_points=config.max_pnp_points)
         timings["cameras_s"] = time.perf_counter() - start
         timings["compile_s"] = _CompileClock.read()  # within inference and cameras
         if cams.failed:
