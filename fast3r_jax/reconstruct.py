@@ -115,7 +115,7 @@ class ReconstructConfig:
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     max_glb_points: int | None = 300_000
     max_colmap_points: int | None = 50_000
-    max_preview_points: int = 200_000
+    max_preview_points: int = 50_000
     colmap_text: bool = False
     maps_format: str = "png"
     intrinsics: str | None = None

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from fast3r_jax.geometry.transforms import inverse_rigid
@@ -49,6 +50,7 @@ FRUSTUM_EDGES = np.array([[0, 1], [0, 2], [0, 3], [0, 4], [1, 2], [2, 3], [3, 4]
 OPENCV_TO_GLTF = np.array([1.0, -1.0, -1.0])
 COLMAP_UNKNOWN_ERROR = -1.0  # COLMAP's own value for a 3D point whose reprojection error is unknown.
 DEPTH_PNG_MAX = 65535
+MAX_SPLAT_RADIUS = 8  # preview splats cover at most (2 * 8 + 1)^2 pixels
 # Viridis sampled at 0, 1/4, 1/2, 3/4, 1 (sRGB); colorize interpolates linearly between these.
 _RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64)
 _GLB_MAGIC, _GLB_JSON, _GLB_BIN = 0x46546C67, 0x4E4F534A, 0x004E4942
@@ -734,30 +736,34 @@ def _point_spacing(points: np.ndarray) -> np.ndarray:
 def _splat(image: np.ndarray, points_cam: np.ndarray, colors: np.ndarray, point_size: np.ndarray, focal: float,
            near: float) -> None:
     """Z-buffered square splats for camera-frame points (N, 3): a point of world size point_size (N,) at depth
-    z covers (2 r + 1)^2 pixels with r = round(focal * point_size / (2 z)) (capped at 8); the nearest point wins
-    a pixel. Points nearer than `near` are not drawn."""
+    z covers (2 r + 1)^2 pixels with r = round(focal * point_size / (2 z)) (capped at MAX_SPLAT_RADIUS); the nearest
+    point wins a pixel. Points nearer than `near` are not drawn."""
     height, width = image.shape[:2]
     front = points_cam[:, 2] > near
     points_cam, colors, point_size = points_cam[front], colors[front], point_size[front]
     if not len(points_cam):
         return
     z = points_cam[:, 2]
-    u = np.round(focal * points_cam[:, 0] / z + width / 2).astype(np.int64)  # (N,)
-    v = np.round(focal * points_cam[:, 1] / z + height / 2).astype(np.int64)
-    radius = np.clip(np.round(focal * point_size / (2 * z)), 0, 8).astype(np.int64)  # (N,)
-    # Z-buffer without sorting: per pixel the minimum of (float32 depth bits << 32 | point index); positive float32
-    # bit patterns order like their values, so the minimum names the nearest point (the lowest index on ties).
-    key = (z.astype(np.float32).view(np.uint32).astype(np.uint64) << np.uint64(32)) | np.arange(len(z), dtype=np.uint64)
-    zbuf = np.full(height * width, np.iinfo(np.uint64).max, np.uint64)
-    for r in np.unique(radius):
-        (index,) = np.nonzero(radius == r)
-        du, dv = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1))
-        us = (u[index, None] + du.reshape(-1)).reshape(-1)  # (n * (2r + 1)^2,)
-        vs = (v[index, None] + dv.reshape(-1)).reshape(-1)
-        inside = (us >= 0) & (us < width) & (vs >= 0) & (vs < height)
-        np.minimum.at(zbuf, (vs * width + us)[inside], np.repeat(key[index], du.size)[inside])
-    (pixels,) = np.nonzero(zbuf != np.iinfo(np.uint64).max)
-    image.reshape(-1, 3)[pixels] = colors[(zbuf[pixels] & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+    pad = MAX_SPLAT_RADIUS  # splats of centres up to `pad` pixels off the image still reach into it
+    u = np.round(focal * points_cam[:, 0] / z + width / 2).astype(np.int64) + pad  # (N,) in the padded image
+    v = np.round(focal * points_cam[:, 1] / z + height / 2).astype(np.int64) + pad
+    radius = np.clip(np.round(focal * point_size / (2 * z)), 0, MAX_SPLAT_RADIUS).astype(np.int64)  # (N,)
+    on = (u >= 0) & (u < width + 2 * pad) & (v >= 0) & (v < height + 2 * pad)
+    # Z-buffer: each point's rank by float32 depth (the lower index first on ties); per pixel the lowest rank wins.
+    # Ranks are exact in float64, the type the minimum filters compute in.
+    order = np.argsort(z.astype(np.float32), kind="stable")  # (N,) points from near to far
+    rank = np.empty(len(z))
+    rank[order] = np.arange(len(z))
+    zbuf = np.full((height, width), np.inf)
+    for r in np.unique(radius[on]):
+        # The nearest centre of this radius per pixel, then a (2r + 1)^2 minimum filter spreads it over its splat.
+        (index,) = np.nonzero(on & (radius == r))
+        centres = np.full((height + 2 * pad, width + 2 * pad), np.inf)
+        np.minimum.at(centres.reshape(-1), v[index] * centres.shape[1] + u[index], rank[index])
+        spread = ndimage.minimum_filter(centres, size=2 * int(r) + 1, mode="constant", cval=np.inf)
+        np.minimum(zbuf, spread[pad:pad + height, pad:pad + width], out=zbuf)
+    (pixels,) = np.nonzero(np.isfinite(zbuf.reshape(-1)))
+    image.reshape(-1, 3)[pixels] = colors[order[zbuf.reshape(-1)[pixels].astype(np.int64)]]
 
 
 def _clip(a: np.ndarray, b: np.ndarray, lows: np.ndarray,
@@ -813,16 +819,20 @@ def render_preview(points, colors, c2w, intrinsics, image_sizes, size: tuple[int
     Points are z-buffered square splats whose world size is point_scale times the estimated point spacing, so
     surfaces render closed. The near clipping plane sits at the nearest camera centre, cutting away walls
     between the virtual eye and the cameras (e.g. the near wall of a room captured from inside). Frustums are
-    2-pixel lines drawn on top in per-camera colours (colorize ramp, first camera dark). Non-finite points are
-    dropped; clouds above max_points are randomly subsampled first.
+    2-pixel lines drawn on top in per-camera colours (colorize ramp, first camera dark). Clouds above max_points
+    are randomly subsampled (the estimated spacing, and so the splats, grow to match), then non-finite points are
+    dropped.
     """
+    points, colors = np.asarray(points), np.asarray(colors)
+    if points.ndim == 2 and colors.shape == points.shape and len(points) > max_points:
+        keep = _subsample(len(points), max_points, seed=0)
+        points, colors = points[keep], colors[keep]
     points, colors, _ = _as_points(points, colors)
+    points = points.astype(np.float64)
     c2w, intrinsics, sizes = _as_cameras(c2w, intrinsics, image_sizes)
     width, height = size
     if width <= 0 or height <= 0 or point_scale < 0:
         raise ValueError(f"size must be positive and point_scale >= 0, got {size} and {point_scale}")
-    keep = _subsample(len(points), max_points, seed=0)
-    points, colors = points[keep].astype(np.float64), colors[keep]
     depth = _default_frustum_depth(points, c2w[:, :3, 3]) if frustum_scale is None else frustum_scale
     frustums = camera_frustums(c2w, intrinsics, sizes, depth)  # (V, 5, 3)
     focal = max(width, height) / 2 / math.tan(math.radians(50.0) / 2)
