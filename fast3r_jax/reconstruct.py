@@ -376,13 +376,18 @@ def select_points(pts: Sequence[np.ndarray], conf: Sequence[np.ndarray], colors:
                   conf_percentile: float | None, conf_threshold: float | None) -> PointCloud:
     """The confident pixels (export.confidence_mask) with finite coordinates; ReconstructError when none is left."""
     masks = export.confidence_mask(conf, conf_percentile, conf_threshold)
-    parts = []
-    for i, (p, c, rgb, m) in enumerate(zip(pts, conf, colors, masks)):
-        flat = np.flatnonzero(m & np.isfinite(p).all(-1))  # (n_i,) row-major pixel indices
-        width = p.shape[1]
-        parts.append((p.reshape(-1, 3)[flat].astype(np.float32), rgb.reshape(-1, 3)[flat], c.reshape(-1)[flat],
-                      np.full(len(flat), i, np.int32), np.stack([flat % width, flat // width], -1)))
-    cloud = PointCloud(*(np.concatenate(column) for column in zip(*parts)))
+    flats = [np.flatnonzero(m & np.isfinite(p).all(-1)) for p, m in zip(pts, masks)]  # row-major pixel indices
+    ends = np.cumsum([len(f) for f in flats])
+    cloud = PointCloud(np.empty((ends[-1], 3), np.float32), np.empty((ends[-1], 3), np.uint8),
+                       np.empty(ends[-1], np.result_type(*conf)), np.empty(ends[-1], np.int32),
+                       np.empty((ends[-1], 2), np.int64))
+    for i, (p, c, rgb, flat, end) in enumerate(zip(pts, conf, colors, flats, ends)):
+        rows = slice(end - len(flat), end)  # each column filled in place, no per-view copies to concatenate
+        cloud.points[rows] = p.reshape(-1, 3)[flat]
+        cloud.colors[rows] = rgb.reshape(-1, 3)[flat]
+        cloud.conf[rows] = c.reshape(-1)[flat]
+        cloud.view[rows] = i
+        cloud.pixel[rows, 0], cloud.pixel[rows, 1] = np.divmod(flat, p.shape[1])[::-1]
     if not len(cloud.points):
         raise ReconstructError(f"no point kept (--conf-percentile {conf_percentile}, --conf-threshold "
                                f"{conf_threshold}): nothing to write; lower the confidence filter")
@@ -416,44 +421,17 @@ def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Seque
                   names: Sequence[str], config: ReconstructConfig = ReconstructConfig(),
                   timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Writes the files of `config.outputs` (see the module docstring) of host arrays into `folder`, each file a
-    task of one thread pool; returns point counts. timings receives each output's seconds."""
+    task of one thread pool; returns point counts. timings receives each output's seconds.
+
+    The per-view maps and the cameras start first; the point cloud is selected meanwhile, then the files made of it
+    are queued behind them.
+    """
     colors = [view_colors(v) for v in views]
     pts = [np.asarray(o["pts3d_in_other_view"]) for o in outputs]
     conf = [np.asarray(o["conf"]) for o in outputs]
-    cloud = select_points(pts, conf, colors, config.conf_percentile, config.conf_threshold)
     cam_args = (cams.c2w, cams.intrinsics, cams.image_sizes)
-    wanted = set(config.outputs)
-    tasks: dict[str, list[Callable[[], Any]]] = {name: [] for name in OUTPUTS if name in wanted}
-
-    if "ply" in wanted:
-        tasks["ply"].append(lambda: export.write_ply(folder / "points.ply", cloud.points, cloud.colors))
-    if "colmap" in wanted:
-        tasks["colmap"].append(lambda: _write_colmap(folder / "colmap", views, cams, names, cloud, config))
-    if "cameras" in wanted:
-        tasks["cameras"].append(lambda: export.write_cameras_json(folder / "cameras.json", *cam_args, names))
-    if "glb" in wanted:
-        glb = cloud.take(export.most_confident(cloud.conf, config.max_glb_points))
-        tasks["glb"].append(lambda: export.write_glb(folder / "scene.glb", glb.points, glb.colors, *cam_args))
-    if "preview" in wanted:
-        tasks["preview"].append(lambda: export.write_preview_png(
-            folder / "preview.png", cloud.points, cloud.colors, *cam_args, max_points=config.max_preview_points))
-    if "pointmaps" in wanted:
-        local = [np.asarray(o["pts3d_local"]) for o in outputs]
-        conf_local = [np.asarray(o["conf_local"]) for o in outputs]
-        tasks["pointmaps"].append(lambda: export.write_pointmaps(folder / "pointmaps.npz", pts, conf, local,
-                                                                 conf_local, colors))
-    conf_range = (min(float(np.nanmin(c)) for c in conf), max(float(np.nanmax(c)) for c in conf))
-    ext = config.maps_format
-    for i, (name, p, c) in enumerate(zip(names, pts, conf)):
-        stem = f"{i:04d}_{pathlib.Path(name).stem}.{ext}"
-        if "depth" in wanted:
-            tasks["depth"].append(lambda i=i, p=p, stem=stem: _write_depth(folder / "depth" / stem, p, cams.c2w[i]))
-        if "confidence" in wanted:
-            write = ((lambda path, c: export.write_npy(path, c.astype(np.float32))) if ext == "npy" else
-                     (lambda path, c: export.write_confidence_png(path, c, *conf_range)))
-            tasks["confidence"].append(lambda c=c, stem=stem, write=write: write(folder / "confidence" / stem, c))
-
-    seconds = dict.fromkeys(tasks, 0.0)
+    wanted = [name for name in OUTPUTS if name in config.outputs]
+    seconds = dict.fromkeys(wanted, 0.0)
     lock = threading.Lock()
 
     def timed(name: str, task: Callable[[], Any]) -> None:
@@ -462,9 +440,22 @@ def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Seque
         with lock:
             seconds[name] += time.perf_counter() - start
 
-    with concurrent.futures.ThreadPoolExecutor(min(8, (os.cpu_count() or 1) + 2)) as pool:
-        futures = [pool.submit(timed, name, task) for name, group in tasks.items() for task in group]
+    with concurrent.futures.ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4)) as pool:
+        futures = [pool.submit(timed, name, task) for name, task in _map_tasks(folder, pts, conf, cams, names, config)]
         try:
+            cloud = select_points(pts, conf, colors, config.conf_percentile, config.conf_threshold)
+            tasks = {
+                "ply": lambda: export.write_ply(folder / "points.ply", cloud.points, cloud.colors),
+                "colmap": lambda: _write_colmap(folder / "colmap", views, cams, names, cloud, config),
+                "cameras": lambda: export.write_cameras_json(folder / "cameras.json", *cam_args, names),
+                "glb": lambda: _write_glb(folder / "scene.glb", cloud, cams, config.max_glb_points),
+                "preview": lambda: export.write_preview_png(folder / "preview.png", cloud.points, cloud.colors,
+                                                            *cam_args, max_points=config.max_preview_points),
+                "pointmaps": lambda: export.write_pointmaps(
+                    folder / "pointmaps.npz", pts, conf, [np.asarray(o["pts3d_local"]) for o in outputs],
+                    [np.asarray(o["conf_local"]) for o in outputs], colors),
+            }
+            futures += [pool.submit(timed, name, tasks[name]) for name in wanted if name in tasks]
             for future in futures:
                 future.result()  # the first failure (e.g. a full disk) ends the export
         finally:
@@ -473,6 +464,30 @@ def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Seque
     if timings is not None:
         timings |= {f"{name}_s": value for name, value in seconds.items()}
     return dict(points=len(cloud.points), pixels=int(sum(c.size for c in conf)))
+
+
+def _map_tasks(folder: pathlib.Path, pts: Sequence[np.ndarray], conf: Sequence[np.ndarray], cams: Cameras,
+               names: Sequence[str], config: ReconstructConfig) -> list[tuple[str, Callable[[], None]]]:
+    """(output name, task) writing each view's depth and confidence map, as `config.outputs` asks."""
+    tasks: list[tuple[str, Callable[[], None]]] = []
+    if "confidence" in config.outputs:
+        conf_range = (min(float(np.nanmin(c)) for c in conf), max(float(np.nanmax(c)) for c in conf))
+    ext = config.maps_format
+    for i, (name, p, c) in enumerate(zip(names, pts, conf)):
+        stem = f"{i:04d}_{pathlib.Path(name).stem}.{ext}"
+        if "depth" in config.outputs:
+            tasks.append(("depth", lambda i=i, p=p, stem=stem: _write_depth(folder / "depth" / stem, p, cams.c2w[i])))
+        if "confidence" in config.outputs:
+            path = folder / "confidence" / stem
+            tasks.append(("confidence", (lambda path=path, c=c: export.write_npy(path, c.astype(np.float32)))
+                          if ext == "npy" else (lambda path=path, c=c: export.write_confidence_png(path, c, *conf_range))))
+    return tasks
+
+
+def _write_glb(path: pathlib.Path, cloud: PointCloud, cams: Cameras, budget: int | None) -> None:
+    """The scene with the `budget` most confident points of the cloud and the cameras."""
+    glb = cloud.take(export.most_confident(cloud.conf, budget))
+    export.write_glb(path, glb.points, glb.colors, cams.c2w, cams.intrinsics, cams.image_sizes)
 
 
 def _write_depth(path: pathlib.Path, pts: np.ndarray, c2w: np.ndarray) -> None:
