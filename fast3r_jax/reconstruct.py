@@ -54,6 +54,7 @@ from fast3r_jax.inference.engine import Engine
 from fast3r_jax.inference.sharded import ShardedEngine
 from fast3r_jax.io import export, images
 from fast3r_jax.io.files import atomic_folder, check_output_folder
+from fast3r_jax.model.fast3r import DTYPES
 
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).parent / "assets" / "builtin"  # trained by configs/train_builtin.py
 BUILTIN_IMAGE_SIZE = 128  # long side of the images the built-in model was trained on (128x96)
@@ -127,6 +128,8 @@ class ReconstructConfig:
             if (value is None and not none_ok) or (value is not None and not (math.isfinite(value) and value > 0)):
                 raise ReconstructError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
 
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ReconstructError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.pose_solver not in POSE_SOLVERS:
             raise ReconstructError(f"--pose-solver must be one of {POSE_SOLVERS}, got {self.pose_solver!r}")
         if self.on_bad_image not in BAD_IMAGE_POLICIES:
@@ -181,10 +184,10 @@ def _read_config(checkpoint: pathlib.Path) -> Fast3RConfig:
         raise ReconstructError(f"cannot use checkpoint {checkpoint}: {err}") from err
 
 
-def load_model(checkpoint: pathlib.Path) -> tuple[Fast3RConfig, dict]:
-    """(config, params) of a checkpoint folder, or one ReconstructError saying why it cannot be used."""
+def load_model(checkpoint: pathlib.Path, dtype: str = "float32") -> tuple[Fast3RConfig, dict]:
+    """(config, params in `dtype`) of a checkpoint folder, or one ReconstructError saying why it cannot be used."""
     try:
-        return load_pretrained(checkpoint)
+        return load_pretrained(checkpoint, dtype=DTYPES[dtype])
     except (ValueError, OSError, KeyError, TypeError) as err:
         raise ReconstructError(f"cannot use checkpoint {checkpoint}: {err}") from err
 
@@ -575,6 +578,8 @@ class Reconstructor:
     (default: `default_dtype()`); a call's `config.dtype` may ask for another (a second engine). mesh: run
     `ShardedEngine` over it (several devices or processes); every process computes the cameras, process 0 alone
     writes. compilation_cache_dir: the persistent XLA cache folder (None: compilation_cache.default_path(); "off").
+    Parameters are restored in the compute dtype, straight onto the device (and once more for a call that asks for
+    another dtype).
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, *, dtype: str | None = None,
@@ -582,20 +587,30 @@ class Reconstructor:
         compilation_cache.enable(compilation_cache_dir)
         self.checkpoint, self.default_checkpoint = resolve_checkpoint(checkpoint)
         self.dtype = dtype or default_dtype()
+        if self.dtype not in DTYPES:
+            raise ReconstructError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         self.mesh = mesh
-        start = time.perf_counter()
-        self.model_config, self._params = load_model(self.checkpoint)
-        self.load_s = time.perf_counter() - start
+        self._params: dict[str, dict] = {}
+        self.params(self.dtype)
         self._engines: dict[tuple, Engine | ShardedEngine] = {}
+
+    def params(self, dtype: str) -> dict:
+        """The checkpoint's parameters in `dtype`, restored on first use and kept (load_s: the seconds it took)."""
+        if dtype not in self._params:
+            start = time.perf_counter()
+            self.model_config, self._params[dtype] = load_model(self.checkpoint, dtype)
+            self.load_s = time.perf_counter() - start
+        return self._params[dtype]
 
     def engine(self, dtype: str, encoder_chunk: int, head_chunk: int, seq_attention: str) -> Engine | ShardedEngine:
         """The engine of these settings, built on first use and kept (its compiled programs with it)."""
         key = (dtype, encoder_chunk, head_chunk, seq_attention if self.mesh is not None else None)
         if key not in self._engines:
+            params = self.params(dtype)
             self._engines[key] = (
-                Engine(self.model_config, self._params, dtype, encoder_chunk=encoder_chunk, head_chunk=head_chunk)
+                Engine(self.model_config, params, dtype, encoder_chunk=encoder_chunk, head_chunk=head_chunk)
                 if self.mesh is None else
-                ShardedEngine(self.model_config, self._params, self.mesh, dtype, encoder_chunk, head_chunk,
+                ShardedEngine(self.model_config, params, self.mesh, dtype, encoder_chunk, head_chunk,
                               seq_attention=seq_attention))
         return self._engines[key]
 
@@ -616,6 +631,7 @@ class Reconstructor:
             notify(f"no --checkpoint given: using the built-in default checkpoint {self.checkpoint}")
         size = check_size(config.size or (BUILTIN_IMAGE_SIZE if self.default_checkpoint else UPSTREAM_IMAGE_SIZE))
         dtype = config.dtype or self.dtype
+        self.params(dtype)
         timings = {"checkpoint_s": self.load_s}
         _CompileClock.read()
 

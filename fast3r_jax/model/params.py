@@ -7,6 +7,7 @@ transformer blocks are stacked on a leading layer axis.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -24,7 +25,13 @@ class CheckpointMismatchError(InputError):
 
 
 def abstract_params(cfg: Fast3RConfig) -> dict:
-    """Parameter tree of a config as jax.ShapeDtypeStruct leaves (no memory allocated)."""
+    """Parameter tree of a config as jax.ShapeDtypeStruct leaves (no memory allocated); the model is traced once
+    per config (a fresh tree of the same leaves each call)."""
+    return jax.tree.map(lambda leaf: leaf, _traced_params(cfg))
+
+
+@functools.cache
+def _traced_params(cfg: Fast3RConfig) -> dict:
     model = nnx.eval_shape(lambda: Fast3R(cfg, rngs=nnx.Rngs(0)))
     return nnx.state(model, nnx.Param).to_pure_dict()
 
