@@ -379,18 +379,23 @@ def select_points(pts: Sequence[np.ndarray], conf: Sequence[np.ndarray], colors:
                   conf_percentile: float | None, conf_threshold: float | None) -> PointCloud:
     """The confident pixels (export.confidence_mask) with finite coordinates; ReconstructError when none is left."""
     masks = export.confidence_mask(conf, conf_percentile, conf_threshold)
-    flats = [np.flatnonzero(m & np.isfinite(p).all(-1)) for p, m in zip(pts, masks)]  # row-major pixel indices
-    ends = np.cumsum([len(f) for f in flats])
-    cloud = PointCloud(np.empty((ends[-1], 3), np.float32), np.empty((ends[-1], 3), np.uint8),
-                       np.empty(ends[-1], np.result_type(*conf)), np.empty(ends[-1], np.int32),
-                       np.empty((ends[-1], 2), np.int64))
-    for i, (p, c, rgb, flat, end) in enumerate(zip(pts, conf, colors, flats, ends)):
-        rows = slice(end - len(flat), end)  # each column filled in place, no per-view copies to concatenate
-        cloud.points[rows] = p.reshape(-1, 3)[flat]
-        cloud.colors[rows] = rgb.reshape(-1, 3)[flat]
-        cloud.conf[rows] = c.reshape(-1)[flat]
-        cloud.view[rows] = i
-        cloud.pixel[rows, 0], cloud.pixel[rows, 1] = np.divmod(flat, p.shape[1])[::-1]
+    # Views in a thread pool: numpy releases the GIL in these whole-array passes.
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        flats = list(pool.map(lambda p, m: np.flatnonzero(m & np.isfinite(p).all(-1)), pts, masks))  # row-major
+        ends = np.cumsum([len(f) for f in flats])
+        cloud = PointCloud(np.empty((ends[-1], 3), np.float32), np.empty((ends[-1], 3), np.uint8),
+                           np.empty(ends[-1], np.result_type(*conf)), np.empty(ends[-1], np.int32),
+                           np.empty((ends[-1], 2), np.int64))
+
+        def fill(i: int) -> None:  # view i's rows of every column, in place
+            flat, rows = flats[i], slice(ends[i] - len(flats[i]), ends[i])
+            cloud.points[rows] = pts[i].reshape(-1, 3)[flat]
+            cloud.colors[rows] = colors[i].reshape(-1, 3)[flat]
+            cloud.conf[rows] = conf[i].reshape(-1)[flat]
+            cloud.view[rows] = i
+            cloud.pixel[rows, 0], cloud.pixel[rows, 1] = np.divmod(flat, pts[i].shape[1])[::-1]
+
+        list(pool.map(fill, range(len(flats))))
     if not len(cloud.points):
         raise ReconstructError(f"no point kept (--conf-percentile {conf_percentile}, --conf-threshold "
                                f"{conf_threshold}): nothing to write; lower the confidence filter")

@@ -379,7 +379,7 @@ def test_reconstructor_keeps_its_engine_between_calls(tmp_path, checkpoint, scen
     """Two calls of one Reconstructor load the checkpoint once and reuse one engine (no second build)."""
     loads = []
     real_load = reconstruct.load_model
-    monkeypatch.setattr(reconstruct, "load_model", lambda path: loads.append(path) or real_load(path))
+    monkeypatch.setattr(reconstruct, "load_model", lambda path, *args: loads.append(path) or real_load(path, *args))
     rec = reconstruct.Reconstructor(checkpoint, compilation_cache_dir="off")
     config = reconstruct.ReconstructConfig(size=64, outputs=("ply",), pose_solver="procrustes")
     first = rec([scene], tmp_path / "a", config)

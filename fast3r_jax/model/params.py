@@ -24,16 +24,19 @@ class CheckpointMismatchError(InputError):
     """The checkpoint's tensors do not match the model config (names or shapes)."""
 
 
-def abstract_params(cfg: Fast3RConfig) -> dict:
-    """Parameter tree of a config as jax.ShapeDtypeStruct leaves (no memory allocated); the model is traced once
-    per config (a fresh tree of the same leaves each call)."""
-    return jax.tree.map(lambda leaf: leaf, _traced_params(cfg))
-
-
 @functools.cache
-def _traced_params(cfg: Fast3RConfig) -> dict:
-    model = nnx.eval_shape(lambda: Fast3R(cfg, rngs=nnx.Rngs(0)))
-    return nnx.state(model, nnx.Param).to_pure_dict()
+def _abstract_model(cfg: Fast3RConfig, dtype) -> tuple[nnx.GraphDef, nnx.State]:
+    """The module of a config and compute dtype, split into its structure and its abstract state (shapes only).
+
+    Constructing the module means tracing every initialiser: done once per (config, dtype) and kept, so that
+    checking, restoring and building a model for it do not trace it again."""
+    return nnx.split(nnx.eval_shape(lambda: Fast3R(cfg, dtype=dtype, rngs=nnx.Rngs(0))))
+
+
+def abstract_params(cfg: Fast3RConfig) -> dict:
+    """Parameter tree of a config as jax.ShapeDtypeStruct leaves (no memory allocated)."""
+    _, state = _abstract_model(cfg, jnp.float32)
+    return nnx.filter_state(state, nnx.Param).to_pure_dict()
 
 
 def init_params(cfg: Fast3RConfig, seed: int = 0) -> dict:
@@ -60,7 +63,7 @@ def check_params(params: Mapping, cfg: Fast3RConfig) -> None:
 def build_model(cfg: Fast3RConfig, params: Mapping, dtype=jnp.float32) -> Fast3R:
     """A Fast3R module holding `params` (checked against the config), computing in `dtype`."""
     check_params(params, cfg)
-    model = nnx.eval_shape(lambda: Fast3R(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    model = nnx.merge(*_abstract_model(cfg, dtype))  # a fresh module of abstract values
     state = nnx.state(model, nnx.Param)
     state.replace_by_pure_dict(jax.tree.map(jnp.asarray, dict(params)))
     nnx.update(model, state)
