@@ -178,11 +178,25 @@ def confidence_mask(conf_list: Sequence[np.ndarray], percentile: float | None = 
             finite = finite[np.concatenate([m.reshape(-1) for m in masks])]  # (n_finite,)
         if finite.size == 0:
             raise ValueError("no finite confidence in conf_list to take a percentile of")
-        cut = np.percentile(finite.astype(np.float64), percentile)
+        cut = _percentile(finite, percentile)
         masks = [m & (c >= cut) for c, m in zip(confs, masks)]  # compared in float64 (cut is a float64 scalar)
     if threshold is not None:
         masks = [m & (c > np.float64(threshold)) for c, m in zip(confs, masks)]
     return masks
+
+
+def _percentile(values: np.ndarray, percentile: float) -> np.float64:
+    """np.percentile(values.astype(np.float64), percentile) (linear method) of a 1-D array it may reorder, without
+    the float64 copy: the two order statistics are found in place in the array's own dtype (widening to float64
+    keeps their order and values), then interpolated in float64 by numpy's rule."""
+    rank = (values.size - 1) * (np.float64(percentile) / 100)
+    below = int(np.floor(rank))
+    above = min(below + 1, values.size - 1)
+    values.partition([below, above] if above > below else below)
+    low, high = np.float64(values[below]), np.float64(values[above])
+    gamma = rank - below
+    diff = high - low
+    return high - diff * (1 - gamma) if gamma >= 0.5 else low + diff * gamma
 
 
 def gather_points(pts3d_list: Sequence[np.ndarray], colors_list: Sequence[np.ndarray],
