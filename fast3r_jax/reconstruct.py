@@ -431,7 +431,7 @@ def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Seque
     """Writes the files of `config.outputs` (see the module docstring) of host arrays into `folder`, each file a
     task of one thread pool; returns point counts. timings receives each output's seconds.
 
-    The per-view maps and the cameras start first; the point cloud is selected meanwhile, then the files made of it
+    The per-view depth and confidence maps start first; the point cloud is selected meanwhile, then the other files
     are queued behind them.
     """
     colors = [view_colors(v) for v in views]

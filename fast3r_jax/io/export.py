@@ -328,7 +328,7 @@ def write_ply(path: PathLike, points, colors) -> int:
     """
     points, colors, dropped = _as_points(points, colors)
     # (N, 15) bytes per vertex: x, y, z little-endian float32, then r, g, b.
-    vertex = np.concatenate([points.astype("<f4", copy=False).view(np.uint8).reshape(-1, 12), colors], axis=1)
+    vertex = np.concatenate([np.ascontiguousarray(points, "<f4").view(np.uint8).reshape(-1, 12), colors], axis=1)
     header = ("ply\nformat binary_little_endian 1.0\n"
               f"element vertex {len(points)}\n"
               "property float x\nproperty float y\nproperty float z\n"
