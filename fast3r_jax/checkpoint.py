@@ -110,7 +110,8 @@ def load_pretrained(directory: str | os.PathLike, sharding: jax.sharding.Shardin
         stored = {str(k): list(v) for k, v in stored.items()}
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise CheckpointError(f"{manifest_path} is damaged: {type(err).__name__}: {err}") from None
-    expected = {k: list(v.shape) for k, v in flat_params(abstract_params(config)).items()}
+    abstract = abstract_params(config, dtype)  # the trace an engine computing in `dtype` reuses
+    expected = {k: list(v.shape) for k, v in flat_params(abstract).items()}
     problems = [f"missing: {k}" for k in sorted(set(expected) - set(stored))]
     problems += [f"unexpected: {k}" for k in sorted(set(stored) - set(expected))]
     problems += [f"mis-shaped: {k}: {stored[k]} vs {expected[k]}" for k in sorted(set(stored) & set(expected))
@@ -118,7 +119,6 @@ def load_pretrained(directory: str | os.PathLike, sharding: jax.sharding.Shardin
     if problems:
         raise CheckpointError(f"{directory} does not match its config.json:\n  " + "\n  ".join(problems))
 
-    abstract = abstract_params(config)
     if sharding is None:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     if isinstance(sharding, jax.sharding.Sharding):
