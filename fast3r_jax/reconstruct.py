@@ -61,8 +61,8 @@ BUILTIN_IMAGE_SIZE = 128  # long side of the images the built-in model was train
 UPSTREAM_IMAGE_SIZE = 512  # long side of the released upstream model's inputs
 BAD_IMAGE_POLICIES = ("fail", "skip")
 DEFAULT_VIDEO_FPS = 1.0
-# PnP correspondences per view: on synthetic scenes with noise and outliers, poses as close to the ground truth as
-# with all pixels (tests/test_cameras.py), and RANSAC dozens of times faster at 512x288.
+# PnP correspondences per view: on synthetic scenes with noise and outliers, poses a few tenths of a degree from those
+# of all pixels (tests/test_cameras.py, README), and RANSAC some 30x faster at 512x288.
 DEFAULT_PNP_POINTS = 8192
 OUTPUTS = ("ply", "colmap", "cameras", "glb", "depth", "confidence", "preview", "pointmaps")
 DEFAULT_OUTPUTS = ("ply", "colmap", "cameras", "glb", "depth", "confidence", "preview")
