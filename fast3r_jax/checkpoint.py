@@ -39,7 +39,7 @@ def save_pretrained(directory: str | os.PathLike, config: Fast3RConfig, params: 
     """Writes config + params into `directory`. The folder appears only once complete (rename of a temp folder);
     with `overwrite` it replaces only a folder that this tool wrote (see fast3r_jax.io.files).
 
-    storage_dtype 'bfloat16' halves the size on disk; `load_pretrained` always returns float32. inputs: files or
+    storage_dtype 'bfloat16' halves the size on disk; `load_pretrained` returns float32 unless asked otherwise. inputs: files or
     folders the job read (a converted checkpoint's source), which the folder may not be, contain or lie inside.
     A full or read-only disk raises its OSError (not Orbax's wrapper), and nothing of the folder is left.
     """
@@ -90,12 +90,15 @@ def load_config(directory: str | os.PathLike) -> Fast3RConfig:
     return load_config_file(path, expect=Fast3RConfig)
 
 
-def load_pretrained(directory: str | os.PathLike,
-                    sharding: jax.sharding.Sharding | Mapping | None = None) -> tuple[Fast3RConfig, dict]:
+def load_pretrained(directory: str | os.PathLike, sharding: jax.sharding.Sharding | Mapping | None = None,
+                    dtype: Any = np.float32) -> tuple[Fast3RConfig, dict]:
     """Restores (config, params) from a folder written by `save_pretrained` or `python -m fast3r_jax.convert`.
 
     sharding: one Sharding for every parameter, or a tree of Shardings shaped like the parameters; by default
     the parameters land on this process's first device (with several processes, each restores its own copy).
+    dtype: the parameters' dtype, whatever the storage's: Orbax casts while reading, so that e.g. a float32
+    checkpoint for bfloat16 compute (the model casts its parameters to its compute dtype anyway, so its outputs are
+    the same) moves half the bytes to the device and is held there once.
     """
     directory = pathlib.Path(directory).absolute()
     config = load_config(directory)
@@ -107,7 +110,8 @@ def load_pretrained(directory: str | os.PathLike,
         stored = {str(k): list(v) for k, v in stored.items()}
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise CheckpointError(f"{manifest_path} is damaged: {type(err).__name__}: {err}") from None
-    expected = {k: list(v.shape) for k, v in flat_params(abstract_params(config)).items()}
+    abstract = abstract_params(config, dtype)  # the trace an engine computing in `dtype` reuses
+    expected = {k: list(v.shape) for k, v in flat_params(abstract).items()}
     problems = [f"missing: {k}" for k in sorted(set(expected) - set(stored))]
     problems += [f"unexpected: {k}" for k in sorted(set(stored) - set(expected))]
     problems += [f"mis-shaped: {k}: {stored[k]} vs {expected[k]}" for k in sorted(set(stored) & set(expected))
@@ -115,12 +119,11 @@ def load_pretrained(directory: str | os.PathLike,
     if problems:
         raise CheckpointError(f"{directory} does not match its config.json:\n  " + "\n  ".join(problems))
 
-    abstract = abstract_params(config)
     if sharding is None:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     if isinstance(sharding, jax.sharding.Sharding):
         sharding = jax.tree.map(lambda _: sharding, abstract)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sharding)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, dtype, sharding=s), abstract, sharding)
     try:
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(directory / "params", target)
@@ -128,4 +131,4 @@ def load_pretrained(directory: str | os.PathLike,
         message = " ".join(str(err).split())[:300]
         raise CheckpointError(f"{directory}: the parameters under params/ cannot be restored (damaged or "
                               f"incomplete checkpoint): {type(err).__name__}: {message}") from err
-    return config, jax.tree.map(lambda x: x.astype(np.float32), params)
+    return config, params

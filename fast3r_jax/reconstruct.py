@@ -48,18 +48,22 @@ from fast3r_jax.checkpoint import load_config, load_pretrained
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.data.synthetic import CAMERAS_FILE, read_example_cameras
 from fast3r_jax.errors import InputError
-from fast3r_jax.geometry.cameras import POSE_SOLVERS, Cameras, estimate_cameras, read_intrinsics
+from fast3r_jax.geometry.cameras import MIN_PNP_POINTS, POSE_SOLVERS, Cameras, estimate_cameras, read_intrinsics
 from fast3r_jax.geometry.metrics import pose_errors
 from fast3r_jax.inference.engine import Engine
 from fast3r_jax.inference.sharded import ShardedEngine
 from fast3r_jax.io import export, images
 from fast3r_jax.io.files import atomic_folder, check_output_folder
+from fast3r_jax.model.fast3r import DTYPES
 
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).parent / "assets" / "builtin"  # trained by configs/train_builtin.py
 BUILTIN_IMAGE_SIZE = 128  # long side of the images the built-in model was trained on (128x96)
 UPSTREAM_IMAGE_SIZE = 512  # long side of the released upstream model's inputs
 BAD_IMAGE_POLICIES = ("fail", "skip")
 DEFAULT_VIDEO_FPS = 1.0
+# PnP correspondences per view: on synthetic scenes with noise and outliers, poses a few tenths of a degree from those
+# of all pixels (tests/test_cameras.py, README), and RANSAC some 30x faster at 512x288.
+DEFAULT_PNP_POINTS = 8192
 OUTPUTS = ("ply", "colmap", "cameras", "glb", "depth", "confidence", "preview", "pointmaps")
 DEFAULT_OUTPUTS = ("ply", "colmap", "cameras", "glb", "depth", "confidence", "preview")
 MAP_FORMATS = ("png", "npy")
@@ -90,7 +94,8 @@ class ReconstructConfig:
     the GLB and the COLMAP model (the most confident points); max_preview_points: points rendered in the preview.
     maps_format: depth and confidence maps as 'png' or 'npy'. colmap_text: COLMAP text model instead of binary.
     intrinsics: a file of known intrinsics of the original images (COLMAP cameras, or our cameras.json), used by
-    both pose solvers instead of estimated focals (geometry.cameras.read_intrinsics).
+    both pose solvers instead of estimated focals (geometry.cameras.read_intrinsics). max_pnp_points: PnP's
+    correspondences per view, an evenly spaced subset of the conf > 1 pixels (None: all of them, as upstream).
     """
 
     size: int | None = None
@@ -111,10 +116,11 @@ class ReconstructConfig:
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     max_glb_points: int | None = 300_000
     max_colmap_points: int | None = 50_000
-    max_preview_points: int = 200_000
+    max_preview_points: int = 50_000
     colmap_text: bool = False
     maps_format: str = "png"
     intrinsics: str | None = None
+    max_pnp_points: int | None = DEFAULT_PNP_POINTS
 
     def check(self) -> None:
         """Raises ReconstructError naming the first setting that is out of range."""
@@ -122,6 +128,8 @@ class ReconstructConfig:
             if (value is None and not none_ok) or (value is not None and not (math.isfinite(value) and value > 0)):
                 raise ReconstructError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
 
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ReconstructError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.pose_solver not in POSE_SOLVERS:
             raise ReconstructError(f"--pose-solver must be one of {POSE_SOLVERS}, got {self.pose_solver!r}")
         if self.on_bad_image not in BAD_IMAGE_POLICIES:
@@ -132,6 +140,8 @@ class ReconstructConfig:
             raise ReconstructError(f"--conf-threshold must be a finite number, got {self.conf_threshold}")
         for name in ("video_fps", "video_frames", "max_views", "encoder_chunk", "head_chunk", "max_preview_points"):
             positive(name, getattr(self, name))
+        if self.max_pnp_points is not None and self.max_pnp_points < MIN_PNP_POINTS:
+            raise ReconstructError(f"--max-pnp-points must be at least {MIN_PNP_POINTS}, got {self.max_pnp_points}")
         for name in ("max_glb_points", "max_colmap_points"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ReconstructError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -174,10 +184,10 @@ def _read_config(checkpoint: pathlib.Path) -> Fast3RConfig:
         raise ReconstructError(f"cannot use checkpoint {checkpoint}: {err}") from err
 
 
-def load_model(checkpoint: pathlib.Path) -> tuple[Fast3RConfig, dict]:
-    """(config, params) of a checkpoint folder, or one ReconstructError saying why it cannot be used."""
+def load_model(checkpoint: pathlib.Path, dtype: str = "float32") -> tuple[Fast3RConfig, dict]:
+    """(config, params in `dtype`) of a checkpoint folder, or one ReconstructError saying why it cannot be used."""
     try:
-        return load_pretrained(checkpoint)
+        return load_pretrained(checkpoint, dtype=DTYPES[dtype])
     except (ValueError, OSError, KeyError, TypeError) as err:
         raise ReconstructError(f"cannot use checkpoint {checkpoint}: {err}") from err
 
@@ -369,13 +379,23 @@ def select_points(pts: Sequence[np.ndarray], conf: Sequence[np.ndarray], colors:
                   conf_percentile: float | None, conf_threshold: float | None) -> PointCloud:
     """The confident pixels (export.confidence_mask) with finite coordinates; ReconstructError when none is left."""
     masks = export.confidence_mask(conf, conf_percentile, conf_threshold)
-    parts = []
-    for i, (p, c, rgb, m) in enumerate(zip(pts, conf, colors, masks)):
-        flat = np.flatnonzero(m & np.isfinite(p).all(-1))  # (n_i,) row-major pixel indices
-        width = p.shape[1]
-        parts.append((p.reshape(-1, 3)[flat].astype(np.float32), rgb.reshape(-1, 3)[flat], c.reshape(-1)[flat],
-                      np.full(len(flat), i, np.int32), np.stack([flat % width, flat // width], -1)))
-    cloud = PointCloud(*(np.concatenate(column) for column in zip(*parts)))
+    # Views in a thread pool: numpy releases the GIL in these whole-array passes.
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        flats = list(pool.map(lambda p, m: np.flatnonzero(m & np.isfinite(p).all(-1)), pts, masks))  # row-major
+        ends = np.cumsum([len(f) for f in flats])
+        cloud = PointCloud(np.empty((ends[-1], 3), np.float32), np.empty((ends[-1], 3), np.uint8),
+                           np.empty(ends[-1], np.result_type(*conf)), np.empty(ends[-1], np.int32),
+                           np.empty((ends[-1], 2), np.int64))
+
+        def fill(i: int) -> None:  # view i's rows of every column, in place
+            flat, rows = flats[i], slice(ends[i] - len(flats[i]), ends[i])
+            cloud.points[rows] = pts[i].reshape(-1, 3)[flat]
+            cloud.colors[rows] = colors[i].reshape(-1, 3)[flat]
+            cloud.conf[rows] = conf[i].reshape(-1)[flat]
+            cloud.view[rows] = i
+            cloud.pixel[rows, 0], cloud.pixel[rows, 1] = np.divmod(flat, pts[i].shape[1])[::-1]
+
+        list(pool.map(fill, range(len(flats))))
     if not len(cloud.points):
         raise ReconstructError(f"no point kept (--conf-percentile {conf_percentile}, --conf-threshold "
                                f"{conf_threshold}): nothing to write; lower the confidence filter")
@@ -409,44 +429,17 @@ def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Seque
                   names: Sequence[str], config: ReconstructConfig = ReconstructConfig(),
                   timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Writes the files of `config.outputs` (see the module docstring) of host arrays into `folder`, each file a
-    task of one thread pool; returns point counts. timings receives each output's seconds."""
+    task of one thread pool; returns point counts. timings receives each output's seconds.
+
+    The per-view depth and confidence maps start first; the point cloud is selected meanwhile, then the other files
+    are queued behind them.
+    """
     colors = [view_colors(v) for v in views]
     pts = [np.asarray(o["pts3d_in_other_view"]) for o in outputs]
     conf = [np.asarray(o["conf"]) for o in outputs]
-    cloud = select_points(pts, conf, colors, config.conf_percentile, config.conf_threshold)
     cam_args = (cams.c2w, cams.intrinsics, cams.image_sizes)
-    wanted = set(config.outputs)
-    tasks: dict[str, list[Callable[[], Any]]] = {name: [] for name in OUTPUTS if name in wanted}
-
-    if "ply" in wanted:
-        tasks["ply"].append(lambda: export.write_ply(folder / "points.ply", cloud.points, cloud.colors))
-    if "colmap" in wanted:
-        tasks["colmap"].append(lambda: _write_colmap(folder / "colmap", views, cams, names, cloud, config))
-    if "cameras" in wanted:
-        tasks["cameras"].append(lambda: export.write_cameras_json(folder / "cameras.json", *cam_args, names))
-    if "glb" in wanted:
-        glb = cloud.take(export.most_confident(cloud.conf, config.max_glb_points))
-        tasks["glb"].append(lambda: export.write_glb(folder / "scene.glb", glb.points, glb.colors, *cam_args))
-    if "preview" in wanted:
-        tasks["preview"].append(lambda: export.write_preview_png(
-            folder / "preview.png", cloud.points, cloud.colors, *cam_args, max_points=config.max_preview_points))
-    if "pointmaps" in wanted:
-        local = [np.asarray(o["pts3d_local"]) for o in outputs]
-        conf_local = [np.asarray(o["conf_local"]) for o in outputs]
-        tasks["pointmaps"].append(lambda: export.write_pointmaps(folder / "pointmaps.npz", pts, conf, local,
-                                                                 conf_local, colors))
-    conf_range = (min(float(np.nanmin(c)) for c in conf), max(float(np.nanmax(c)) for c in conf))
-    ext = config.maps_format
-    for i, (name, p, c) in enumerate(zip(names, pts, conf)):
-        stem = f"{i:04d}_{pathlib.Path(name).stem}.{ext}"
-        if "depth" in wanted:
-            tasks["depth"].append(lambda i=i, p=p, stem=stem: _write_depth(folder / "depth" / stem, p, cams.c2w[i]))
-        if "confidence" in wanted:
-            write = ((lambda path, c: export.write_npy(path, c.astype(np.float32))) if ext == "npy" else
-                     (lambda path, c: export.write_confidence_png(path, c, *conf_range)))
-            tasks["confidence"].append(lambda c=c, stem=stem, write=write: write(folder / "confidence" / stem, c))
-
-    seconds = dict.fromkeys(tasks, 0.0)
+    wanted = [name for name in OUTPUTS if name in config.outputs]
+    seconds = dict.fromkeys(wanted, 0.0)
     lock = threading.Lock()
 
     def timed(name: str, task: Callable[[], Any]) -> None:
@@ -455,9 +448,22 @@ def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Seque
         with lock:
             seconds[name] += time.perf_counter() - start
 
-    with concurrent.futures.ThreadPoolExecutor(min(8, (os.cpu_count() or 1) + 2)) as pool:
-        futures = [pool.submit(timed, name, task) for name, group in tasks.items() for task in group]
+    with concurrent.futures.ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4)) as pool:
+        futures = [pool.submit(timed, name, task) for name, task in _map_tasks(folder, pts, conf, cams, names, config)]
         try:
+            cloud = select_points(pts, conf, colors, config.conf_percentile, config.conf_threshold)
+            tasks = {
+                "ply": lambda: export.write_ply(folder / "points.ply", cloud.points, cloud.colors),
+                "colmap": lambda: _write_colmap(folder / "colmap", views, cams, names, cloud, config),
+                "cameras": lambda: export.write_cameras_json(folder / "cameras.json", *cam_args, names),
+                "glb": lambda: _write_glb(folder / "scene.glb", cloud, cams, config.max_glb_points),
+                "preview": lambda: export.write_preview_png(folder / "preview.png", cloud.points, cloud.colors,
+                                                            *cam_args, max_points=config.max_preview_points),
+                "pointmaps": lambda: export.write_pointmaps(
+                    folder / "pointmaps.npz", pts, conf, [np.asarray(o["pts3d_local"]) for o in outputs],
+                    [np.asarray(o["conf_local"]) for o in outputs], colors),
+            }
+            futures += [pool.submit(timed, name, tasks[name]) for name in wanted if name in tasks]
             for future in futures:
                 future.result()  # the first failure (e.g. a full disk) ends the export
         finally:
@@ -466,6 +472,30 @@ def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Seque
     if timings is not None:
         timings |= {f"{name}_s": value for name, value in seconds.items()}
     return dict(points=len(cloud.points), pixels=int(sum(c.size for c in conf)))
+
+
+def _map_tasks(folder: pathlib.Path, pts: Sequence[np.ndarray], conf: Sequence[np.ndarray], cams: Cameras,
+               names: Sequence[str], config: ReconstructConfig) -> list[tuple[str, Callable[[], None]]]:
+    """(output name, task) writing each view's depth and confidence map, as `config.outputs` asks."""
+    tasks: list[tuple[str, Callable[[], None]]] = []
+    if "confidence" in config.outputs:
+        conf_range = (min(float(np.nanmin(c)) for c in conf), max(float(np.nanmax(c)) for c in conf))
+    ext = config.maps_format
+    for i, (name, p, c) in enumerate(zip(names, pts, conf)):
+        stem = f"{i:04d}_{pathlib.Path(name).stem}.{ext}"
+        if "depth" in config.outputs:
+            tasks.append(("depth", lambda i=i, p=p, stem=stem: _write_depth(folder / "depth" / stem, p, cams.c2w[i])))
+        if "confidence" in config.outputs:
+            path = folder / "confidence" / stem
+            tasks.append(("confidence", (lambda path=path, c=c: export.write_npy(path, c.astype(np.float32)))
+                          if ext == "npy" else (lambda path=path, c=c: export.write_confidence_png(path, c, *conf_range))))
+    return tasks
+
+
+def _write_glb(path: pathlib.Path, cloud: PointCloud, cams: Cameras, budget: int | None) -> None:
+    """The scene with the `budget` most confident points of the cloud and the cameras."""
+    glb = cloud.take(export.most_confident(cloud.conf, budget))
+    export.write_glb(path, glb.points, glb.colors, cams.c2w, cams.intrinsics, cams.image_sizes)
 
 
 def _write_depth(path: pathlib.Path, pts: np.ndarray, c2w: np.ndarray) -> None:
@@ -553,6 +583,8 @@ class Reconstructor:
     (default: `default_dtype()`); a call's `config.dtype` may ask for another (a second engine). mesh: run
     `ShardedEngine` over it (several devices or processes); every process computes the cameras, process 0 alone
     writes. compilation_cache_dir: the persistent XLA cache folder (None: compilation_cache.default_path(); "off").
+    Parameters are restored in the compute dtype, straight onto the device (and once more for a call that asks for
+    another dtype).
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, *, dtype: str | None = None,
@@ -560,20 +592,30 @@ class Reconstructor:
         compilation_cache.enable(compilation_cache_dir)
         self.checkpoint, self.default_checkpoint = resolve_checkpoint(checkpoint)
         self.dtype = dtype or default_dtype()
+        if self.dtype not in DTYPES:
+            raise ReconstructError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         self.mesh = mesh
-        start = time.perf_counter()
-        self.model_config, self._params = load_model(self.checkpoint)
-        self.load_s = time.perf_counter() - start
+        self._params: dict[str, dict] = {}
+        self.params(self.dtype)
         self._engines: dict[tuple, Engine | ShardedEngine] = {}
+
+    def params(self, dtype: str) -> dict:
+        """The checkpoint's parameters in `dtype`, restored on first use and kept (load_s: the seconds it took)."""
+        if dtype not in self._params:
+            start = time.perf_counter()
+            self.model_config, self._params[dtype] = load_model(self.checkpoint, dtype)
+            self.load_s = time.perf_counter() - start
+        return self._params[dtype]
 
     def engine(self, dtype: str, encoder_chunk: int, head_chunk: int, seq_attention: str) -> Engine | ShardedEngine:
         """The engine of these settings, built on first use and kept (its compiled programs with it)."""
         key = (dtype, encoder_chunk, head_chunk, seq_attention if self.mesh is not None else None)
         if key not in self._engines:
+            params = self.params(dtype)
             self._engines[key] = (
-                Engine(self.model_config, self._params, dtype, encoder_chunk=encoder_chunk, head_chunk=head_chunk)
+                Engine(self.model_config, params, dtype, encoder_chunk=encoder_chunk, head_chunk=head_chunk)
                 if self.mesh is None else
-                ShardedEngine(self.model_config, self._params, self.mesh, dtype, encoder_chunk, head_chunk,
+                ShardedEngine(self.model_config, params, self.mesh, dtype, encoder_chunk, head_chunk,
                               seq_attention=seq_attention))
         return self._engines[key]
 
@@ -594,6 +636,7 @@ class Reconstructor:
             notify(f"no --checkpoint given: using the built-in default checkpoint {self.checkpoint}")
         size = check_size(config.size or (BUILTIN_IMAGE_SIZE if self.default_checkpoint else UPSTREAM_IMAGE_SIZE))
         dtype = config.dtype or self.dtype
+        self.params(dtype)
         timings = {"checkpoint_s": self.load_s}
         _CompileClock.read()
 
@@ -616,7 +659,8 @@ class Reconstructor:
         start = time.perf_counter()
         on_device = config.pose_solver == "procrustes" and self.mesh is None  # sharded outputs go via the host copy
         known = None if config.intrinsics is None else known_intrinsics(config.intrinsics, views, notify)
-        cams = estimate_cameras(outputs if on_device else host_outputs, config.pose_solver, intrinsics=known)
+        cams = estimate_cameras(outputs if on_device else host_outputs, config.pose_solver, intrinsics=known,
+                                max_pnp_points=config.max_pnp_points)
         timings["cameras_s"] = time.perf_counter() - start
         timings["compile_s"] = _CompileClock.read()  # within inference and cameras
         if cams.failed:

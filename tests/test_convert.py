@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -12,6 +13,8 @@ from fast3r_jax import load_pretrained, predict
 from fast3r_jax.checkpoint import CheckpointError
 from fast3r_jax.cli import main as cli_main
 from fast3r_jax.convert.table import params_from_torch, params_to_torch
+from fast3r_jax.inference.engine import Engine
+from fast3r_jax.model.fast3r import OUTPUT_KEYS
 from fast3r_jax.model.params import CheckpointMismatchError
 from tests.helpers.parity import assert_within, golden_views, output_errors
 from tests.helpers.reference_weights import DATA, tiny_state_dict
@@ -136,6 +139,14 @@ def test_load_pretrained_onto_a_sharding_and_bad_folders(tmp_path, state_dict):
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     _, params = load_pretrained(tmp_path / "out", sharding=sharding)
     assert all(leaf.sharding == sharding for leaf in jax.tree.leaves(params))
+    config, bf16 = load_pretrained(tmp_path / "out", dtype=jnp.bfloat16)  # cast while restoring
+    assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(bf16))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a.astype(jnp.bfloat16), b), params, bf16)
+    # The model casts its parameters to the compute dtype: bfloat16 ones give the same bfloat16 outputs.
+    views = [{"img": np.random.default_rng(i).uniform(-1, 1, (1, 3, 32, 48)).astype(np.float32)} for i in range(2)]
+    outputs = [Engine(config, p, "bfloat16")(views, np.arange(2)) for p in (params, bf16)]
+    for key in OUTPUT_KEYS:
+        np.testing.assert_array_equal(np.asarray(outputs[0][1][key]), np.asarray(outputs[1][1][key]))
     with pytest.raises(CheckpointError, match="config.json"):
         load_pretrained(tmp_path / "nowhere")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

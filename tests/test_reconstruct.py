@@ -379,7 +379,7 @@ def test_reconstructor_keeps_its_engine_between_calls(tmp_path, checkpoint, scen
     """Two calls of one Reconstructor load the checkpoint once and reuse one engine (no second build)."""
     loads = []
     real_load = reconstruct.load_model
-    monkeypatch.setattr(reconstruct, "load_model", lambda path: loads.append(path) or real_load(path))
+    monkeypatch.setattr(reconstruct, "load_model", lambda path, *args: loads.append(path) or real_load(path, *args))
     rec = reconstruct.Reconstructor(checkpoint, compilation_cache_dir="off")
     config = reconstruct.ReconstructConfig(size=64, outputs=("ply",), pose_solver="procrustes")
     first = rec([scene], tmp_path / "a", config)
@@ -476,7 +476,8 @@ def test_malformed_ground_truth_is_noted_and_ignored(tmp_path, capsys, checkpoin
 
 
 @pytest.mark.parametrize("flag, value", [("--video-fps", "0"), ("--video-fps", "-2"), ("--conf-threshold", "nan"),
-                                         ("--outputs", "ply,mesh"), ("--max-glb-points", "-1")])
+                                         ("--outputs", "ply,mesh"), ("--max-glb-points", "-1"),
+                                         ("--max-pnp-points", "3"), ("--max-pnp-points", "many")])
 def test_bad_flag_values_name_the_flag(tmp_path, capsys, scene, flag, value):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["reconstruct", str(scene), "--out", str(tmp_path / "out"), flag, value])
@@ -485,7 +486,8 @@ def test_bad_flag_values_name_the_flag(tmp_path, capsys, scene, flag, value):
 
 
 @pytest.mark.parametrize("field, value", [("video_fps", 0.0), ("conf_threshold", float("nan")),
-                                          ("outputs", ("ply", "mesh")), ("max_views", 0)])
+                                          ("outputs", ("ply", "mesh")), ("max_views", 0), ("max_pnp_points", 3),
+                                          ("dtype", "float16")])
 def test_config_check_names_the_setting(field, value):
     with pytest.raises(reconstruct.ReconstructError, match=field.replace("_", "-")):
         reconstruct.ReconstructConfig(**{field: value}).check()

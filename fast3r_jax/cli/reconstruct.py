@@ -24,6 +24,15 @@ def _outputs(text: str) -> tuple[str, ...]:
     return names
 
 
+def _pnp_points(text: str) -> int | None:
+    if text == "all":
+        return None
+    value = int(text)
+    if value < reconstruct_lib.MIN_PNP_POINTS:
+        raise argparse.ArgumentTypeError(f"must be 'all' or at least {reconstruct_lib.MIN_PNP_POINTS}, got {value}")
+    return value
+
+
 def add_arguments(r: argparse.ArgumentParser) -> None:
     r.description = (
         "Reconstructs a scene from images (files, folders, glob patterns) and videos: writes a point cloud (PLY), "
@@ -48,6 +57,9 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
                    help="keep points whose confidence exceeds this")
     r.add_argument("--pose-solver", choices=reconstruct_lib.POSE_SOLVERS, default="pnp",
                    help="pnp: upstream's focal + RANSAC-PnP (host); procrustes: local-to-global alignment (device)")
+    r.add_argument("--max-pnp-points", type=_pnp_points, default=reconstruct_lib.DEFAULT_PNP_POINTS, metavar="N|all",
+                   help="PnP correspondences per view, evenly spaced over the conf > 1 pixels (default "
+                        f"{reconstruct_lib.DEFAULT_PNP_POINTS}); 'all' uses every one, as upstream")
     r.add_argument("--seed", type=int, default=0, help="seed of the random image ids (default 0)")
     r.add_argument("--image-ids", choices=IMAGE_ID_POLICIES, default=None,
                    help="random: as upstream draws them (seeded); sequential: 0..N-1 (default: the checkpoint's)")
@@ -103,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         on_bad_image=args.on_bad_image, overwrite=args.overwrite, video_fps=args.video_fps,
         video_frames=args.video_frames, seq_attention=args.seq_attention, outputs=args.outputs,
         max_glb_points=args.max_glb_points, max_colmap_points=args.max_colmap_points, colmap_text=args.colmap_text,
-        maps_format=args.maps, intrinsics=args.intrinsics)
+        maps_format=args.maps, intrinsics=args.intrinsics, max_pnp_points=args.max_pnp_points)
     summary = reconstruct_lib.reconstruct(
         args.inputs, args.out, config, checkpoint=args.checkpoint, mesh=distributed.inference_mesh(args.sharded),
         compilation_cache_dir=args.compilation_cache, progress=None if lead else False,

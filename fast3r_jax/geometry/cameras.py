@@ -225,23 +225,36 @@ def _pinhole(focal: float, height: int, width: int) -> np.ndarray:
     return np.float32([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]])
 
 
-def _pnp_ransac(cv2, pts3d: np.ndarray, mask: np.ndarray, candidates: Sequence[np.ndarray],
+def pnp_correspondences(pts3d: np.ndarray, conf: np.ndarray,
+                        max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(points (N, 3), pixels (N, 2) (x, y)) float32 of the pixels with conf > PNP_MIN_CONF, in row-major order.
+
+    max_points: keep at most this many, evenly spaced along that order (deterministic, spread over the whole
+    image); None keeps all of them (upstream's input).
+    """
+    flat = np.flatnonzero(conf.reshape(-1) > PNP_MIN_CONF)  # (N,) row-major pixel indices
+    if max_points is not None and len(flat) > max_points:
+        flat = flat[np.round(np.linspace(0, len(flat) - 1, max_points)).astype(np.int64)]
+    width = conf.shape[1]
+    pixels = np.stack([flat % width, flat // width], axis=-1).astype(np.float32)
+    return pts3d.reshape(-1, 3)[flat], pixels
+
+
+def _pnp_ransac(cv2, points: np.ndarray, pixels: np.ndarray, candidates: Sequence[np.ndarray],
                 niter: int) -> tuple[int, np.ndarray, np.ndarray] | None:
-    """(index of the best candidate K, rvec, tvec) by RANSAC-PnP inlier count, or None if all fail.
+    """(index of the best candidate K, rvec, tvec) by RANSAC-PnP inlier count on the correspondences points
+    (N, 3) <-> pixels (N, 2), or None if all fail.
 
     Safe to call from several threads: OpenCV releases the GIL and seeds the RANSAC generator of every call the
     same way, so a view's result does not depend on what else runs.
     """
-    if mask.sum() < MIN_PNP_POINTS:
+    if len(points) < MIN_PNP_POINTS:
         return None
-    height, width = mask.shape
-    xs, ys = np.meshgrid(np.arange(width), np.arange(height), indexing="xy")
-    pixels = np.stack([xs, ys], axis=-1).astype(np.float32)  # (H, W, 2)
     best_inliers, best = 0, None
     for index, intrinsics in enumerate(candidates):
         try:
             ok, rvec, tvec, inliers = cv2.solvePnPRansac(
-                pts3d[mask], pixels[mask], intrinsics, None, iterationsCount=niter,
+                points, pixels, intrinsics, None, iterationsCount=niter,
                 reprojectionError=PNP_REPROJ_ERROR_PX, flags=cv2.SOLVEPNP_SQPNP)
         except cv2.error:  # degenerate inputs (e.g. zero focal) make the solver throw
             continue
@@ -258,6 +271,7 @@ def estimate_camera_poses_pnp(
     *,
     intrinsics: np.ndarray | None = None,
     workers: int | None = None,
+    max_points: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference-evaluation cameras: Weiszfeld focal and OpenCV RANSAC-PnP (SQPnP) per view, on the host.
 
@@ -267,7 +281,8 @@ def estimate_camera_poses_pnp(
     view keeps the focal among 100 geometric steps in [max(H, W) / 2, 3 max(H, W)] with the most inliers.
     Given `intrinsics`, each view is solved with its own K instead (focal_mode is then unused).
     A view whose PnP fails gets the identity pose and a NaN focal. Views are solved in a pool of `workers`
-    threads (default: one per CPU, at most one per view); the result does not depend on it.
+    threads (default: one per CPU, at most one per view); the result does not depend on it. `max_points` caps
+    the correspondences per view (`pnp_correspondences`; None, the default, keeps all of them, as upstream).
 
     Args:
         pts3d_global: V arrays (H_i, W_i, 3) (or one (V, H, W, 3) array) of points in the global frame.
@@ -276,6 +291,7 @@ def estimate_camera_poses_pnp(
         niter: RANSAC iterations.
         intrinsics: optional known (V, 3, 3) pinhole matrices at the pointmaps' resolution.
         workers: threads solving views concurrently.
+        max_points: correspondences per view at most (an evenly spaced subset), or None for all.
 
     Returns:
         c2w (V, 4, 4) float32 and focals (V,) float32 (fx of the K used).
@@ -286,6 +302,8 @@ def estimate_camera_poses_pnp(
         raise ImportError("estimate_camera_poses_pnp needs OpenCV: pip install opencv-python-headless") from err
     if focal_mode not in FOCAL_MODES:
         raise ValueError(f"focal_mode must be one of {FOCAL_MODES}, got {focal_mode!r}")
+    if max_points is not None and max_points < MIN_PNP_POINTS:
+        raise ValueError(f"max_points must be at least {MIN_PNP_POINTS} or None, got {max_points}")
     views = [np.asarray(p, np.float32) for p in pts3d_global]
     confs = [np.asarray(c, np.float32) for c in conf]
     if not views or len(views) != len(confs):
@@ -304,7 +322,8 @@ def estimate_camera_poses_pnp(
                                                                    num=NUM_GUESSED_FOCALS)] for c in confs]
 
     def solve(view: int):
-        return _pnp_ransac(cv2, views[view], confs[view] > PNP_MIN_CONF, candidates[view], niter)
+        points, pixels = pnp_correspondences(views[view], confs[view], max_points)
+        return _pnp_ransac(cv2, points, pixels, candidates[view], niter)
 
     workers = min(len(views), workers or os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -360,7 +379,7 @@ def _procrustes(pts3d_local: jax.Array, pts3d_global: jax.Array, conf: jax.Array
 
 def estimate_cameras(outputs: Sequence[Mapping], solver: str = "pnp", *,
                      min_conf_percentile: float = FOCAL_CONF_PERCENTILE,
-                     intrinsics: np.ndarray | None = None) -> Cameras:
+                     intrinsics: np.ndarray | None = None, max_pnp_points: int | None = None) -> Cameras:
     """Cameras from per-view predictions (dicts with pts3d_in_other_view, conf, pts3d_local, conf_local; maps
     (H, W, ...) in true orientation, numpy or device arrays, any mix of shapes).
 
@@ -368,7 +387,8 @@ def estimate_cameras(outputs: Sequence[Mapping], solver: str = "pnp", *,
     in parallel threads). 'procrustes': per-view focal from the local pointmap and pose from the similarity between
     local and global pointmaps weighted by the confidences at or above their `min_conf_percentile` percentile (0:
     every pixel, as the reference evaluation weights them), one jitted call per image shape. `min_conf_percentile`
-    applies to Procrustes only; PnP keeps upstream's fixed rules.
+    applies to Procrustes only; PnP keeps upstream's fixed rules. `max_pnp_points` caps PnP's correspondences per
+    view (an evenly spaced subset of them; None: all, upstream's rule).
 
     intrinsics: known (V, 3, 3) pinhole matrices at the pointmaps' resolution (see `read_intrinsics` and
     `resize_crop_intrinsics`): PnP solves with them instead of the estimated focal; Procrustes keeps its poses.
@@ -383,7 +403,8 @@ def estimate_cameras(outputs: Sequence[Mapping], solver: str = "pnp", *,
     if solver == "pnp":
         c2w, focals = estimate_camera_poses_pnp(
             [np.asarray(o["pts3d_in_other_view"]) for o in outputs], [np.asarray(o["conf"]) for o in outputs],
-            focal_mode="first_view_from_global_head", niter=PNP_ITERATIONS, intrinsics=known)
+            focal_mode="first_view_from_global_head", niter=PNP_ITERATIONS, intrinsics=known,
+            max_points=max_pnp_points)
         c2w, focals = c2w.astype(np.float64), focals.astype(np.float64)
         c2w[np.isnan(focals)] = np.nan  # PnP failed: a failed pose, also when the intrinsics are known
     else:

@@ -28,11 +28,13 @@ import logging
 import math
 import os
 import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from fast3r_jax.geometry.transforms import inverse_rigid
@@ -49,6 +51,7 @@ FRUSTUM_EDGES = np.array([[0, 1], [0, 2], [0, 3], [0, 4], [1, 2], [2, 3], [3, 4]
 OPENCV_TO_GLTF = np.array([1.0, -1.0, -1.0])
 COLMAP_UNKNOWN_ERROR = -1.0  # COLMAP's own value for a 3D point whose reprojection error is unknown.
 DEPTH_PNG_MAX = 65535
+MAX_SPLAT_RADIUS = 8  # preview splats cover at most (2 * 8 + 1)^2 pixels
 # Viridis sampled at 0, 1/4, 1/2, 3/4, 1 (sRGB); colorize interpolates linearly between these.
 _RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64)
 _GLB_MAGIC, _GLB_JSON, _GLB_BIN = 0x46546C67, 0x4E4F534A, 0x004E4942
@@ -66,13 +69,13 @@ def _num(x: float) -> str:
 
 
 def _save_png(path: PathLike, image: Image.Image, text: dict[str, str] | None = None) -> None:
-    """Lossless PNG with zlib level 1: depth maps compress about as well as at the default level 6, several times
-    faster."""
+    """Lossless PNG with zlib level 1 and run-length matching (Z_RLE): depth maps compress as well as at the default
+    level 6 (within 0.2%) 4x faster, confidence maps better than at level 1 with the default strategy."""
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
     with atomic_file(path) as f:
-        image.save(f, format="PNG", pnginfo=info, compress_level=1)
+        image.save(f, format="PNG", pnginfo=info, compress_level=1, compress_type=zlib.Z_RLE)
 
 
 # ------------------------------------------------------------------------------------------- input checking
@@ -93,11 +96,12 @@ def _as_points(points, colors) -> tuple[np.ndarray, np.ndarray, int]:
     if not (np.issubdtype(points.dtype, np.floating) or np.issubdtype(points.dtype, np.integer)):
         raise ValueError(f"points must be real numbers, got dtype {points.dtype}")
     with np.errstate(over="ignore"):
-        points = points.astype(np.float32)
+        points = points.astype(np.float32, copy=False)
     finite = np.isfinite(points).all(axis=1)  # (N,)
     dropped = int(points.shape[0] - np.count_nonzero(finite))
-    if dropped:
-        log.warning("dropping %d of %d points with non-finite coordinates", dropped, points.shape[0])
+    if not dropped:
+        return points, colors, 0
+    log.warning("dropping %d of %d points with non-finite coordinates", dropped, points.shape[0])
     return points[finite], colors[finite], dropped
 
 
@@ -135,13 +139,14 @@ def _check_names(names: Sequence[str], num: int) -> list[str]:
     return names
 
 
-def _as_map(values, name: str) -> np.ndarray:
+def _as_map(values, name: str, float64: bool = True) -> np.ndarray:
+    """Checks an (H, W) map of real numbers; returns it as float64 (a floating map as it is unless `float64`)."""
     values = np.asarray(values)
     if values.ndim != 2 or min(values.shape) == 0:
         raise ValueError(f"{name} must be a non-empty (H, W) array, got shape {values.shape}")
     if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
         raise ValueError(f"{name} must be real numbers, got dtype {values.dtype}")
-    return values.astype(np.float64)
+    return values if np.issubdtype(values.dtype, np.floating) and not float64 else values.astype(np.float64)
 
 
 # ------------------------------------------------------------------------------------------- point selection
@@ -161,21 +166,37 @@ def confidence_mask(conf_list: Sequence[np.ndarray], percentile: float | None = 
         One (H_i, W_i) bool mask per view. With both arguments a pixel must pass both tests; with neither every
         pixel passes. Pixels with a non-finite confidence never pass.
     """
-    confs = [_as_map(c, f"conf_list[{i}]") for i, c in enumerate(conf_list)]
+    confs = [_as_map(c, f"conf_list[{i}]", float64=False) for i, c in enumerate(conf_list)]
     if not confs:
         raise ValueError("conf_list is empty")
     masks = [np.isfinite(c) for c in confs]
     if percentile is not None:
         if not 0 <= percentile <= 100:
             raise ValueError(f"percentile must be in [0, 100], got {percentile}")
-        finite = np.concatenate([c[m] for c, m in zip(confs, masks)])  # (n_finite,)
+        finite = np.concatenate([c.reshape(-1) for c in confs])  # (n,)
+        if not all(m.all() for m in masks):
+            finite = finite[np.concatenate([m.reshape(-1) for m in masks])]  # (n_finite,)
         if finite.size == 0:
             raise ValueError("no finite confidence in conf_list to take a percentile of")
-        cut = np.percentile(finite, percentile)
-        masks = [m & (c >= cut) for c, m in zip(confs, masks)]
+        cut = _percentile(finite, percentile)
+        masks = [m & (c >= cut) for c, m in zip(confs, masks)]  # compared in float64 (cut is a float64 scalar)
     if threshold is not None:
-        masks = [m & (c > threshold) for c, m in zip(confs, masks)]
+        masks = [m & (c > np.float64(threshold)) for c, m in zip(confs, masks)]
     return masks
+
+
+def _percentile(values: np.ndarray, percentile: float) -> np.float64:
+    """np.percentile(values.astype(np.float64), percentile) (linear method) of a 1-D array it may reorder, without
+    the float64 copy: the two order statistics are found in place in the array's own dtype (widening to float64
+    keeps their order and values), then interpolated in float64 by numpy's rule."""
+    rank = (values.size - 1) * (np.float64(percentile) / 100)
+    below = int(np.floor(rank))
+    above = min(below + 1, values.size - 1)
+    values.partition([below, above] if above > below else below)
+    low, high = np.float64(values[below]), np.float64(values[above])
+    gamma = rank - below
+    diff = high - low
+    return high - diff * (1 - gamma) if gamma >= 0.5 else low + diff * gamma
 
 
 def gather_points(pts3d_list: Sequence[np.ndarray], colors_list: Sequence[np.ndarray],
@@ -306,18 +327,15 @@ def write_ply(path: PathLike, points, colors) -> int:
         The number of dropped points.
     """
     points, colors, dropped = _as_points(points, colors)
-    vertex = np.empty(len(points), [(k, "<f4") for k in "xyz"] + [(k, "u1") for k in ("red", "green", "blue")])
-    for axis, key in enumerate("xyz"):
-        vertex[key] = points[:, axis]
-    for channel, key in enumerate(("red", "green", "blue")):
-        vertex[key] = colors[:, channel]
+    # (N, 15) bytes per vertex: x, y, z little-endian float32, then r, g, b.
+    vertex = np.concatenate([np.ascontiguousarray(points, "<f4").view(np.uint8).reshape(-1, 12), colors], axis=1)
     header = ("ply\nformat binary_little_endian 1.0\n"
               f"element vertex {len(points)}\n"
               "property float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
     with atomic_file(path) as f:
         f.write(header.encode("ascii"))
-        f.write(vertex.tobytes())
+        f.write(vertex.data)
     return dropped
 
 
@@ -607,15 +625,17 @@ def write_depth_png(path: PathLike, depth, scale: float | None = None) -> float:
         The scale used.
     """
     depth = _as_map(depth, "depth")
-    valid = np.isfinite(depth) & (depth > 0)
-    top = float(depth[valid].max()) if valid.any() else 0.0
+    valid = (depth > 0) & (depth < np.inf)  # (H, W); NaN compares false
+    top = float(depth.max(where=valid, initial=0.0))
     if scale is None:
         scale = top / DEPTH_PNG_MAX if top > 0 else 1.0
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive number, got {scale}")
     if round(top / scale) > DEPTH_PNG_MAX:
         raise ValueError(f"depth {top} does not fit in 16 bits at scale {scale} (max {DEPTH_PNG_MAX * scale})")
-    values = np.where(valid, np.maximum(np.round(np.where(valid, depth, 0) / scale), 1), 0).astype(np.uint16)
+    with np.errstate(invalid="ignore"):
+        units = np.maximum(np.rint(depth / scale), 1)  # round half to even, as np.round
+    values = np.where(valid, units, 0).astype(np.uint16)
     _save_png(path, Image.fromarray(values), {"depth_scale": repr(float(scale))})
     return float(scale)
 
@@ -734,30 +754,34 @@ def _point_spacing(points: np.ndarray) -> np.ndarray:
 def _splat(image: np.ndarray, points_cam: np.ndarray, colors: np.ndarray, point_size: np.ndarray, focal: float,
            near: float) -> None:
     """Z-buffered square splats for camera-frame points (N, 3): a point of world size point_size (N,) at depth
-    z covers (2 r + 1)^2 pixels with r = round(focal * point_size / (2 z)) (capped at 8); the nearest point wins
-    a pixel. Points nearer than `near` are not drawn."""
+    z covers (2 r + 1)^2 pixels with r = round(focal * point_size / (2 z)) (capped at MAX_SPLAT_RADIUS); the nearest
+    point wins a pixel. Points nearer than `near` are not drawn."""
     height, width = image.shape[:2]
     front = points_cam[:, 2] > near
     points_cam, colors, point_size = points_cam[front], colors[front], point_size[front]
     if not len(points_cam):
         return
     z = points_cam[:, 2]
-    u = np.round(focal * points_cam[:, 0] / z + width / 2).astype(np.int64)  # (N,)
-    v = np.round(focal * points_cam[:, 1] / z + height / 2).astype(np.int64)
-    radius = np.clip(np.round(focal * point_size / (2 * z)), 0, 8).astype(np.int64)  # (N,)
-    # Z-buffer without sorting: per pixel the minimum of (float32 depth bits << 32 | point index); positive float32
-    # bit patterns order like their values, so the minimum names the nearest point (the lowest index on ties).
-    key = (z.astype(np.float32).view(np.uint32).astype(np.uint64) << np.uint64(32)) | np.arange(len(z), dtype=np.uint64)
-    zbuf = np.full(height * width, np.iinfo(np.uint64).max, np.uint64)
-    for r in np.unique(radius):
-        (index,) = np.nonzero(radius == r)
-        du, dv = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1))
-        us = (u[index, None] + du.reshape(-1)).reshape(-1)  # (n * (2r + 1)^2,)
-        vs = (v[index, None] + dv.reshape(-1)).reshape(-1)
-        inside = (us >= 0) & (us < width) & (vs >= 0) & (vs < height)
-        np.minimum.at(zbuf, (vs * width + us)[inside], np.repeat(key[index], du.size)[inside])
-    (pixels,) = np.nonzero(zbuf != np.iinfo(np.uint64).max)
-    image.reshape(-1, 3)[pixels] = colors[(zbuf[pixels] & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+    pad = MAX_SPLAT_RADIUS  # splats of centres up to `pad` pixels off the image still reach into it
+    u = np.round(focal * points_cam[:, 0] / z + width / 2).astype(np.int64) + pad  # (N,) in the padded image
+    v = np.round(focal * points_cam[:, 1] / z + height / 2).astype(np.int64) + pad
+    radius = np.clip(np.round(focal * point_size / (2 * z)), 0, MAX_SPLAT_RADIUS).astype(np.int64)  # (N,)
+    on = (u >= 0) & (u < width + 2 * pad) & (v >= 0) & (v < height + 2 * pad)
+    # Z-buffer: each point's rank by float32 depth (the lower index first on ties); per pixel the lowest rank wins.
+    # Ranks are exact in float64, the type the minimum filters compute in.
+    order = np.argsort(z.astype(np.float32), kind="stable")  # (N,) points from near to far
+    rank = np.empty(len(z))
+    rank[order] = np.arange(len(z))
+    zbuf = np.full((height, width), np.inf)
+    for r in np.unique(radius[on]):
+        # The nearest centre of this radius per pixel, then a (2r + 1)^2 minimum filter spreads it over its splat.
+        (index,) = np.nonzero(on & (radius == r))
+        centres = np.full((height + 2 * pad, width + 2 * pad), np.inf)
+        np.minimum.at(centres.reshape(-1), v[index] * centres.shape[1] + u[index], rank[index])
+        spread = ndimage.minimum_filter(centres, size=2 * int(r) + 1, mode="constant", cval=np.inf)
+        np.minimum(zbuf, spread[pad:pad + height, pad:pad + width], out=zbuf)
+    (pixels,) = np.nonzero(np.isfinite(zbuf.reshape(-1)))
+    image.reshape(-1, 3)[pixels] = colors[order[zbuf.reshape(-1)[pixels].astype(np.int64)]]
 
 
 def _clip(a: np.ndarray, b: np.ndarray, lows: np.ndarray,
@@ -813,16 +837,20 @@ def render_preview(points, colors, c2w, intrinsics, image_sizes, size: tuple[int
     Points are z-buffered square splats whose world size is point_scale times the estimated point spacing, so
     surfaces render closed. The near clipping plane sits at the nearest camera centre, cutting away walls
     between the virtual eye and the cameras (e.g. the near wall of a room captured from inside). Frustums are
-    2-pixel lines drawn on top in per-camera colours (colorize ramp, first camera dark). Non-finite points are
-    dropped; clouds above max_points are randomly subsampled first.
+    2-pixel lines drawn on top in per-camera colours (colorize ramp, first camera dark). Clouds above max_points
+    are randomly subsampled (the estimated spacing, and so the splats, grow to match), then non-finite points are
+    dropped.
     """
+    points, colors = np.asarray(points), np.asarray(colors)
+    if points.ndim == 2 and colors.shape == points.shape and len(points) > max_points:
+        keep = _subsample(len(points), max_points, seed=0)
+        points, colors = points[keep], colors[keep]
     points, colors, _ = _as_points(points, colors)
+    points = points.astype(np.float64)
     c2w, intrinsics, sizes = _as_cameras(c2w, intrinsics, image_sizes)
     width, height = size
     if width <= 0 or height <= 0 or point_scale < 0:
         raise ValueError(f"size must be positive and point_scale >= 0, got {size} and {point_scale}")
-    keep = _subsample(len(points), max_points, seed=0)
-    points, colors = points[keep].astype(np.float64), colors[keep]
     depth = _default_frustum_depth(points, c2w[:, :3, 3]) if frustum_scale is None else frustum_scale
     frustums = camera_frustums(c2w, intrinsics, sizes, depth)  # (V, 5, 3)
     focal = max(width, height) / 2 / math.tan(math.radians(50.0) / 2)
