@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the built-in model)")
     parser.add_argument("--pose-solver", choices=("pnp", "procrustes"), default="pnp")
     parser.add_argument("--modes", nargs="+", choices=("command", "in-process"), default=["command", "in-process"])
+    parser.add_argument("--calls", type=int, choices=(1, 2), default=2,
+                        help="in-process calls per view count: 1 (cold only, for very large N) or 2 (cold, warm)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--torch-reference", default=None, metavar="ROOT",
                         help="also time upstream's pipeline on the same frames (a checkout of facebookresearch/fast3r)")
@@ -139,7 +141,7 @@ def main() -> None:
                     rec = fast3r_jax.Reconstructor(args.checkpoint, compilation_cache_dir=tmp / "cache_inprocess")
                     print(f"Reconstructor loaded in {time.perf_counter() - start:.2f} s", flush=True)
                 config = reconstruct.ReconstructConfig(size=args.size, pose_solver=args.pose_solver, overwrite=True)
-                for label in ("cold", "warm"):
+                for label in ("cold", "warm")[:args.calls]:
                     start = time.perf_counter()
                     summary = rec([frames], tmp / "out", config, progress=False, notify=lambda _: None)
                     rows.append(dict(views=n, mode="in-process", run=label, wall_s=time.perf_counter() - start,
