@@ -142,7 +142,7 @@ def stage_ms(source: readers.Reader, resolution: tuple[int, int], samples: int) 
     for k in range(samples):
         rng = np.random.default_rng(k)
         start = time.perf_counter()
-        sample = readers.load_sample(source, k * 7919 % len(source), rng)
+        sample = readers.load_sample(source, k * 7919 % len(source), rng, world_points=False)  # as the loader
         mid = time.perf_counter()
         sample = augment_views(sample, resolution, rng, source.aug_crop, jitter=True)
         end = time.perf_counter()

@@ -1,9 +1,10 @@
 """Readers for the preprocessed multi-view training datasets, in the shared sample format.
 
 Each reader takes `(root, split, num_views, ...)` with the reference view-sampling parameters, has
-`__len__`, and `__getitem__(index, rng)` returning a list of `num_views` view dicts at the frames' stored
-resolution (see `fast3r_jax.data.augment` for the crop/resize to training buckets). Dataset-specific
-masks are folded into the depth (0 = invalid), so `valid_mask` is "finite depth > 0" everywhere.
+`__len__`, and `__getitem__(index, rng, world_points=True)` returning a list of `num_views` view dicts at the
+frames' stored resolution (see `fast3r_jax.data.augment` for the crop/resize to training buckets; the input
+pipeline asks for views without `pts3d`, which the augmentation computes). Dataset-specific masks are folded
+into the depth (0 = invalid), so `valid_mask` is "finite depth > 0" everywhere.
 
 On-disk layouts (those written by the public DUSt3R preprocessing scripts):
 - CO3D: `selected_seqs_{split}.json` = {category: {sequence: [frame numbers]}}; per frame
@@ -47,7 +48,11 @@ View = dict[str, Any]
 
 
 class Source(Protocol):
-    """A multi-view data source: `source.__getitem__(index, rng)` (or `source[index]`) -> list of views."""
+    """A multi-view data source: `source.__getitem__(index, rng)` (or `source[index]`) -> list of views.
+
+    Sources whose `__getitem__` also takes `world_points` skip computing `pts3d` when it is False (the
+    augmentation computes them from the final depth and intrinsics).
+    """
 
     def __len__(self) -> int: ...
 
@@ -55,13 +60,19 @@ class Source(Protocol):
 
 
 @functools.cache
-def _takes_rng(cls: type) -> bool:
-    return len(inspect.signature(cls.__getitem__).parameters) >= 3  # self, index, rng
+def _parameters(cls: type) -> tuple[str, ...]:
+    return tuple(inspect.signature(cls.__getitem__).parameters)
 
 
-def load_sample(source: Source, index: int, rng: np.random.Generator) -> list[View]:
-    """Sample `index` of a source, passing `rng` to sources whose `__getitem__` accepts one."""
-    if _takes_rng(type(source)):
+def load_sample(source: Source, index: int, rng: np.random.Generator, world_points: bool = True) -> list[View]:
+    """Sample `index` of a source, passing `rng` (and `world_points`) to sources whose `__getitem__` accepts it.
+
+    With world_points=False, views of such sources lack `pts3d`.
+    """
+    params = _parameters(type(source))
+    if "world_points" in params:
+        return source.__getitem__(index, rng, world_points=world_points)  # type: ignore[call-arg]
+    if len(params) >= 3:  # self, index, rng
         return source.__getitem__(index, rng)  # type: ignore[call-arg]
     return source[index]
 
@@ -109,19 +120,28 @@ def pose_from_rt(R: Any, t: Any) -> np.ndarray:
     return pose
 
 
-def make_view(img: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray,
-              dataset: str, label: str, instance: str) -> View:
-    """A sample-format view; world points are the unprojection of the depth map."""
+def frame_view(img: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray,
+               dataset: str, label: str, instance: str) -> View:
+    """A sample-format view without `pts3d` (see `with_world_points`); non-finite depth becomes 0."""
     if depth.shape != img.shape[:2]:
         raise ValueError(f"{dataset}/{label}/{instance}: depth map {depth.shape} does not match "
                          f"image {img.shape[:2]}")
-    depth = np.where(np.isfinite(depth), depth, 0).astype(np.float32)
-    K = np.asarray(K, np.float32)
-    c2w = np.asarray(c2w, np.float32)
-    pts3d, valid = depthmap_to_world(depth, K, c2w)
-    return dict(img=img, depthmap=depth, camera_intrinsics=K, camera_pose=c2w, pts3d=pts3d,
-                valid_mask=valid, true_shape=np.array(img.shape[:2], np.int32),
-                dataset=dataset, label=label, instance=instance)
+    depth = np.where(np.isfinite(depth), depth, np.float32(0)).astype(np.float32, copy=False)
+    return dict(img=img, depthmap=depth, camera_intrinsics=np.asarray(K, np.float32),
+                camera_pose=np.asarray(c2w, np.float32), valid_mask=depth > 0,
+                true_shape=np.array(img.shape[:2], np.int32), dataset=dataset, label=label, instance=instance)
+
+
+def with_world_points(view: View) -> View:
+    """The view with `pts3d` (and `valid_mask`) from its depth map, intrinsics and pose."""
+    pts3d, valid = depthmap_to_world(view["depthmap"], view["camera_intrinsics"], view["camera_pose"])
+    return {**view, "pts3d": pts3d, "valid_mask": valid}
+
+
+def make_view(img: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray,
+              dataset: str, label: str, instance: str) -> View:
+    """A sample-format view; world points are the unprojection of the depth map."""
+    return with_world_points(frame_view(img, depth, K, c2w, dataset, label, instance))
 
 
 # ----------------------------------------------------------------------------
@@ -178,11 +198,14 @@ class Reader:
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def __getitem__(self, index: int, rng: np.random.Generator | None = None) -> list[View]:
+    def __getitem__(self, index: int, rng: np.random.Generator | None = None,
+                    world_points: bool = True) -> list[View]:
+        """The sample's views; without `pts3d` if not world_points."""
         if not 0 <= index < len(self):
             raise IndexError(f"{self.name}: index {index} out of range for {len(self)} samples")
         rng = np.random.default_rng((self.seed, int(index))) if rng is None else rng
-        return self._get_views(int(index), rng)
+        views = self._get_views(int(index), rng)
+        return [with_world_points(v) for v in views] if world_points else views
 
     def _get_views(self, index: int, rng: np.random.Generator) -> list[View]:
         raise NotImplementedError
@@ -298,7 +321,7 @@ class Co3d(Reader):
         if mask:
             obj = read_depth(os.path.join(seq_dir, "masks", stem + ".png"), self.name)
             depth = depth * (obj.astype(np.float32) / 255 > 0.1)
-        return make_view(img, depth, meta["camera_intrinsics"], meta["camera_pose"], self.name,
+        return frame_view(img, depth, meta["camera_intrinsics"], meta["camera_pose"], self.name,
                          f"{cat}/{seq}", stem)
 
 
@@ -333,7 +356,7 @@ class ScanNetpp(WindowedFramesReader):
         scene_dir = os.path.join(self.root, scene)
         img = read_rgb(os.path.join(scene_dir, "images", name + ".jpg"), self.name)
         depth = read_depth(os.path.join(scene_dir, "depth", name + ".png"), self.name).astype(np.float32) / 1000
-        return make_view(img, depth, self.intrinsics[frame], self.trajectories[frame], self.name, scene, name)
+        return frame_view(img, depth, self.intrinsics[frame], self.trajectories[frame], self.name, scene, name)
 
 
 class ARKitScenes(WindowedFramesReader):
@@ -364,7 +387,7 @@ class ARKitScenes(WindowedFramesReader):
         scene_dir = os.path.join(self.split_dir, scene)
         img = read_rgb(os.path.join(scene_dir, "vga_wide", name.replace(".png", ".jpg")), self.name)
         depth = read_depth(os.path.join(scene_dir, "lowres_depth", name), self.name).astype(np.float32) / 1000
-        return make_view(img, depth, self.intrinsics[frame], self.trajectories[frame], self.name, scene,
+        return frame_view(img, depth, self.intrinsics[frame], self.trajectories[frame], self.name, scene,
                          os.path.splitext(name)[0])
 
 
@@ -401,7 +424,7 @@ class MegaDepth(WindowedFramesReader):
         cam = read_npz(stem + ".npz", self.name, ("intrinsics", "cam2world"))
         img = read_rgb(stem + ".jpg", self.name)
         depth = read_depth(stem + ".exr", self.name)
-        return make_view(img, depth, cam["intrinsics"], cam["cam2world"], self.name, scene, name)
+        return frame_view(img, depth, cam["intrinsics"], cam["cam2world"], self.name, scene, name)
 
 
 class BlendedMVS(WindowedFramesReader):
@@ -441,7 +464,7 @@ class BlendedMVS(WindowedFramesReader):
         cam = read_npz(stem + ".npz", self.name, ("intrinsics", "R_cam2world", "t_cam2world"))
         img = read_rgb(stem + ".jpg", self.name)
         depth = read_depth(stem + ".exr", self.name)
-        return make_view(img, depth, cam["intrinsics"], pose_from_rt(cam["R_cam2world"], cam["t_cam2world"]),
+        return frame_view(img, depth, cam["intrinsics"], pose_from_rt(cam["R_cam2world"], cam["t_cam2world"]),
                          self.name, scene, name)
 
 
@@ -491,7 +514,7 @@ class Habitat(Reader):
             return None
         img = read_rgb(stem + ".jpeg", self.name)
         depth = read_depth(stem + "_depth.exr", self.name)
-        return make_view(img, depth, cam["camera_intrinsics"], pose, self.name,
+        return frame_view(img, depth, cam["camera_intrinsics"], pose, self.name,
                          os.path.relpath(data_path, self.root), f"{key}_{number}")
 
 
