@@ -5,6 +5,7 @@ encodes the frame. Readers must return the stored poses/intrinsics and world poi
 (tolerances = the depth encoding's quantisation), and sample views the way the reference does.
 """
 
+import concurrent.futures
 import dataclasses
 import os
 
@@ -296,6 +297,34 @@ def test_readers_are_deterministic_given_the_rng(tmp_path):
     va, vb = a.__getitem__(3, np.random.default_rng(1)), b.__getitem__(3, np.random.default_rng(1))
     assert [v["instance"] for v in va] == [v["instance"] for v in vb]
     assert [v["instance"] for v in a[3]] == [v["instance"] for v in b[3]]  # default rng from (seed, index)
+
+
+def test_views_without_world_points(tmp_path):
+    """world_points=False (what the input pipeline asks for) leaves out pts3d and nothing else."""
+    write_scannetpp(str(tmp_path))
+    reader = readers.ScanNetpp(str(tmp_path), num_views=3, window_size=4, num_samples_per_window=10)
+    full = readers.load_sample(reader, 2, np.random.default_rng(1))
+    bare = readers.load_sample(reader, 2, np.random.default_rng(1), world_points=False)
+    for a, b in zip(full, bare):
+        assert set(b) == KEYS - {"pts3d"}
+        for key in b:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_npz_files_load_from_many_threads(tmp_path):
+    """numpy's header parsing is not thread-safe on CPython 3.11 (python/cpython#106905); read_npz serialises it."""
+    paths = []
+    for i in range(32):
+        paths.append(str(tmp_path / f"{i}.npz"))
+        np.savez(paths[-1], **{f"a{k}": np.full((2, k + 1), i, np.float32) for k in range(8)})
+    keys = [f"a{k}" for k in range(8)]
+
+    def load(i: int) -> bool:
+        data = readers.read_npz(paths[i % len(paths)], "test", keys)
+        return all(np.all(data[k] == i % len(paths)) for k in keys)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(load, range(2000)))
 
 
 def test_missing_files_are_named(tmp_path):

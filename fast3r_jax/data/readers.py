@@ -34,6 +34,7 @@ import functools
 import inspect
 import json
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -104,8 +105,23 @@ def read_depth(path: str, dataset: str) -> np.ndarray:
     return depth
 
 
+# numpy parses .npy headers with ast.literal_eval, which is not thread-safe in CPython 3.11: concurrent calls
+# (grain's reading threads) can fail with "SystemError: AST constructor recursion depth mismatch"
+# (python/cpython#106905). Every .npy / .npz read holds this lock; the files are small next to the images.
+_NUMPY_LOAD_LOCK = threading.Lock()
+
+
+def read_npy(path: str, dataset: str, what: str = "array file") -> np.ndarray:
+    """The array of an .npy file (thread-safe, see _NUMPY_LOAD_LOCK)."""
+    require_file(path, dataset, what)
+    with _NUMPY_LOAD_LOCK:
+        return np.load(path)
+
+
 def read_npz(path: str, dataset: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    with np.load(require_file(path, dataset, "metadata file")) as data:
+    """The arrays `keys` of an .npz file (thread-safe, see _NUMPY_LOAD_LOCK)."""
+    require_file(path, dataset, "metadata file")
+    with _NUMPY_LOAD_LOCK, np.load(path) as data:
         missing = [k for k in keys if k not in data]
         if missing:
             raise ValueError(f"{dataset}: {path} lacks {missing} (has {sorted(data.keys())})")
@@ -435,8 +451,8 @@ class BlendedMVS(WindowedFramesReader):
     def __init__(self, root: str, split: str | None, num_views: int = 4, window_size: int = 6,
                  num_samples_per_window: int = 10, ordered: bool = False, aug_crop: int = 16, seed: int = 0):
         super().__init__(root, split, num_views, aug_crop, seed)
-        path = require_file(os.path.join(root, "blendedmvs_pairs.npy"), self.name, "pair list")
-        pairs = np.load(path)
+        path = os.path.join(root, "blendedmvs_pairs.npy")
+        pairs = read_npy(path, self.name, "pair list")
         if pairs.dtype.names is None or len(pairs.dtype.names) < 4 or "seq_low" not in pairs.dtype.names:
             raise ValueError(f"{self.name}: {path} must be a structured array "
                              f"(seq_high, seq_low, img1, img2, score), got dtype {pairs.dtype}")
