@@ -191,6 +191,11 @@ def window_combinations(groups: Sequence[np.ndarray], num_views: int, window_siz
     return np.unique(np.concatenate(combos), axis=0)
 
 
+def window_capacity(window_size: int) -> int:
+    """The most frames one window of `window_combinations` holds: members [i - w//2, i + w//2)."""
+    return 2 * (window_size // 2)
+
+
 def keep_fraction(items: Sequence[Any], fraction: float) -> list[Any]:
     """The first max(1, int(n * fraction)) items (all of them for fraction >= 1)."""
     if not 0 < fraction:
@@ -199,15 +204,23 @@ def keep_fraction(items: Sequence[Any], fraction: float) -> list[Any]:
 
 
 class Reader:
-    """Shared checks, the per-source `aug_crop` setting, and index/rng handling."""
+    """Shared checks, the per-source `aug_crop` setting, and index/rng handling.
+
+    `window`: (the most frames one sample is drawn from, the setting that bounds it), or None; checked before any
+    file is read, so a training config that cannot produce a sample fails when its mixtures are first parsed.
+    """
 
     name = "dataset"
 
-    def __init__(self, root: str, split: str | None, num_views: int, aug_crop: int, seed: int):
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"{self.name}: dataset root not found: {root}")
+    def __init__(self, root: str, split: str | None, num_views: int, aug_crop: int, seed: int,
+                 window: tuple[int, str] | None = None):
         if num_views < 1:
             raise ValueError(f"{self.name}: num_views must be >= 1, got {num_views}")
+        if window is not None and window[0] < num_views:
+            raise ValueError(f"{self.name}: {window[1]} draws views from at most {window[0]} frames, fewer than "
+                             f"num_views={num_views}; widen the window")
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{self.name}: dataset root not found: {root}")
         self.root, self.split, self.num_views = root, split, num_views
         self.aug_crop, self.seed = aug_crop, seed
 
@@ -292,7 +305,9 @@ class Co3d(Reader):
     def __init__(self, root: str, split: str, num_views: int = 4, window_degree_range: int = 360,
                  num_samples_per_window: int = 100, mask_bg: bool | str = True, data_scaling: float = 1.0,
                  aug_crop: int = 16, seed: int = 0):
-        super().__init__(root, split, num_views, aug_crop, seed)
+        window = window_degree_range * self.num_slots // 360
+        super().__init__(root, split, num_views, aug_crop, seed,
+                         (window_capacity(window), f"window_degree_range={window_degree_range}"))
         if mask_bg not in (True, False, "rand"):
             raise ValueError(f"{self.name}: mask_bg must be True, False or 'rand', got {mask_bg!r}")
         self.mask_bg = mask_bg
@@ -304,7 +319,6 @@ class Co3d(Reader):
         self.sequences = [(cat, seq, [int(n) for n in frames])
                           for cat, seqs in selected.items()
                           for seq, frames in keep_fraction(list(seqs.items()), data_scaling) if frames]
-        window = window_degree_range * self.num_slots // 360
         self.combinations = window_combinations([np.arange(self.num_slots)], num_views, window,
                                                 num_samples_per_window, np.random.default_rng(seed))
         self._check_nonempty(len(self.sequences) * len(self.combinations))
@@ -350,7 +364,8 @@ class ScanNetpp(WindowedFramesReader):
     def __init__(self, root: str, split: str = "train", num_views: int = 4, window_size: int = 60,
                  num_samples_per_window: int = 100, ordered: bool = False, data_scaling: float = 1.0,
                  aug_crop: int = 256, seed: int = 0):
-        super().__init__(root, split, num_views, aug_crop, seed)
+        super().__init__(root, split, num_views, aug_crop, seed,
+                         (window_capacity(window_size), f"window_size={window_size}"))
         if split != "train":
             raise ValueError(f"{self.name}: only the 'train' split exists, got {split!r}")
         meta = read_npz(os.path.join(root, "all_metadata.npz"), self.name,
@@ -384,7 +399,8 @@ class ARKitScenes(WindowedFramesReader):
     def __init__(self, root: str, split: str, num_views: int = 4, window_size: int = 6,
                  num_samples_per_window: int = 10, ordered: bool = False, data_scaling: float = 1.0,
                  aug_crop: int = 256, seed: int = 0):
-        super().__init__(root, split, num_views, aug_crop, seed)
+        super().__init__(root, split, num_views, aug_crop, seed,
+                         (window_capacity(window_size), f"window_size={window_size}"))
         if split not in self.splits:
             raise ValueError(f"{self.name}: split must be one of {sorted(self.splits)}, got {split!r}")
         self.split_dir = os.path.join(root, self.splits[split])
@@ -419,7 +435,8 @@ class MegaDepth(WindowedFramesReader):
 
     def __init__(self, root: str, split: str | None, num_views: int = 4, window_size: int = 60,
                  num_samples_per_window: int = 100, aug_crop: int = 16, seed: int = 0):
-        super().__init__(root, split, num_views, aug_crop, seed)
+        super().__init__(root, split, num_views, aug_crop, seed,
+                         (window_capacity(window_size), f"window_size={window_size}"))
         meta = read_npz(os.path.join(root, "all_metadata_for_multiview.npz"), self.name,
                         ("scenes", "sceneids", "images"))
         self.scenes, self.sceneids, self.images = meta["scenes"], meta["sceneids"], meta["images"]
@@ -450,7 +467,8 @@ class BlendedMVS(WindowedFramesReader):
 
     def __init__(self, root: str, split: str | None, num_views: int = 4, window_size: int = 6,
                  num_samples_per_window: int = 10, ordered: bool = False, aug_crop: int = 16, seed: int = 0):
-        super().__init__(root, split, num_views, aug_crop, seed)
+        super().__init__(root, split, num_views, aug_crop, seed,
+                         (window_capacity(window_size), f"window_size={window_size}"))
         path = os.path.join(root, "blendedmvs_pairs.npy")
         pairs = read_npy(path, self.name, "pair list")
         if pairs.dtype.names is None or len(pairs.dtype.names) < 4 or "seq_low" not in pairs.dtype.names:
