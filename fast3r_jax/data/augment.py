@@ -163,8 +163,13 @@ def adjust_hue(img: np.ndarray, shift: float) -> np.ndarray:
     hsv = cv2.cvtColor(np.asarray(img, np.float32), cv2.COLOR_RGB2HSV)  # (H, W, 3): hue in [0, 360)
     hue = hsv[..., 0]
     hue += np.float32(360.0 * shift)
-    np.mod(hue, np.float32(360.0), out=hue)
-    return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0.0, 255.0)
+    # back into [0, 360) (OpenCV's vectorised HSV -> RGB does not wrap); the same values as np.mod, faster
+    if shift < 0:
+        np.add(hue, np.float32(360.0), out=hue, where=hue < 0)
+    else:
+        np.subtract(hue, np.float32(360.0), out=hue, where=hue >= 360)
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return np.clip(rgb, 0.0, 255.0, out=rgb)
 
 
 def color_jitter(img: np.ndarray, rng: np.random.Generator, brightness: float = 0.5, contrast: float = 0.5,
