@@ -9,14 +9,13 @@ cameras on a smooth path; scenes of --scene-frames frames (Habitat: its 5 views 
 cache, so reading costs decoding, not disk.
 
 Loader: `make_loader` as configs/train_large.py sets it up: --views-view samples, augmentation on (random zoom with
-each reader's own aug_crop margin, colour jitter), its readers' sampling parameters (BlendedMVS: window 2 x views,
-since its default window of 6 frames cannot hold 20 views), one resolution bucket (--resolution, the largest of the
-training buckets, the most pixels per image), --batch samples per batch. 'all' mixes the six readers in equal shares
-as the training config does. Per (layout, worker count) a fresh loader: the first max(1, workers) batches are
-warm-up (worker start-up, imports, first samples), then batches are counted for --seconds (images/s = images of the
-batches that arrived / time from the end of the warm-up to the last arrival; the window ends with the first batch
-after --seconds). Per layout, one process also times the stages of a few samples (read, augment, model layout) in
-ms per view.
+each reader's own aug_crop margin, colour jitter), its readers' sampling parameters, one resolution bucket
+(--resolution, the largest of the training buckets, the most pixels per image), --batch samples per batch. 'all'
+mixes the six readers in equal shares as the training config does. Per (layout, worker count) a fresh loader: the
+first max(1, workers) batches are warm-up (worker start-up, imports, first samples), then batches are counted for
+--seconds (images/s = images of the batches that arrived / time from the end of the warm-up to the last arrival;
+the window ends with the first batch after --seconds). Per layout, one process also times the stages of a few
+samples (read, augment, model layout) in ms per view.
 
 Target: the loader must feed --gpus GPUs training at --gpu-images-per-s each (the training-step benchmark's 20-view
 ViT-L rate) with a --margin safety factor: 3 x 8 x 42.5 = 1020 images/s per host by default.
@@ -126,7 +125,7 @@ def write_layout(name: str, root: str, frames: int, scene_frames: int, width: in
 
 
 def make_reader(name: str, root: str, views: int) -> readers.Reader:
-    """The reader with configs/train_large.py's sampling parameters (BlendedMVS: window 2 x views)."""
+    """The reader with configs/train_large.py's sampling parameters."""
     kwargs = {"co3d": {"window_degree_range": 360, "num_samples_per_window": 100, "mask_bg": "rand"},
               "scannetpp": {"window_size": 2 * views, "num_samples_per_window": 5},
               "arkitscenes": {"window_size": 5 * views, "num_samples_per_window": 5},
@@ -142,7 +141,7 @@ def stage_ms(source: readers.Reader, resolution: tuple[int, int], samples: int) 
     for k in range(samples):
         rng = np.random.default_rng(k)
         start = time.perf_counter()
-        sample = readers.load_sample(source, k * 7919 % len(source), rng)
+        sample = readers.load_sample(source, k * 7919 % len(source), rng, world_points=False)  # as the loader
         mid = time.perf_counter()
         sample = augment_views(sample, resolution, rng, source.aug_crop, jitter=True)
         end = time.perf_counter()

@@ -24,7 +24,8 @@ def mixture(root: str, views: int = 20) -> str:
         f"80_000 @ arkitscenes(root='{root}/arkitscenes_processed', split='train', num_views={views}, "
         f"window_size={5 * views}, num_samples_per_window=5)",
         f"80_000 @ habitat(root='{root}/habitat_processed', split='train', num_views={views}, size=1_000)",
-        f"80_000 @ blendedmvs(root='{root}/datasets_raw/BlendedMVS', split='train', num_views={views})",
+        f"80_000 @ blendedmvs(root='{root}/datasets_raw/BlendedMVS', split='train', num_views={views}, "
+        f"window_size={2 * views})",
         f"80_000 @ megadepth(root='{root}/megadepth_processed', split='train', num_views={views}, "
         f"window_size={2 * views}, num_samples_per_window=5)",
     ])

@@ -5,16 +5,21 @@ encodes the frame. Readers must return the stored poses/intrinsics and world poi
 (tolerances = the depth encoding's quantisation), and sample views the way the reference does.
 """
 
+import concurrent.futures
 import dataclasses
+import inspect
 import os
+import pathlib
 
 import cv2
 import numpy as np
 import pytest
 
+from fast3r_jax.config import TrainConfig, load_config_file
 from fast3r_jax.data import layouts, readers
-from fast3r_jax.data.mixture import Mixture, parse_mixture
+from fast3r_jax.data.mixture import Mixture, mixture_terms, parse_mixture
 
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 W, H = 32, 24
 PLANE_Z = 4.0
 KEYS = {"img", "depthmap", "camera_intrinsics", "camera_pose", "pts3d", "valid_mask", "true_shape",
@@ -298,6 +303,34 @@ def test_readers_are_deterministic_given_the_rng(tmp_path):
     assert [v["instance"] for v in a[3]] == [v["instance"] for v in b[3]]  # default rng from (seed, index)
 
 
+def test_views_without_world_points(tmp_path):
+    """world_points=False (what the input pipeline asks for) leaves out pts3d and nothing else."""
+    write_scannetpp(str(tmp_path))
+    reader = readers.ScanNetpp(str(tmp_path), num_views=3, window_size=4, num_samples_per_window=10)
+    full = readers.load_sample(reader, 2, np.random.default_rng(1))
+    bare = readers.load_sample(reader, 2, np.random.default_rng(1), world_points=False)
+    for a, b in zip(full, bare):
+        assert set(b) == KEYS - {"pts3d"}
+        for key in b:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_npz_files_load_from_many_threads(tmp_path):
+    """numpy's header parsing is not thread-safe on CPython 3.11 (python/cpython#106905); read_npz serialises it."""
+    paths = []
+    for i in range(32):
+        paths.append(str(tmp_path / f"{i}.npz"))
+        np.savez(paths[-1], **{f"a{k}": np.full((2, k + 1), i, np.float32) for k in range(8)})
+    keys = [f"a{k}" for k in range(8)]
+
+    def load(i: int) -> bool:
+        data = readers.read_npz(paths[i % len(paths)], "test", keys)
+        return all(np.all(data[k] == i % len(paths)) for k in keys)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(load, range(2000)))
+
+
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset root not found: .*nowhere"):
         readers.Co3d(str(tmp_path / "nowhere"), "train")
@@ -320,6 +353,53 @@ def test_index_out_of_range(tmp_path):
     reader = readers.Habitat(str(tmp_path), "train", size=1000)
     with pytest.raises(IndexError, match="out of range"):
         reader[2]
+
+
+def test_a_window_smaller_than_the_views_fails_before_reading(tmp_path):
+    with pytest.raises(ValueError, match=r"^BlendedMVS: window_size=6 draws views from at most 6 frames, fewer "
+                                         r"than num_views=20; widen the window$"):
+        readers.BlendedMVS(str(tmp_path / "nowhere"), "train", num_views=20)
+    with pytest.raises(ValueError, match=r"^Co3d_v2: window_degree_range=36 draws views from at most 10 frames"):
+        readers.Co3d(str(tmp_path / "nowhere"), "train", num_views=11, window_degree_range=36)
+
+
+def write_one_scene(name: str, root: str, split: str | None, frames: int, size: int) -> None:
+    """`frames` tiny frames of one scene (Habitat: one key) of the layout `name`, in `split`."""
+    K = np.array([[8.0, 0, 3.5], [0, 8.0, 2.5], [0, 0, 1]])
+    f = layouts.Frame(np.zeros((6, 8, 3), np.uint8), np.ones((6, 8), np.float32), K, np.eye(4))
+    numbers = range(1, frames + 1)
+    if name == "co3d":
+        layouts.write_co3d(root, {"cat": {"seq": {i: f for i in numbers}}}, split)
+    elif name == "scannetpp":
+        layouts.write_scannetpp(root, {"scene": {f"frame_{i:06d}": f for i in numbers}})
+    elif name == "arkitscenes":
+        layouts.write_arkitscenes(root, {"scene": {f"{i:06d}.png": f for i in numbers}}, split)
+    elif name == "habitat":
+        layouts.write_habitat(root, {"scenes/key": {i: f for i in range(1, 6)}}, split, size)
+    elif name == "blendedmvs":
+        layouts.write_blendedmvs(root, {(1, 10 if split == "val" else 11): {i: f for i in numbers}})
+    elif name == "megadepth":
+        layouts.write_megadepth(root, {("0015" if split == "val" else "0001") + "/0": {str(i): f for i in numbers}})
+    else:
+        raise ValueError(f"no fixture for {name!r}")
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.py")))
+def test_every_dataset_of_every_config_has_samples(config, tmp_path, monkeypatch):
+    """Each reader of a training config, on one scene of exactly num_views frames, has at least one sample."""
+    monkeypatch.setenv("FAST3R_DATA_ROOT", str(tmp_path))
+    cfg = load_config_file(CONFIGS / config)
+    if not isinstance(cfg, TrainConfig):
+        pytest.skip(f"{config} is a model config")
+    for spec in (cfg.data.train, cfg.data.val):
+        for _, name, args, kwargs in mixture_terms(spec):
+            if name in readers.READERS:
+                call = inspect.signature(readers.READERS[name]).bind(*args, **kwargs)
+                call.apply_defaults()
+                a = call.arguments
+                write_one_scene(name, a["root"], a["split"], a["num_views"], a.get("size", 0))
+        for size, source in parse_mixture(spec).entries:  # readers without samples raise here
+            assert len(source) > 0 and size > 0
 
 
 # ----------------------------------------------------------------------------

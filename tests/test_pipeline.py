@@ -160,6 +160,30 @@ def test_colour_adjustments_closed_form():
                                atol=1e-3)
 
 
+def test_hue_matches_torchvision_formula_in_float64():
+    """adjust_hue against torchvision's RGB -> HSV -> RGB formula in float64, on an image large enough for OpenCV's
+    vectorised path, for hues pushed past 0 and 360 degrees."""
+    img = np.random.default_rng(0).integers(0, 256, (64, 96, 3)).astype(np.float32)
+    img[:4] = img[:4, :, :1]  # greys: no saturation
+    rgb = img.astype(np.float64) / 255
+    vmax, vmin = rgb.max(-1), rgb.min(-1)
+    delta = vmax - vmin
+    sat = np.where(vmax > 0, delta / np.maximum(vmax, 1e-12), 0)
+    safe = np.where(delta > 0, delta, 1)
+    r, g, b = np.moveaxis(rgb, -1, 0)
+    hue = np.where(vmax == r, (g - b) / safe, np.where(vmax == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    hue = np.where(delta > 0, hue / 6, 0)
+    for shift in (-0.5, -0.1, -1e-7, 0.0, 0.07, 0.5):
+        h6 = ((hue + shift) % 1.0) * 6
+        i = np.floor(h6).astype(int) % 6
+        f = h6 - np.floor(h6)
+        p, q, t = vmax * (1 - sat), vmax * (1 - sat * f), vmax * (1 - sat * (1 - f))
+        table = np.stack([np.stack(c, -1) for c in ((vmax, t, p), (q, vmax, p), (p, vmax, t), (p, q, vmax),
+                                                     (t, p, vmax), (vmax, p, q))])  # (6, H, W, 3)
+        expected = np.take_along_axis(table, i[None, ..., None], 0)[0] * 255
+        np.testing.assert_allclose(augment.adjust_hue(img, shift), expected, atol=1e-3)
+
+
 def test_colour_jitter_is_deterministic_and_bounded():
     img = np.random.default_rng(0).integers(0, 256, (8, 9, 3)).astype(np.uint8)
     a = augment.color_jitter(img, np.random.default_rng(3))

@@ -171,16 +171,3 @@ def test_gradient_norms_match_golden():
     errors = {name: abs(np.linalg.norm(torch_grads[name]) / float(z[f"grad_norm/{name}"]) - 1) for name in names}
     print("gradient norm relative errors", {k: f"{v:.1e}" for k, v in errors.items()})
     assert all(np.isfinite(v) and v <= GRAD_NORM_RTOL for v in errors.values()), errors
-
-
-@pytest.mark.parametrize("name", ["train_tiny", "train_builtin", "train_large", "finetune_fast3r"])
-def test_shipped_training_configs_load_and_name_known_sources(name):
-    import re  # noqa: PLC0415
-
-    from fast3r_jax.data.mixture import source_class  # noqa: PLC0415
-
-    cfg = config_lib.load_config_file(ROOT / "configs" / f"{name}.py")
-    assert isinstance(cfg, TrainConfig)
-    for spec in (cfg.data.train, cfg.data.val):
-        for source in re.findall(r"@\s*(\w+)\(", spec):
-            source_class(source)

@@ -7,7 +7,7 @@ Crop/resize follows the reference data pipeline step by step, so intrinsics stay
    bucket enlarged by a random margin in [0, aug_crop);
 4. crop the bucket out of the centre.
 Intrinsics follow the pixel-centre convention of the sample format: a scale s maps pixel centre x to
-(x + 0.5) * s - 0.5. World points are recomputed from the new depth and intrinsics.
+(x + 0.5) * s - 0.5. World points are computed once, from the final depth and intrinsics.
 
 Colour jitter is torchvision's ColorJitter(0.5, 0.5, 0.5, 0.1) on float images: the four adjustments in a
 random order, each factor drawn uniformly, values clipped to [0, 255] after each step.
@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import PIL.Image
 
-from fast3r_jax.data.geometry_np import depthmap_to_world
+from fast3r_jax.data.readers import with_world_points
 
 # Aspect-ratio buckets (W, H) of the released training configuration.
 BUCKETS: tuple[tuple[int, int], ...] = ((512, 384), (512, 336), (512, 288), (512, 256), (512, 160))
@@ -133,11 +133,14 @@ def _grayscale(img: np.ndarray) -> np.ndarray:
 
 
 def _blend(img: np.ndarray, other: np.ndarray | float, factor: float) -> np.ndarray:
-    return np.clip(factor * img + (1.0 - factor) * other, 0.0, 255.0)
+    """clip(factor * img + (1 - factor) * other, 0, 255) in float32, in one output buffer."""
+    out = np.multiply(img, np.float32(factor), dtype=np.float32)
+    out += np.multiply(other, np.float32(1.0 - factor), dtype=np.float32)
+    return np.clip(out, 0.0, 255.0, out=out)
 
 
 def adjust_brightness(img: np.ndarray, factor: float) -> np.ndarray:
-    """(H, W, 3) float in [0, 255]: blend with black."""
+    """(H, W, 3) float32 in [0, 255]: blend with black."""
     return _blend(img, 0.0, factor)
 
 
@@ -152,21 +155,21 @@ def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
 
 
 def adjust_hue(img: np.ndarray, shift: float) -> np.ndarray:
-    """Rotates the hue by `shift` turns (in [-0.5, 0.5]) in HSV space."""
-    rgb = img / 255.0
-    vmax, vmin = rgb.max(-1), rgb.min(-1)
-    delta = vmax - vmin
-    sat = np.where(vmax > 0, delta / np.where(vmax > 0, vmax, 1.0), 0.0)
-    safe = np.where(delta > 0, delta, 1.0)
-    r, g, b = np.moveaxis(rgb, -1, 0)
-    hue = np.where(vmax == r, (g - b) / safe, np.where(vmax == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue = np.where(delta > 0, hue / 6.0, 0.0)
-    hue = (hue + shift) % 1.0
-    # HSV -> RGB: channel k takes v - v*s*clip(min(t, 4 - t), 0, 1) with t = (6h + offset_k) mod 6
-    offsets = np.array([5.0, 3.0, 1.0])
-    t = (hue[..., None] * 6.0 + offsets) % 6.0  # (H, W, 3)
-    out = vmax[..., None] * (1.0 - sat[..., None] * np.clip(np.minimum(t, 4.0 - t), 0.0, 1.0))
-    return np.clip(out * 255.0, 0.0, 255.0)
+    """Rotates the hue by `shift` turns (in [-0.5, 0.5]) in HSV space.
+
+    OpenCV's float HSV conversion is torchvision's formula (hue in degrees, V = max(R, G, B) on the input's
+    scale, S = (V - min) / V), evaluated in float32.
+    """
+    hsv = cv2.cvtColor(np.asarray(img, np.float32), cv2.COLOR_RGB2HSV)  # (H, W, 3): hue in [0, 360)
+    hue = hsv[..., 0]
+    hue += np.float32(360.0 * shift)
+    # back into [0, 360) (OpenCV's vectorised HSV -> RGB does not wrap); the same values as np.mod, faster
+    if shift < 0:
+        np.add(hue, np.float32(360.0), out=hue, where=hue < 0)
+    else:
+        np.subtract(hue, np.float32(360.0), out=hue, where=hue >= 360)
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return np.clip(rgb, 0.0, 255.0, out=rgb)
 
 
 def color_jitter(img: np.ndarray, rng: np.random.Generator, brightness: float = 0.5, contrast: float = 0.5,
@@ -180,24 +183,26 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator, brightness: float = 
     ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
     out = img.astype(np.float32)
     for k in order:
-        out = ops[k](out, factors[k]).astype(np.float32)
-    return np.round(out).astype(np.uint8)
+        out = ops[k](out, factors[k])
+    return np.rint(out, out=out).astype(np.uint8)
 
 
 def augment_view(view: View, resolution: Sequence[int] | None, rng: np.random.Generator,
                  aug_crop: int = 0, jitter: bool = True) -> View:
-    """A sample-format view cropped/resized to `resolution` (None: kept) and colour-jittered."""
+    """A sample-format view cropped/resized to `resolution` (None: kept) and colour-jittered.
+
+    World points are computed here, from the final depth and intrinsics (the input needs no `pts3d`).
+    """
     img, depth, K = view["img"], view["depthmap"], view["camera_intrinsics"]
     name = f"{view.get('dataset', '?')}/{view.get('label', '?')}/{view.get('instance', '?')}"
     if resolution is not None:
         img, depth, K = crop_resize(img, depth, K, resolution, rng, aug_crop, name)
     if jitter:
         img = color_jitter(img, rng)
-    K = np.asarray(K, np.float32)
-    pts3d, valid = depthmap_to_world(depth, K, view["camera_pose"])
-    return {**view, "img": np.ascontiguousarray(img), "depthmap": np.ascontiguousarray(depth, np.float32),
-            "camera_intrinsics": K, "pts3d": pts3d, "valid_mask": valid,
-            "true_shape": np.array(img.shape[:2], np.int32)}
+    return with_world_points({**view, "img": np.ascontiguousarray(img),
+                              "depthmap": np.ascontiguousarray(depth, np.float32),
+                              "camera_intrinsics": np.asarray(K, np.float32),
+                              "true_shape": np.array(img.shape[:2], np.int32)})
 
 
 def augment_views(views: Sequence[View], resolution: Sequence[int] | None, rng: np.random.Generator,

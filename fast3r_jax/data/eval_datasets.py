@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from fast3r_jax.data import augment, geometry_np
-from fast3r_jax.data.readers import View, make_view, read_depth, read_npz, read_rgb
+from fast3r_jax.data.readers import View, make_view, read_depth, read_npy, read_npz, read_rgb
 from fast3r_jax.errors import InputError
 from fast3r_jax.geometry.transforms import inverse_rigid
 
@@ -468,8 +468,8 @@ class DTU(_KeyframeSequences):
     def _view(self, folder: str, scan: str, name: str, rng: np.random.Generator) -> View:
         stem = os.path.splitext(name)[0]
         image_path = os.path.join(folder, "images", name)
-        depth_path = _require_file(os.path.join(folder, "depths", f"{stem}.npy"), "DTU depth")
-        depth = np.load(depth_path)
+        depth_path = os.path.join(folder, "depths", f"{stem}.npy")
+        depth = read_npy(depth_path, "DTU", "depth map")
         if depth.ndim != 2:
             raise ValueError(f"DTU depth file {depth_path} must hold an (H, W) array, got shape {depth.shape}")
         depth = np.nan_to_num(depth.astype(np.float32))

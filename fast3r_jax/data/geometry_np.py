@@ -38,15 +38,17 @@ def pixel_grid(height: int, width: int) -> np.ndarray:
     return np.stack([xs, ys], axis=-1)
 
 
-def camera_rays(K: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) float64 camera-frame ray directions ((x - cx) / fx, (y - cy) / fy, 1).
+def camera_rays(K: np.ndarray, height: int, width: int, dtype: np.dtype = np.float64) -> np.ndarray:
+    """(H, W, 3) camera-frame ray directions ((x - cx) / fx, (y - cy) / fy, 1) in `dtype`.
 
     A point at depth z along pixel (x, y) is z times its ray, so a ray parameter is a z-depth.
     """
     check_intrinsics(K)
-    K = np.asarray(K, np.float64)
-    xy = (pixel_grid(height, width) - K[:2, 2]) / K[[0, 1], [0, 1]]  # (H, W, 2)
-    return np.concatenate([xy, np.ones((height, width, 1))], axis=-1)
+    K = np.asarray(K, dtype)
+    rays = np.ones((height, width, 3), dtype)
+    rays[..., 0] = (np.arange(width, dtype=dtype) - K[0, 2]) / K[0, 0]
+    rays[..., 1] = ((np.arange(height, dtype=dtype) - K[1, 2]) / K[1, 1])[:, None]
+    return rays
 
 
 def depthmap_to_world(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +60,7 @@ def depthmap_to_world(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tupl
         c2w: (4, 4) camera-to-world pose.
 
     Returns:
-        pts3d: (H, W, 3) float32 world points, computed in float64; invalid pixels get
+        pts3d: (H, W, 3) float32 world points, computed in float32; invalid pixels get
             depth 0, i.e. the camera centre.
         valid: (H, W) bool, finite depth > 0.
     """
@@ -67,11 +69,12 @@ def depthmap_to_world(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tupl
         raise ValueError(f"depth must have shape (H, W), got {depth.shape}")
     check_pose(c2w)
     valid = np.isfinite(depth) & (depth > 0)
-    z = np.where(valid, depth, 0).astype(np.float64)
-    pts_cam = camera_rays(K, *depth.shape) * z[..., None]  # (H, W, 3)
-    c2w = np.asarray(c2w, np.float64)
-    pts = pts_cam @ c2w[:3, :3].T + c2w[:3, 3]
-    return pts.astype(np.float32), valid
+    z = np.where(valid, depth, 0).astype(np.float32)
+    c2w = np.asarray(c2w, np.float32)
+    pts = camera_rays(K, *depth.shape, np.float32) @ c2w[:3, :3].T  # (H, W, 3) world rays of unit z-depth
+    pts *= z[..., None]
+    pts += c2w[:3, 3]
+    return pts, valid
 
 
 def world_to_pixels(pts: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

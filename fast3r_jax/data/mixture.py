@@ -87,7 +87,10 @@ def _literal(node: ast.AST, spec: str) -> object:
         raise ValueError(f"mixture arguments must be literals, got {ast.get_source_segment(spec, node)!r}") from err
 
 
-def _parse_term(term: ast.AST, spec: str) -> tuple[int | None, Source]:
+Term = tuple[int | None, str, list[object], dict[str, object]]  # (size or None, source name, args, kwargs)
+
+
+def _parse_term(term: ast.AST, spec: str) -> Term:
     size = None
     if isinstance(term, ast.BinOp) and isinstance(term.op, ast.MatMult):
         size = _literal(term.left, spec)
@@ -96,12 +99,12 @@ def _parse_term(term: ast.AST, spec: str) -> tuple[int | None, Source]:
         term = term.right
     if not (isinstance(term, ast.Call) and isinstance(term.func, ast.Name)):
         raise ValueError(f"expected 'N @ name(key=value, ...)', got {ast.get_source_segment(spec, term)!r}")
-    factory = source_class(term.func.id)
+    source_class(term.func.id)  # known name
     if any(kw.arg is None for kw in term.keywords):
         raise ValueError(f"'**' arguments are not supported in {ast.get_source_segment(spec, term)!r}")
     args = [_literal(a, spec) for a in term.args]
     kwargs = {kw.arg: _literal(kw.value, spec) for kw in term.keywords}
-    return size, factory(*args, **kwargs)
+    return size, term.func.id, args, kwargs
 
 
 def _terms(node: ast.AST) -> list[ast.AST]:
@@ -110,17 +113,23 @@ def _terms(node: ast.AST) -> list[ast.AST]:
     return [node]
 
 
-def parse_mixture(spec: str | Sequence[str], seed: int = RESAMPLE_SEED) -> Mixture:
-    """Mixture from `"N @ name(k=v, ...) + ..."` (or a list of such strings); a term without
-    `N @` keeps its source's own length."""
-    specs = [spec] if isinstance(spec, str) else list(spec)
-    entries = []
-    for text in specs:
+def mixture_terms(spec: str | Sequence[str]) -> list[Term]:
+    """The terms of a mixture spec (see `parse_mixture`), parsed but not built: nothing is read."""
+    terms = []
+    for text in [spec] if isinstance(spec, str) else list(spec):
         try:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as err:
             raise ValueError(f"cannot parse mixture spec {text!r}: {err.msg}") from err
-        for term in _terms(tree.body):
-            size, source = _parse_term(term, text.strip())
-            entries.append((len(source) if size is None else size, source))
+        terms += [_parse_term(term, text.strip()) for term in _terms(tree.body)]
+    return terms
+
+
+def parse_mixture(spec: str | Sequence[str], seed: int = RESAMPLE_SEED) -> Mixture:
+    """Mixture from `"N @ name(k=v, ...) + ..."` (or a list of such strings); a term without
+    `N @` keeps its source's own length."""
+    entries = []
+    for size, name, args, kwargs in mixture_terms(spec):
+        source = source_class(name)(*args, **kwargs)
+        entries.append((len(source) if size is None else size, source))
     return Mixture(entries, seed)

@@ -107,8 +107,9 @@ class SampleTransform:
         else:
             source = self.source
         rng = np.random.default_rng((self.seed, 0, epoch, record))
-        views = load_sample(source, int(index), rng)
-        if self.resolutions or self.augment:
+        transform = bool(self.resolutions or self.augment)
+        views = load_sample(source, int(index), rng, world_points=not transform)  # augment_views computes them
+        if transform:
             resolution = None
             if self.resolutions:
                 bucket_rng = np.random.default_rng((self.seed, 1, epoch, record // global_batch))

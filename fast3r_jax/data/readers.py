@@ -1,9 +1,10 @@
 """Readers for the preprocessed multi-view training datasets, in the shared sample format.
 
 Each reader takes `(root, split, num_views, ...)` with the reference view-sampling parameters, has
-`__len__`, and `__getitem__(index, rng)` returning a list of `num_views` view dicts at the frames' stored
-resolution (see `fast3r_jax.data.augment` for the crop/resize to training buckets). Dataset-specific
-masks are folded into the depth (0 = invalid), so `valid_mask` is "finite depth > 0" everywhere.
+`__len__`, and `__getitem__(index, rng, world_points=True)` returning a list of `num_views` view dicts at the
+frames' stored resolution (see `fast3r_jax.data.augment` for the crop/resize to training buckets; the input
+pipeline asks for views without `pts3d`, which the augmentation computes). Dataset-specific masks are folded
+into the depth (0 = invalid), so `valid_mask` is "finite depth > 0" everywhere.
 
 On-disk layouts (those written by the public DUSt3R preprocessing scripts):
 - CO3D: `selected_seqs_{split}.json` = {category: {sequence: [frame numbers]}}; per frame
@@ -33,6 +34,7 @@ import functools
 import inspect
 import json
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -47,7 +49,11 @@ View = dict[str, Any]
 
 
 class Source(Protocol):
-    """A multi-view data source: `source.__getitem__(index, rng)` (or `source[index]`) -> list of views."""
+    """A multi-view data source: `source.__getitem__(index, rng)` (or `source[index]`) -> list of views.
+
+    Sources whose `__getitem__` also takes `world_points` skip computing `pts3d` when it is False (the
+    augmentation computes them from the final depth and intrinsics).
+    """
 
     def __len__(self) -> int: ...
 
@@ -55,13 +61,19 @@ class Source(Protocol):
 
 
 @functools.cache
-def _takes_rng(cls: type) -> bool:
-    return len(inspect.signature(cls.__getitem__).parameters) >= 3  # self, index, rng
+def _parameters(cls: type) -> tuple[str, ...]:
+    return tuple(inspect.signature(cls.__getitem__).parameters)
 
 
-def load_sample(source: Source, index: int, rng: np.random.Generator) -> list[View]:
-    """Sample `index` of a source, passing `rng` to sources whose `__getitem__` accepts one."""
-    if _takes_rng(type(source)):
+def load_sample(source: Source, index: int, rng: np.random.Generator, world_points: bool = True) -> list[View]:
+    """Sample `index` of a source, passing `rng` (and `world_points`) to sources whose `__getitem__` accepts it.
+
+    With world_points=False, views of such sources lack `pts3d`.
+    """
+    params = _parameters(type(source))
+    if "world_points" in params:
+        return source.__getitem__(index, rng, world_points=world_points)  # type: ignore[call-arg]
+    if len(params) >= 3:  # self, index, rng
         return source.__getitem__(index, rng)  # type: ignore[call-arg]
     return source[index]
 
@@ -93,8 +105,23 @@ def read_depth(path: str, dataset: str) -> np.ndarray:
     return depth
 
 
+# numpy parses .npy headers with ast.literal_eval, which is not thread-safe in CPython 3.11: concurrent calls
+# (grain's reading threads) can fail with "SystemError: AST constructor recursion depth mismatch"
+# (python/cpython#106905). Every .npy / .npz read holds this lock; the files are small next to the images.
+_NUMPY_LOAD_LOCK = threading.Lock()
+
+
+def read_npy(path: str, dataset: str, what: str = "array file") -> np.ndarray:
+    """The array of an .npy file (thread-safe, see _NUMPY_LOAD_LOCK)."""
+    require_file(path, dataset, what)
+    with _NUMPY_LOAD_LOCK:
+        return np.load(path)
+
+
 def read_npz(path: str, dataset: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    with np.load(require_file(path, dataset, "metadata file")) as data:
+    """The arrays `keys` of an .npz file (thread-safe, see _NUMPY_LOAD_LOCK)."""
+    require_file(path, dataset, "metadata file")
+    with _NUMPY_LOAD_LOCK, np.load(path) as data:
         missing = [k for k in keys if k not in data]
         if missing:
             raise ValueError(f"{dataset}: {path} lacks {missing} (has {sorted(data.keys())})")
@@ -109,19 +136,28 @@ def pose_from_rt(R: Any, t: Any) -> np.ndarray:
     return pose
 
 
-def make_view(img: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray,
-              dataset: str, label: str, instance: str) -> View:
-    """A sample-format view; world points are the unprojection of the depth map."""
+def frame_view(img: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray,
+               dataset: str, label: str, instance: str) -> View:
+    """A sample-format view without `pts3d` (see `with_world_points`); non-finite depth becomes 0."""
     if depth.shape != img.shape[:2]:
         raise ValueError(f"{dataset}/{label}/{instance}: depth map {depth.shape} does not match "
                          f"image {img.shape[:2]}")
-    depth = np.where(np.isfinite(depth), depth, 0).astype(np.float32)
-    K = np.asarray(K, np.float32)
-    c2w = np.asarray(c2w, np.float32)
-    pts3d, valid = depthmap_to_world(depth, K, c2w)
-    return dict(img=img, depthmap=depth, camera_intrinsics=K, camera_pose=c2w, pts3d=pts3d,
-                valid_mask=valid, true_shape=np.array(img.shape[:2], np.int32),
-                dataset=dataset, label=label, instance=instance)
+    depth = np.where(np.isfinite(depth), depth, np.float32(0)).astype(np.float32, copy=False)
+    return dict(img=img, depthmap=depth, camera_intrinsics=np.asarray(K, np.float32),
+                camera_pose=np.asarray(c2w, np.float32), valid_mask=depth > 0,
+                true_shape=np.array(img.shape[:2], np.int32), dataset=dataset, label=label, instance=instance)
+
+
+def with_world_points(view: View) -> View:
+    """The view with `pts3d` (and `valid_mask`) from its depth map, intrinsics and pose."""
+    pts3d, valid = depthmap_to_world(view["depthmap"], view["camera_intrinsics"], view["camera_pose"])
+    return {**view, "pts3d": pts3d, "valid_mask": valid}
+
+
+def make_view(img: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray,
+              dataset: str, label: str, instance: str) -> View:
+    """A sample-format view; world points are the unprojection of the depth map."""
+    return with_world_points(frame_view(img, depth, K, c2w, dataset, label, instance))
 
 
 # ----------------------------------------------------------------------------
@@ -155,6 +191,11 @@ def window_combinations(groups: Sequence[np.ndarray], num_views: int, window_siz
     return np.unique(np.concatenate(combos), axis=0)
 
 
+def window_capacity(window_size: int) -> int:
+    """The most frames one window of `window_combinations` holds: members [i - w//2, i + w//2)."""
+    return 2 * (window_size // 2)
+
+
 def keep_fraction(items: Sequence[Any], fraction: float) -> list[Any]:
     """The first max(1, int(n * fraction)) items (all of them for fraction >= 1)."""
     if not 0 < fraction:
@@ -163,26 +204,37 @@ def keep_fraction(items: Sequence[Any], fraction: float) -> list[Any]:
 
 
 class Reader:
-    """Shared checks, the per-source `aug_crop` setting, and index/rng handling."""
+    """Shared checks, the per-source `aug_crop` setting, and index/rng handling.
+
+    `window`: (the most frames one sample is drawn from, the setting that bounds it), or None; checked before any
+    file is read, so a training config that cannot produce a sample fails when its mixtures are first parsed.
+    """
 
     name = "dataset"
 
-    def __init__(self, root: str, split: str | None, num_views: int, aug_crop: int, seed: int):
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"{self.name}: dataset root not found: {root}")
+    def __init__(self, root: str, split: str | None, num_views: int, aug_crop: int, seed: int,
+                 window: tuple[int, str] | None = None):
         if num_views < 1:
             raise ValueError(f"{self.name}: num_views must be >= 1, got {num_views}")
+        if window is not None and window[0] < num_views:
+            raise ValueError(f"{self.name}: {window[1]} draws views from at most {window[0]} frames, fewer than "
+                             f"num_views={num_views}; widen the window")
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{self.name}: dataset root not found: {root}")
         self.root, self.split, self.num_views = root, split, num_views
         self.aug_crop, self.seed = aug_crop, seed
 
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def __getitem__(self, index: int, rng: np.random.Generator | None = None) -> list[View]:
+    def __getitem__(self, index: int, rng: np.random.Generator | None = None,
+                    world_points: bool = True) -> list[View]:
+        """The sample's views; without `pts3d` if not world_points."""
         if not 0 <= index < len(self):
             raise IndexError(f"{self.name}: index {index} out of range for {len(self)} samples")
         rng = np.random.default_rng((self.seed, int(index))) if rng is None else rng
-        return self._get_views(int(index), rng)
+        views = self._get_views(int(index), rng)
+        return [with_world_points(v) for v in views] if world_points else views
 
     def _get_views(self, index: int, rng: np.random.Generator) -> list[View]:
         raise NotImplementedError
@@ -253,7 +305,9 @@ class Co3d(Reader):
     def __init__(self, root: str, split: str, num_views: int = 4, window_degree_range: int = 360,
                  num_samples_per_window: int = 100, mask_bg: bool | str = True, data_scaling: float = 1.0,
                  aug_crop: int = 16, seed: int = 0):
-        super().__init__(root, split, num_views, aug_crop, seed)
+        window = window_degree_range * self.num_slots // 360
+        super().__init__(root, split, num_views, aug_crop, seed,
+                         (window_capacity(window), f"window_degree_range={window_degree_range}"))
         if mask_bg not in (True, False, "rand"):
             raise ValueError(f"{self.name}: mask_bg must be True, False or 'rand', got {mask_bg!r}")
         self.mask_bg = mask_bg
@@ -265,7 +319,6 @@ class Co3d(Reader):
         self.sequences = [(cat, seq, [int(n) for n in frames])
                           for cat, seqs in selected.items()
                           for seq, frames in keep_fraction(list(seqs.items()), data_scaling) if frames]
-        window = window_degree_range * self.num_slots // 360
         self.combinations = window_combinations([np.arange(self.num_slots)], num_views, window,
                                                 num_samples_per_window, np.random.default_rng(seed))
         self._check_nonempty(len(self.sequences) * len(self.combinations))
@@ -298,7 +351,7 @@ class Co3d(Reader):
         if mask:
             obj = read_depth(os.path.join(seq_dir, "masks", stem + ".png"), self.name)
             depth = depth * (obj.astype(np.float32) / 255 > 0.1)
-        return make_view(img, depth, meta["camera_intrinsics"], meta["camera_pose"], self.name,
+        return frame_view(img, depth, meta["camera_intrinsics"], meta["camera_pose"], self.name,
                          f"{cat}/{seq}", stem)
 
 
@@ -311,7 +364,8 @@ class ScanNetpp(WindowedFramesReader):
     def __init__(self, root: str, split: str = "train", num_views: int = 4, window_size: int = 60,
                  num_samples_per_window: int = 100, ordered: bool = False, data_scaling: float = 1.0,
                  aug_crop: int = 256, seed: int = 0):
-        super().__init__(root, split, num_views, aug_crop, seed)
+        super().__init__(root, split, num_views, aug_crop, seed,
+                         (window_capacity(window_size), f"window_size={window_size}"))
         if split != "train":
             raise ValueError(f"{self.name}: only the 'train' split exists, got {split!r}")
         meta = read_npz(os.path.join(root, "all_metadata.npz"), self.name,
@@ -333,7 +387,7 @@ class ScanNetpp(WindowedFramesReader):
         scene_dir = os.path.join(self.root, scene)
         img = read_rgb(os.path.join(scene_dir, "images", name + ".jpg"), self.name)
         depth = read_depth(os.path.join(scene_dir, "depth", name + ".png"), self.name).astype(np.float32) / 1000
-        return make_view(img, depth, self.intrinsics[frame], self.trajectories[frame], self.name, scene, name)
+        return frame_view(img, depth, self.intrinsics[frame], self.trajectories[frame], self.name, scene, name)
 
 
 class ARKitScenes(WindowedFramesReader):
@@ -345,7 +399,8 @@ class ARKitScenes(WindowedFramesReader):
     def __init__(self, root: str, split: str, num_views: int = 4, window_size: int = 6,
                  num_samples_per_window: int = 10, ordered: bool = False, data_scaling: float = 1.0,
                  aug_crop: int = 256, seed: int = 0):
-        super().__init__(root, split, num_views, aug_crop, seed)
+        super().__init__(root, split, num_views, aug_crop, seed,
+                         (window_capacity(window_size), f"window_size={window_size}"))
         if split not in self.splits:
             raise ValueError(f"{self.name}: split must be one of {sorted(self.splits)}, got {split!r}")
         self.split_dir = os.path.join(root, self.splits[split])
@@ -364,7 +419,7 @@ class ARKitScenes(WindowedFramesReader):
         scene_dir = os.path.join(self.split_dir, scene)
         img = read_rgb(os.path.join(scene_dir, "vga_wide", name.replace(".png", ".jpg")), self.name)
         depth = read_depth(os.path.join(scene_dir, "lowres_depth", name), self.name).astype(np.float32) / 1000
-        return make_view(img, depth, self.intrinsics[frame], self.trajectories[frame], self.name, scene,
+        return frame_view(img, depth, self.intrinsics[frame], self.trajectories[frame], self.name, scene,
                          os.path.splitext(name)[0])
 
 
@@ -380,7 +435,8 @@ class MegaDepth(WindowedFramesReader):
 
     def __init__(self, root: str, split: str | None, num_views: int = 4, window_size: int = 60,
                  num_samples_per_window: int = 100, aug_crop: int = 16, seed: int = 0):
-        super().__init__(root, split, num_views, aug_crop, seed)
+        super().__init__(root, split, num_views, aug_crop, seed,
+                         (window_capacity(window_size), f"window_size={window_size}"))
         meta = read_npz(os.path.join(root, "all_metadata_for_multiview.npz"), self.name,
                         ("scenes", "sceneids", "images"))
         self.scenes, self.sceneids, self.images = meta["scenes"], meta["sceneids"], meta["images"]
@@ -401,7 +457,7 @@ class MegaDepth(WindowedFramesReader):
         cam = read_npz(stem + ".npz", self.name, ("intrinsics", "cam2world"))
         img = read_rgb(stem + ".jpg", self.name)
         depth = read_depth(stem + ".exr", self.name)
-        return make_view(img, depth, cam["intrinsics"], cam["cam2world"], self.name, scene, name)
+        return frame_view(img, depth, cam["intrinsics"], cam["cam2world"], self.name, scene, name)
 
 
 class BlendedMVS(WindowedFramesReader):
@@ -411,9 +467,10 @@ class BlendedMVS(WindowedFramesReader):
 
     def __init__(self, root: str, split: str | None, num_views: int = 4, window_size: int = 6,
                  num_samples_per_window: int = 10, ordered: bool = False, aug_crop: int = 16, seed: int = 0):
-        super().__init__(root, split, num_views, aug_crop, seed)
-        path = require_file(os.path.join(root, "blendedmvs_pairs.npy"), self.name, "pair list")
-        pairs = np.load(path)
+        super().__init__(root, split, num_views, aug_crop, seed,
+                         (window_capacity(window_size), f"window_size={window_size}"))
+        path = os.path.join(root, "blendedmvs_pairs.npy")
+        pairs = read_npy(path, self.name, "pair list")
         if pairs.dtype.names is None or len(pairs.dtype.names) < 4 or "seq_low" not in pairs.dtype.names:
             raise ValueError(f"{self.name}: {path} must be a structured array "
                              f"(seq_high, seq_low, img1, img2, score), got dtype {pairs.dtype}")
@@ -441,7 +498,7 @@ class BlendedMVS(WindowedFramesReader):
         cam = read_npz(stem + ".npz", self.name, ("intrinsics", "R_cam2world", "t_cam2world"))
         img = read_rgb(stem + ".jpg", self.name)
         depth = read_depth(stem + ".exr", self.name)
-        return make_view(img, depth, cam["intrinsics"], pose_from_rt(cam["R_cam2world"], cam["t_cam2world"]),
+        return frame_view(img, depth, cam["intrinsics"], pose_from_rt(cam["R_cam2world"], cam["t_cam2world"]),
                          self.name, scene, name)
 
 
@@ -491,7 +548,7 @@ class Habitat(Reader):
             return None
         img = read_rgb(stem + ".jpeg", self.name)
         depth = read_depth(stem + "_depth.exr", self.name)
-        return make_view(img, depth, cam["camera_intrinsics"], pose, self.name,
+        return frame_view(img, depth, cam["camera_intrinsics"], pose, self.name,
                          os.path.relpath(data_path, self.root), f"{key}_{number}")
 
 
