@@ -395,6 +395,7 @@ class RenderedDataConfig:
     focal_range: tuple[float, float] = (0.8, 1.2)
     buckets: tuple[tuple[int, int], ...] = ((4, 4),)  # (views per sample, global samples per batch)
     resolutions: tuple[tuple[int, int], ...] = ((64, 48),)  # (W, H); portrait (H > W) allowed
+    workers: int = 0  # processes drawing scenes on the host ahead of the steps (0: in the training process)
 
     def __post_init__(self):
         if self.num_scenes < 1 or not self.buckets or not self.resolutions:

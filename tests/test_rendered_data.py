@@ -1,5 +1,6 @@
 """Synthetic scenes ray cast in JAX: the numpy renderer's ground truth, its samples as batches, resumable training."""
 
+import dataclasses
 import functools
 import json
 
@@ -96,6 +97,15 @@ def test_batches_are_the_numpy_datasets_samples_and_resume():
             np.testing.assert_array_equal(x[key], y[key])
     with pytest.raises(ValueError, match="seed"):
         resumed.set_state({"batches": 1, "seed": 5})
+    # Worker processes draw the same batches, also after a resume.
+    pooled = RenderedBatches(dataclasses.replace(cfg, workers=2), seed=4, mesh=make_mesh(1, 1))
+    try:
+        pooled.set_state(state)
+        for x, y in zip(jax.device_get(next(pooled)[0]), after):
+            for key in x:
+                np.testing.assert_array_equal(x[key], y[key])
+    finally:
+        pooled.close()
 
 
 def test_training_on_rendered_batches_resumes_with_the_same_data(tmp_path):

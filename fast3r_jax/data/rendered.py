@@ -1,8 +1,8 @@
 """Training batches of synthetic scenes rendered on the accelerator, right before the step that uses them.
 
-The host only draws scene parameters and cameras (numpy, a fraction of a millisecond per sample); the ray casting
-(fast3r_jax.data.raycast) runs on the mesh, each device rendering its part of the batch. No grain, no workers,
-no augmentation.
+The host only draws scene parameters and cameras (numpy, about 1 ms per sample), in this process or, with
+`workers`, in spawned worker processes a few batches ahead; the ray casting (fast3r_jax.data.raycast) runs on the
+mesh, each device rendering its part of the batch. No grain, no augmentation.
 
 Order. Batch b (counted from the start of the run) draws its (views, samples) bucket, then its resolution, from
 `default_rng((seed, 1, b))`. Its samples are scenes (b * max_samples + k) % num_scenes, k < samples, of
@@ -26,7 +26,12 @@ Checkpointing: `get_state()` is {"batches": batches drawn, "seed": seed}; `set_s
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import functools
+import multiprocessing
+import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,45 +62,85 @@ def _model_layout(scenes: raycast.SceneArrays, K: jax.Array, c2w: jax.Array,
                  camera_intrinsics=K[:, i]) for i in range(K.shape[1])]
 
 
+class HostBatch(NamedTuple):
+    """What the host draws for one batch: this process's samples as packed scenes and cameras."""
+
+    scenes: raycast.SceneArrays  # fields (B, ...)
+    K: np.ndarray  # (B, V, 3, 3)
+    c2w: np.ndarray  # (B, V, 4, 4)
+    resolution: tuple[int, int]  # (W, H)
+
+
+def draw(cfg: RenderedDataConfig, seed: int, batch: int, shard_index: int = 0,
+         shard_count: int = 1) -> tuple[SyntheticScenes, list[int]]:
+    """The dataset (bucket and resolution) of global batch `batch` and this process's sample indices in it."""
+    rng = np.random.default_rng((seed, 1, batch))
+    views, samples = cfg.buckets[int(rng.integers(len(cfg.buckets)))]
+    resolution = cfg.resolutions[int(rng.integers(len(cfg.resolutions)))]
+    dataset = SyntheticScenes(cfg.num_scenes, views, resolution, seed=seed, focal_range=cfg.focal_range,
+                              split=cfg.split, hole_fraction=cfg.hole_fraction)
+    per_process = samples // shard_count
+    first = batch * max(n for _, n in cfg.buckets) + shard_index * per_process
+    return dataset, [(first + k) % cfg.num_scenes for k in range(per_process)]
+
+
+def host_batch(cfg: RenderedDataConfig, seed: int, batch: int, shard_index: int = 0,
+               shard_count: int = 1) -> HostBatch:
+    """Draws and packs this process's samples of global batch `batch` (numpy only: runs in worker processes)."""
+    dataset, indices = draw(cfg, seed, batch, shard_index, shard_count)
+    scenes, K, c2w = zip(*(dataset.scene(i) for i in indices))
+    return HostBatch(raycast.pack_scenes(scenes), np.stack(K), np.stack(c2w), dataset.resolution)
+
+
+def _cpu_only() -> None:
+    """Worker initialiser: a host worker never claims an accelerator (it runs numpy only)."""
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
 class RenderedBatches:
     """Endless iterator of (batch, orientations) pairs (see the module docstring), checkpointable."""
 
     def __init__(self, cfg: RenderedDataConfig, seed: int, mesh: Mesh, shard_index: int = 0, shard_count: int = 1):
+        """With cfg.workers > 0, host batches are drawn by that many spawned processes, 2 * workers batches ahead."""
         for views, samples in cfg.buckets:
             if samples % shard_count:
                 raise ValueError(f"bucket ({views} views, {samples} samples): samples not divisible by the "
                                  f"{shard_count} processes")
         self.cfg, self.seed = cfg, seed
         self._shard_index, self._shard_count = shard_index, shard_count
-        self._stride = max(samples for _, samples in cfg.buckets)
         self._sharding = sharding_lib.batch_sharding(mesh)
         self._render = jax.jit(_model_layout, static_argnums=3, out_shardings=self._sharding)
         self._batches = 0
+        self._pool = None if cfg.workers < 1 else concurrent.futures.ProcessPoolExecutor(
+            cfg.workers, mp_context=multiprocessing.get_context("spawn"),  # spawn: no fork of a process running jax
+            initializer=_cpu_only)
+        self._ahead = 2 * cfg.workers
+        self._pending: collections.deque[concurrent.futures.Future] = collections.deque()  # batches _batches, ...
 
     def __iter__(self) -> RenderedBatches:
         return self
 
     def draw(self, batch: int) -> tuple[SyntheticScenes, list[int]]:
-        """The dataset (bucket and resolution) of global batch `batch` and this process's sample indices in it."""
-        rng = np.random.default_rng((self.seed, 1, batch))
-        views, samples = self.cfg.buckets[int(rng.integers(len(self.cfg.buckets)))]
-        resolution = self.cfg.resolutions[int(rng.integers(len(self.cfg.resolutions)))]
-        dataset = SyntheticScenes(self.cfg.num_scenes, views, resolution, seed=self.seed,
-                                  focal_range=self.cfg.focal_range, split=self.cfg.split,
-                                  hole_fraction=self.cfg.hole_fraction)
-        per_process = samples // self._shard_count
-        first = batch * self._stride + self._shard_index * per_process
-        return dataset, [(first + k) % self.cfg.num_scenes for k in range(per_process)]
+        """The dataset of global batch `batch` and this process's sample indices in it (see `draw`)."""
+        return draw(self.cfg, self.seed, batch, self._shard_index, self._shard_count)
+
+    def _host_batch(self) -> HostBatch:
+        args = (self.cfg, self.seed, self._batches, self._shard_index, self._shard_count)
+        if self._pool is None:
+            return host_batch(*args)
+        while len(self._pending) < self._ahead:
+            ahead = self._batches + len(self._pending)
+            self._pending.append(self._pool.submit(host_batch, *args[:2], ahead, *args[3:]))
+        return self._pending.popleft().result()
 
     def __next__(self) -> tuple[Batch, tuple[str, ...]]:
-        dataset, indices = self.draw(self._batches)
-        scenes, K, c2w = zip(*(dataset.scene(i) for i in indices))
-        host = (raycast.pack_scenes(scenes), np.stack(K), np.stack(c2w))
-        placed = jax.tree.map(functools.partial(jax.make_array_from_process_local_data, self._sharding), host)
-        batch = self._render(*placed, dataset.resolution)
+        host = self._host_batch()
+        placed = jax.tree.map(functools.partial(jax.make_array_from_process_local_data, self._sharding),
+                              (host.scenes, host.K, host.c2w))
+        batch = self._render(*placed, host.resolution)
         self._batches += 1
-        width, height = dataset.resolution
-        return batch, ("portrait" if width < height else "landscape",) * dataset.num_views
+        width, height = host.resolution
+        return batch, ("portrait" if width < height else "landscape",) * host.K.shape[1]
 
     def get_state(self) -> dict[str, int]:
         return {"batches": self._batches, "seed": self.seed}
@@ -105,4 +150,15 @@ class RenderedBatches:
             raise ValueError(f"not a rendered-data state: {state!r}")
         if state["seed"] != self.seed:
             raise ValueError(f"the data state was saved with seed {state['seed']}, now {self.seed}")
+        self._cancel()
         self._batches = int(state["batches"])
+
+    def _cancel(self) -> None:
+        while self._pending:
+            self._pending.pop().cancel()
+
+    def close(self) -> None:
+        """Stops the worker processes, if any."""
+        self._cancel()
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)

@@ -101,6 +101,9 @@ class _OnMesh:
     def set_state(self, state: dict[str, int]) -> None:
         self._it.set_state(state)
 
+    def close(self) -> None:
+        self._it.close()
+
 
 def _batches(cfg: TrainConfig, mesh, split: str = "train"):
     """The batches of `split` ('train': endless; 'val': one pass) as (global batch, orientations) pairs, from an
@@ -112,7 +115,7 @@ def _batches(cfg: TrainConfig, mesh, split: str = "train"):
 
         if split == "val":  # held-out scenes in the first bucket and resolution: one compilation
             rendered = dataclasses.replace(rendered, split="val", buckets=rendered.buckets[:1],
-                                           resolutions=rendered.resolutions[:1])
+                                           resolutions=rendered.resolutions[:1], workers=0)
         return RenderedBatches(rendered, cfg.seed, mesh, **shard)
     from fast3r_jax.data.pipeline import make_loader  # noqa: PLC0415
 
@@ -287,6 +290,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                 progress.write(f"time limit of {cfg.time_limit_s} s reached at step {done}; checkpoint saved")
                 break
         mgr.wait_until_finished()
+    iterator.close()
     if writer is not None:
         writer.close()
     return last
