@@ -91,6 +91,9 @@ class _OnMesh:
     def __init__(self, iterator, mesh):
         self._it, self._mesh = iterator, mesh
 
+    def __iter__(self) -> _OnMesh:
+        return self
+
     def __next__(self) -> tuple[list[dict[str, jax.Array]], tuple[str, ...]]:
         batch = next(self._it)
         return training.device_batch(batch, self._mesh), training.orientations(batch)
