@@ -10,10 +10,12 @@ to 1e-6 at STEPS, gradients clipped at 1.
 
 It continues from the shipped weights (init): the architecture is unchanged, and in a run of minutes continuing
 beats starting over (nothing of the earlier runs' 330k images is thrown away, and a larger model from scratch would
-see fewer images in the same time). Sizing, for one H200, conservatively: a step is 0.9 TFLOP (192 images x 4.6
-GFLOP, fwd + bwd, fast3r_jax.model.flops); at an assumed 20-30 TFLOP/s for a model this narrow (2-3 % of peak:
-small matmuls and kernel launches dominate) that is 30-45 ms, so 6000 steps take 3-4.5 minutes, plus up to 30 s
-of compilation per step shape. `time_limit_s` stops a slower run with a checkpoint all the same. From the
+see fewer images in the same time). Sizing, measured on one H200 (jax 0.11.2, random weights, 2026-12-02): a step
+is 0.83-0.96 TFLOP (fast3r_jax.model.flops) and takes 16-21 ms on the device, 24 ms in a stream mixing the six
+shapes with the host workers (about 8,000 images/s, against the 470 of host rendering); compiling a step shape
+takes 16-52 s, about 200 s for all six, most of them in the first steps. 9000 steps then need about 215 s after
+the compilations; `time_limit_s` (450) stops a slower run with a checkpoint all the same, late in the cosine decay.
+Do not set --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s. From the
 repository root:
 
     export PYTHONPATH=$PWD
@@ -28,7 +30,7 @@ held-out scenes against random weights; that folder then replaces fast3r_jax/ass
 from fast3r_jax import config
 from fast3r_jax.config import DataConfig, OptimizerConfig, TrainConfig
 
-STEPS = 6000
+STEPS = 9000
 
 
 def model() -> config.Fast3RConfig:
@@ -48,5 +50,5 @@ def get_config() -> TrainConfig:
         optimizer=OptimizerConfig(lr=2e-4, warmup_steps=200, total_steps=STEPS, grad_clip_norm=1.0),
         data=DataConfig(rendered=rendered),
         steps=STEPS, dtype="bfloat16", layout="replicated", workdir="runs/builtin",
-        log_every=100, val_every=1000, val_batches=0, ckpt_every=1000, keep=2, time_limit_s=430.0,
+        log_every=100, val_every=1000, val_batches=0, ckpt_every=1000, keep=2, time_limit_s=450.0,
     )

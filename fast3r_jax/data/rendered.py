@@ -101,7 +101,9 @@ class RenderedBatches:
     """Endless iterator of (batch, orientations) pairs (see the module docstring), checkpointable."""
 
     def __init__(self, cfg: RenderedDataConfig, seed: int, mesh: Mesh, shard_index: int = 0, shard_count: int = 1):
-        """With cfg.workers > 0, host batches are drawn by that many spawned processes, 2 * workers batches ahead."""
+        """With cfg.workers > 0, host batches are drawn by that many spawned processes, 2 * workers batches ahead;
+        as always with spawned processes, the main script must guard its work with `if __name__ == "__main__"`
+        (train.py does), or every worker runs it again."""
         for views, samples in cfg.buckets:
             if samples % shard_count:
                 raise ValueError(f"bucket ({views} views, {samples} samples): samples not divisible by the "
