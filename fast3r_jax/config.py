@@ -392,6 +392,28 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RenderedDataConfig:
+    """Synthetic scenes drawn on the host and ray cast on the accelerator (fast3r_jax.data.rendered): per batch,
+    one (views, samples) bucket and one resolution. Scenes are those of `synthetic(seed=TrainConfig.seed, ...)`."""
+
+    num_scenes: int = 1_000_000  # scene indices cycle through this many
+    split: str = "train"
+    hole_fraction: float = 0.0
+    focal_range: tuple[float, float] = (0.8, 1.2)
+    buckets: tuple[tuple[int, int], ...] = ((4, 4),)  # (views per sample, global samples per batch)
+    resolutions: tuple[tuple[int, int], ...] = ((64, 48),)  # (W, H); portrait (H > W) allowed
+    workers: int = 0  # processes drawing scenes on the host ahead of the steps (0: in the training process)
+
+    def __post_init__(self):
+        if self.num_scenes < 1 or not self.buckets or not self.resolutions:
+            raise InputError("rendered data needs num_scenes >= 1 and at least one bucket and resolution")
+        if any(v < 1 or n < 1 for v, n in self.buckets):
+            raise InputError(f"rendered data buckets must be positive (views, samples) pairs, got {self.buckets}")
+        if any(w < 16 or h < 16 or w % 16 or h % 16 for w, h in self.resolutions):
+            raise InputError(f"rendered resolutions must be multiples of 16 pixels, got {self.resolutions}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     train: str = "2000 @ synthetic(num_scenes=2000, num_views=4, resolution=(64, 48), split='train')"
     val: str = "16 @ synthetic(num_scenes=16, num_views=4, resolution=(64, 48), split='val')"
@@ -401,6 +423,9 @@ class DataConfig:
     aug_crop: int | None = 0  # None: each dataset's own margin (upstream's per-dataset values)
     batch_size: int = 4  # global batch (samples); split over the mesh's data axis and processes
     workers: int = 0  # grain worker processes per host
+    # when set, training (and validation, split 'val') batches are rendered on the accelerator instead:
+    # train, val, resolutions, augment, aug_crop, batch_size and workers are then unused
+    rendered: RenderedDataConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numbers
 import operator
 import os
 import zlib
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,12 +31,14 @@ DATASET_NAME = "synthetic"
 CAMERAS_FILE = "cameras.json"
 CAMERAS_FORMAT = "fast3r_jax.synthetic.cameras/1"
 
-_NOISE_GRID = 32  # value-noise lattice size; the noise repeats every 32 lattice cells
-_PATTERNS = ("checkers", "stripes", "noise", "gradient")
-_SOLID_KINDS = ("box", "sphere", "cylinder")
-_AMBIENT = 0.3
-_HOLE_RGB = np.array([0.55, 0.7, 0.9])  # colour of pixels that look through a window
-_EPS = 1e-9
+NOISE_GRID = 32  # value-noise lattice size; the noise repeats every 32 lattice cells
+SOLID_KINDS = ("box", "sphere", "cylinder")
+MAX_SOLIDS = 5  # random_scene draws 2-5 solids
+AMBIENT = 0.3
+HOLE_RGB = np.array([0.55, 0.7, 0.9])  # colour of pixels that look through a window
+EPS = 1e-9  # smallest positive ray hit distance
+
+Lookup = Callable[[Any, Any], Any]  # (iy, ix) integer arrays -> values of a (G, G) noise lattice
 
 
 # ----------------------------------------------------------------------------
@@ -47,7 +50,7 @@ _EPS = 1e-9
 class Texture:
     """A procedural surface colour as a function of 2-D surface coordinates (metres)."""
 
-    pattern: str  # one of _PATTERNS: the main two-colour pattern
+    pattern: str  # one of PATTERNS: the main two-colour pattern
     palette: np.ndarray  # (3, 3) RGB in [0, 1]: the pattern's two colours, then a blotch colour
     frequency: float  # cycles of the main pattern per metre
     angle: float  # orientation of the main pattern on the surface (radians)
@@ -67,32 +70,62 @@ def _random_palette(rng: np.random.Generator) -> np.ndarray:
 def random_texture(rng: np.random.Generator) -> Texture:
     """Draws a texture: a random pattern, palette, scale and orientation, and its own noise."""
     return Texture(
-        pattern=_PATTERNS[rng.integers(len(_PATTERNS))],
+        pattern=PATTERNS[rng.integers(len(PATTERNS))],
         palette=_random_palette(rng),
         frequency=float(rng.uniform(1.0, 4.0)),
         angle=float(rng.uniform(0, np.pi)),
-        noise=rng.uniform(size=(_NOISE_GRID, _NOISE_GRID)),
+        noise=rng.uniform(size=(NOISE_GRID, NOISE_GRID)),
     )
 
 
-def _value_noise(table: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Smoothly interpolated lattice noise in [0, 1] at (M, 2) coordinates in lattice cells, (M,)."""
-    cell = np.floor(uv)
+def value_noise(xp: Any, lookup: Lookup, uv: Any) -> Any:
+    """Smoothly interpolated lattice noise in [0, 1] at (M, 2) coordinates in lattice cells, (M,).
+
+    `xp` is numpy or jax.numpy; `lookup(iy, ix)` reads the (G, G) lattice at (M,) integer indices.
+    """
+    cell = xp.floor(uv)
     f = uv - cell
     f = f * f * (3 - 2 * f)  # smoothstep: C1 across cell borders
-    i0 = cell.astype(np.int64) % table.shape[0]  # (M, 2)
-    i1 = (i0 + 1) % table.shape[0]
+    i0 = cell.astype(xp.int32) % NOISE_GRID  # (M, 2)
+    i1 = (i0 + 1) % NOISE_GRID
     fx, fy = f[:, 0], f[:, 1]
-    top = table[i0[:, 1], i0[:, 0]] * (1 - fx) + table[i0[:, 1], i1[:, 0]] * fx
-    bottom = table[i1[:, 1], i0[:, 0]] * (1 - fx) + table[i1[:, 1], i1[:, 0]] * fx
+    top = lookup(i0[:, 1], i0[:, 0]) * (1 - fx) + lookup(i0[:, 1], i1[:, 0]) * fx
+    bottom = lookup(i1[:, 1], i0[:, 0]) * (1 - fx) + lookup(i1[:, 1], i1[:, 0]) * fx
     return top * (1 - fy) + bottom * fy
 
 
-def _fbm(table: np.ndarray, uv: np.ndarray, octaves: int = 3) -> np.ndarray:
+def _fbm(xp: Any, lookup: Lookup, uv: Any, octaves: int = 3) -> Any:
     """Fractal noise: octaves of value noise at doubling frequency, contrast-stretched to [0, 1], (M,)."""
     weights = 0.5 ** np.arange(octaves)
-    total = sum(w * _value_noise(table, uv * 2**k + 7.3 * k) for k, w in enumerate(weights))
-    return np.clip((total / weights.sum() - 0.5) * 2.5 + 0.5, 0, 1)
+    total = sum(w * value_noise(xp, lookup, uv * 2**k + 7.3 * k) for k, w in enumerate(weights))
+    return xp.clip((total / weights.sum() - 0.5) * 2.5 + 0.5, 0, 1)
+
+
+def pattern_coords(xp: Any, uv: Any, angle: Any, frequency: Any) -> Any:
+    """(M, 2) surface coords (metres) rotated by `angle` and scaled to pattern cycles (scalars or (M,))."""
+    c, s = xp.cos(angle), xp.sin(angle)
+    u, v = uv[:, 0], uv[:, 1]
+    return xp.stack([u * c + v * s, v * c - u * s], axis=-1) * xp.asarray(frequency)[..., None]
+
+
+# The main two-colour pattern: mix in [0, 1] between the first two palette colours at (M, 2) pattern coords.
+PATTERN_MIX: dict[str, Callable[[Any, Any, Lookup], Any]] = {
+    "checkers": lambda xp, uv, lookup: (xp.floor(uv[:, 0]) + xp.floor(uv[:, 1])) % 2,
+    "stripes": lambda xp, uv, lookup: (xp.floor(2 * uv[:, 0]) % 2) * 0.8 + (xp.floor(uv[:, 1]) % 2) * 0.2,
+    "noise": lambda xp, uv, lookup: _fbm(xp, lookup, uv),
+    "gradient": lambda xp, uv, lookup: 0.5 + 0.5 * xp.sin(2 * np.pi * uv[:, 0] + 1.5 * xp.sin(np.pi * uv[:, 1])),
+}
+PATTERNS = tuple(PATTERN_MIX)
+
+
+def palette_colour(xp: Any, palette: Any, mix: Any, uv: Any, lookup: Lookup) -> Any:
+    """RGB in [0, 1], (M, 3): the pattern `mix` (M,) between palette colours 0 and 1, low-frequency
+    blotches of colour 2 and fine grain, at (M, 2) surface coords; palette (3, 3) or (M, 3, 3)."""
+    rgb = palette[..., 0, :] + mix[:, None] * (palette[..., 1, :] - palette[..., 0, :])  # (M, 3)
+    blotch = 0.6 * _fbm(xp, lookup, uv * 0.8 + 11.0)[:, None]  # (M, 1)
+    rgb = rgb + blotch * (palette[..., 2, :] - rgb)
+    grain = 0.85 + 0.3 * value_noise(xp, lookup, uv * 6.0 + 3.0)[:, None]  # (M, 1)
+    return xp.clip(rgb * grain, 0, 1)
 
 
 def texture_colour(texture: Texture, uv: np.ndarray) -> np.ndarray:
@@ -101,25 +134,22 @@ def texture_colour(texture: Texture, uv: np.ndarray) -> np.ndarray:
     The main pattern mixes the first two palette colours; low-frequency blotches of the
     third colour and fine grain make every location distinctive, even on checkers.
     """
-    c, s = np.cos(texture.angle), np.sin(texture.angle)
-    pattern_uv = uv @ np.array([[c, -s], [s, c]]) * texture.frequency  # (M, 2) in pattern cycles
-    u, v = pattern_uv[:, 0], pattern_uv[:, 1]
-    if texture.pattern == "checkers":
-        mix = (np.floor(u) + np.floor(v)) % 2
-    elif texture.pattern == "stripes":
-        mix = (np.floor(2 * u) % 2) * 0.8 + (np.floor(v) % 2) * 0.2
-    elif texture.pattern == "noise":
-        mix = _fbm(texture.noise, pattern_uv)
-    elif texture.pattern == "gradient":
-        mix = 0.5 + 0.5 * np.sin(2 * np.pi * u + 1.5 * np.sin(np.pi * v))
-    else:
-        raise ValueError(f"unknown texture pattern {texture.pattern!r}; expected one of {_PATTERNS}")
-    palette = texture.palette
-    rgb = palette[0] + mix[:, None] * (palette[1] - palette[0])  # (M, 3)
-    blotch = 0.6 * _fbm(texture.noise, uv * 0.8 + 11.0)[:, None]  # (M, 1)
-    rgb = rgb + blotch * (palette[2] - rgb)
-    grain = 0.85 + 0.3 * _value_noise(texture.noise, uv * 6.0 + 3.0)[:, None]  # (M, 1)
-    return np.clip(rgb * grain, 0, 1)
+    if texture.pattern not in PATTERN_MIX:
+        raise ValueError(f"unknown texture pattern {texture.pattern!r}; expected one of {PATTERNS}")
+
+    def lookup(iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
+        return texture.noise[iy, ix]
+
+    mix = PATTERN_MIX[texture.pattern](np, pattern_coords(np, uv, texture.angle, texture.frequency), lookup)
+    return palette_colour(np, texture.palette, mix, uv, lookup)
+
+
+def lit(xp: Any, rgb: Any, normals: Any, points: Any, light: Any) -> Any:
+    """(M, 3) surface colours under ambient light plus the Lambertian point `light` (3,), no shadows."""
+    to_light = light - points
+    to_light = to_light / xp.linalg.norm(to_light, axis=1, keepdims=True)
+    lambert = xp.clip(xp.sum(normals * to_light, axis=1), 0, 1)
+    return rgb * (AMBIENT + (1 - AMBIENT) * lambert)[:, None]
 
 
 # ----------------------------------------------------------------------------
@@ -131,7 +161,7 @@ def texture_colour(texture: Texture, uv: np.ndarray) -> np.ndarray:
 class Solid:
     """A textured box, sphere or cylinder; points map to local coords as (p - center) @ rotation."""
 
-    kind: str  # one of _SOLID_KINDS
+    kind: str  # one of SOLID_KINDS
     center: np.ndarray  # (3,) world position
     rotation: np.ndarray  # (3, 3) local-to-world rotation
     half_size: np.ndarray  # (3,) box half extents; sphere (r, r, r); cylinder (r, r, half height) along local z
@@ -170,7 +200,7 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 def _random_solid(rng: np.random.Generator, focus_xy: np.ndarray) -> Solid:
     """A solid within 1.7 m (horizontally) of focus_xy, on the floor or floating a little."""
-    kind = _SOLID_KINDS[rng.integers(len(_SOLID_KINDS))]
+    kind = SOLID_KINDS[rng.integers(len(SOLID_KINDS))]
     angle, dist = rng.uniform(0, 2 * np.pi), 1.1 * np.sqrt(rng.uniform())
     xy = focus_xy + dist * np.array([np.cos(angle), np.sin(angle)])
     lift = rng.uniform(0.2, 0.8) if rng.uniform() < 0.25 else 0.0
@@ -209,7 +239,7 @@ def random_scene(rng: np.random.Generator, hole_fraction: float = 0.0) -> Scene:
     room_max = np.array([half[0], half[1], rng.uniform(2.6, 3.4)])
     room_textures = tuple(random_texture(rng) for _ in range(6))
     focus_xy = rng.uniform(-0.3, 0.3, size=2)
-    solids = tuple(_random_solid(rng, focus_xy) for _ in range(rng.integers(2, 6)))
+    solids = tuple(_random_solid(rng, focus_xy) for _ in range(rng.integers(2, MAX_SOLIDS + 1)))
     focus = np.array([focus_xy[0], focus_xy[1], rng.uniform(0.4, 0.9)])
     light = np.array([*(rng.uniform(-0.5, 0.5, size=2) * half), room_max[2] * rng.uniform(0.6, 0.9)])
     windows = _windows(rng, room_min, room_max, hole_fraction)
@@ -314,18 +344,18 @@ def _intersect_solid(solid: Solid, origin: np.ndarray, dirs: np.ndarray) -> np.n
             t1, t2 = (-half - o) / d, (half - o) / d
             t_near = np.minimum(t1, t2).max(axis=1)
             t_far = np.maximum(t1, t2).min(axis=1)
-            return np.where((t_near <= t_far) & (t_near > _EPS), t_near, np.inf)
+            return np.where((t_near <= t_far) & (t_near > EPS), t_near, np.inf)
         axes = slice(None) if solid.kind == "sphere" else slice(0, 2)  # cylinders: radial part only
         a = np.einsum("mi,mi->m", d[:, axes], d[:, axes])
         b = d[:, axes] @ o[axes]
         c = o[axes] @ o[axes] - half[0] ** 2
         t = (-b - np.sqrt(b * b - a * c)) / a  # NaN where the quadric is missed
         if solid.kind == "sphere":
-            return np.where(t > _EPS, t, np.inf)
-        t_side = np.where((t > _EPS) & (np.abs(o[2] + t * d[:, 2]) <= half[2]), t, np.inf)
+            return np.where(t > EPS, t, np.inf)
+        t_side = np.where((t > EPS) & (np.abs(o[2] + t * d[:, 2]) <= half[2]), t, np.inf)
         t_cap = (-np.sign(d[:, 2]) * half[2] - o[2]) / d[:, 2]  # the cap facing the ray
         cap_xy = o[:2] + t_cap[:, None] * d[:, :2]  # (M, 2)
-        on_cap = (t_cap > _EPS) & (np.einsum("mi,mi->m", cap_xy, cap_xy) <= half[0] ** 2)
+        on_cap = (t_cap > EPS) & (np.einsum("mi,mi->m", cap_xy, cap_xy) <= half[0] ** 2)
         return np.minimum(t_side, np.where(on_cap, t_cap, np.inf))
 
 
@@ -426,15 +456,12 @@ def render_view(scene: Scene, K: np.ndarray, c2w: np.ndarray, resolution: tuple[
             normals[sel], uv = _solid_surface(scene.solids[s - 6], points[sel])
             texture = scene.solids[s - 6].texture
         rgb[sel] = texture_colour(texture, uv)
-    to_light = scene.light - points
-    to_light /= np.linalg.norm(to_light, axis=1, keepdims=True)
-    lambert = np.clip(np.einsum("mi,mi->m", normals, to_light), 0, 1)
-    rgb *= (_AMBIENT + (1 - _AMBIENT) * lambert)[:, None]
+    rgb = lit(np, rgb, normals, points, scene.light)
 
     room = surface < 6
     hole = np.zeros_like(room)
     hole[room] = _in_window(scene, points[room], surface[room])
-    rgb[hole] = _HOLE_RGB
+    rgb[hole] = HOLE_RGB
     depth[hole] = 0.0
     points[hole] = origin
     img = np.round(rgb * 255).astype(np.uint8).reshape(height, width, 3)

@@ -1,4 +1,7 @@
-"""The training run: config as data, grain input, sharded steps, Orbax checkpoints, TensorBoard, validation.
+"""The training run: config as data, sharded steps, Orbax checkpoints, TensorBoard, validation.
+
+Input: the grain pipeline (fast3r_jax.data.pipeline, host-loaded datasets) or, with `data.rendered`, synthetic
+scenes rendered on the accelerator (fast3r_jax.data.rendered, which needs no grain); `_batches` is the one seam.
 
 A run lives in `workdir`: `config.json` (the resolved TrainConfig), `checkpoints/<step>/` (Orbax, asynchronous,
 keep-N, committed atomically: a step folder is visible only once complete), `tb/` (TensorBoard events) and
@@ -26,7 +29,6 @@ from tqdm import tqdm
 from fast3r_jax.checkpoint import load_config, load_pretrained, save_pretrained
 from fast3r_jax.config import Fast3RConfig, TrainConfig, check_value
 from fast3r_jax.data.mixture import parse_mixture
-from fast3r_jax.data.pipeline import make_loader
 from fast3r_jax.errors import InputError
 from fast3r_jax.io.files import atomic_file
 from fast3r_jax.model.fast3r import DTYPES
@@ -83,6 +85,54 @@ def _accepts_text(hint: Any) -> bool:
     return hint is str or str in typing.get_args(hint)
 
 
+class _OnMesh:
+    """A grain loader's iterator yielding (global batch on the mesh, orientations), checkpointable as the loader."""
+
+    def __init__(self, iterator, mesh):
+        self._it, self._mesh = iterator, mesh
+
+    def __iter__(self) -> _OnMesh:
+        return self
+
+    def __next__(self) -> tuple[list[dict[str, jax.Array]], tuple[str, ...]]:
+        batch = next(self._it)
+        return training.device_batch(batch, self._mesh), training.orientations(batch)
+
+    def get_state(self) -> dict[str, int]:
+        return self._it.get_state()
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self._it.set_state(state)
+
+    def close(self) -> None:
+        self._it.close()
+
+
+def _batches(cfg: TrainConfig, mesh, split: str = "train"):
+    """The batches of `split` ('train': endless; 'val': one pass) as (global batch, orientations) pairs, from an
+    iterator with get_state / set_state. grain is imported only for the host pipeline."""
+    shard = {"shard_index": jax.process_index(), "shard_count": jax.process_count()}
+    rendered = cfg.data.rendered
+    if rendered is not None:
+        from fast3r_jax.data.rendered import RenderedBatches  # noqa: PLC0415
+
+        if split == "val":  # held-out scenes in the first bucket and resolution: one compilation
+            rendered = dataclasses.replace(rendered, split="val", buckets=rendered.buckets[:1],
+                                           resolutions=rendered.resolutions[:1], workers=0)
+        return RenderedBatches(rendered, cfg.seed, mesh, **shard)
+    from fast3r_jax.data.pipeline import make_loader  # noqa: PLC0415
+
+    batch_size = cfg.data.batch_size // jax.process_count()
+    if split == "val":
+        loader = make_loader(parse_mixture(cfg.data.val), batch_size, seed=cfg.seed, **shard, augment=False,
+                             num_epochs=1, resolutions=cfg.data.resolutions)
+    else:
+        loader = make_loader(parse_mixture(cfg.data.train), batch_size, seed=cfg.seed, **shard,
+                             worker_count=cfg.data.workers, augment=cfg.data.augment,
+                             resolutions=cfg.data.resolutions, aug_crop=cfg.data.aug_crop)
+    return _OnMesh(iter(loader), mesh)
+
+
 def _restore_or_init(cfg: TrainConfig, tx, shardings, mgr: ocp.CheckpointManager, iterator):
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             jax.eval_shape(lambda: training.init_state(init_params(cfg.model, 0), tx, cfg.seed)),
@@ -124,10 +174,16 @@ def _check_start(workdir: pathlib.Path, cfg: TrainConfig, mesh_size: int) -> Non
         if changed:
             raise InputError(f"{workdir} holds a run with a different config ({', '.join(changed)}); use another "
                              f"workdir (only {', '.join(RESUMABLE_FIELDS)} may change on resume)")
-    for what, size in (("the data axis", mesh_size), ("the process count", jax.process_count())):
-        if cfg.data.batch_size % size:
-            raise InputError(f"data.batch_size {cfg.data.batch_size} is not divisible by {what} ({size})")
-    for field, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val if cfg.val_batches else None)):
+    rendered = cfg.data.rendered
+    sizes = [("data.batch_size", cfg.data.batch_size)] if rendered is None else [
+        (f"data.rendered.buckets ({views} views)", samples) for views, samples in rendered.buckets]
+    for field, batch_size in sizes:
+        for what, size in (("the data axis", mesh_size), ("the process count", jax.process_count())):
+            if batch_size % size:
+                raise InputError(f"{field}: batch size {batch_size} is not divisible by {what} ({size})")
+    specs = [] if rendered is not None else [("data.train", cfg.data.train),
+                                             ("data.val", cfg.data.val if cfg.val_batches else None)]
+    for field, spec in specs:
         if spec is not None:
             try:
                 parse_mixture(spec)
@@ -150,7 +206,7 @@ def _write_config(workdir: pathlib.Path, cfg: TrainConfig) -> None:
 
 def _throughput(cfg: TrainConfig, batch, seconds: float) -> dict[str, float]:
     sizes = [tuple(v["img"].shape[2:]) for v in batch]
-    samples = batch[0]["img"].shape[0] * jax.process_count()  # the global batch: every process loads its part
+    samples = batch[0]["img"].shape[0]  # the global batch
     per_step = train_step_flops(cfg.model, sizes, samples)
     tokens = samples * sum(h * w for h, w in sizes) / cfg.model.encoder.patch_size ** 2
     out = {"images_per_s": samples * len(sizes) / seconds, "tokens_per_s": tokens / seconds,
@@ -162,14 +218,10 @@ def _throughput(cfg: TrainConfig, batch, seconds: float) -> dict[str, float]:
 
 
 def _validate(cfg, eval_step, state, mesh, writer, step) -> dict[str, float]:
-    loader = make_loader(parse_mixture(cfg.data.val), cfg.data.batch_size // jax.process_count(), seed=cfg.seed,
-                         shard_index=jax.process_index(), shard_count=jax.process_count(), augment=False,
-                         num_epochs=1, resolutions=cfg.data.resolutions)
     totals: dict[str, float] = {}
     count = 0
-    for i, batch in zip(range(cfg.val_batches), loader):
-        metrics, preds = eval_step(state.params, training.device_batch(batch, mesh), training.orientations(batch),
-                                   jax.random.key(i))
+    for i, (batch, orient) in zip(range(cfg.val_batches), _batches(cfg, mesh, "val")):
+        metrics, preds = eval_step(state.params, batch, orient, jax.random.key(i))
         for k, v in jax.device_get(metrics).items():
             totals[k] = totals.get(k, 0.0) + float(v)
         count += 1
@@ -195,11 +247,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     step_fn, shardings = training.make_train_step(cfg.model, tx, mesh, cfg.layout, dtype=dtype, alpha=cfg.alpha,
                                                   schedule=learning_rate(cfg.optimizer))
     eval_step = training.make_eval_step(cfg.model, mesh, dtype=dtype, alpha=cfg.alpha)
-    loader = make_loader(parse_mixture(cfg.data.train), cfg.data.batch_size // jax.process_count(), seed=cfg.seed,
-                         shard_index=jax.process_index(), shard_count=jax.process_count(),
-                         worker_count=cfg.data.workers, augment=cfg.data.augment,
-                         resolutions=cfg.data.resolutions, aug_crop=cfg.data.aug_crop)
-    iterator = iter(loader)
+    iterator = _batches(cfg, mesh)
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, enable_async_checkpointing=True)
     writer = SummaryWriter(workdir / "tb") if lead else None
     last: dict[str, float] = {}
@@ -211,8 +259,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         tick = started = time.perf_counter()
         progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not lead, desc="train")
         for step in progress:
-            batch = next(iterator)
-            state, metrics = step_fn(state, training.device_batch(batch, mesh), training.orientations(batch))
+            batch, orient = next(iterator)
+            state, metrics = step_fn(state, batch, orient)
             pending.append((step + 1, metrics))
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
@@ -245,6 +293,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                 progress.write(f"time limit of {cfg.time_limit_s} s reached at step {done}; checkpoint saved")
                 break
         mgr.wait_until_finished()
+    iterator.close()
     if writer is not None:
         writer.close()
     return last
