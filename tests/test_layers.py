@@ -8,6 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import nnx
+
+from fast3r_jax.model import layers
 from fast3r_jax.model.dpt_head import postprocess, upsample2x
 from fast3r_jax.model.transformer import gelu
 
@@ -103,3 +106,39 @@ def test_pointmap_activation_has_a_finite_gradient_at_zero(mode):
     scale = np.expm1(d) if mode == "exp" else d * d
     np.testing.assert_allclose(pts[0, 0, 0], np.asarray([0.3, -0.2, 0.1]) / d * scale, rtol=1e-6)
     assert not pts[0, 1].any()
+
+
+LAYER_CASES = [  # (ours, flax's, constructor arguments, input shape)
+    (layers.Linear, nnx.Linear, dict(in_features=24, out_features=40), (2, 50, 24)),
+    (layers.LinearGeneral, nnx.LinearGeneral, dict(in_features=24, out_features=(3, 4, 8)), (2, 50, 24)),
+    (layers.LinearGeneral, nnx.LinearGeneral, dict(in_features=(4, 8), out_features=24, axis=(-2, -1)),
+     (2, 50, 4, 8)),
+    (layers.Conv, nnx.Conv, dict(in_features=6, out_features=8, kernel_size=(3, 3), strides=2,
+                                 padding=((1, 1), (1, 1))), (2, 33, 40, 6)),
+    (layers.Conv, nnx.Conv, dict(in_features=3, out_features=8, kernel_size=(4, 4), strides=4, padding="VALID"),
+     (2, 32, 48, 3)),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("ours,theirs,kwargs,shape", LAYER_CASES)
+def test_layers_keep_flax_parameters_and_forward_bit_for_bit(ours, theirs, kwargs, shape, dtype):
+    a, b = ours(**kwargs, dtype=dtype, rngs=nnx.Rngs(0)), theirs(**kwargs, dtype=dtype, rngs=nnx.Rngs(0))
+    params_a, params_b = nnx.state(a, nnx.Param).to_pure_dict(), nnx.state(b, nnx.Param).to_pure_dict()
+    assert jax.tree.structure(params_a) == jax.tree.structure(params_b)
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)))
+    x = jax.random.normal(jax.random.key(1), shape)
+    ya, yb = a(x), b(x)
+    assert ya.dtype == yb.dtype == dtype and np.array_equal(np.asarray(ya, np.float32), np.asarray(yb, np.float32))
+
+
+def test_bias_gradient_is_summed_in_float32():
+    """Over 98,304 bf16 pixels the bias gradient equals the float32 sum of the bf16 cotangent (to the float32
+    rounding of a long sum), and the input's cotangent passes through unchanged."""
+    g = jax.random.normal(jax.random.key(0), (2, 192, 256, 4)).astype(jnp.bfloat16) + 1  # (B, H, W, C), mean 1
+    y, bias = jnp.zeros_like(g), jnp.zeros((4,), jnp.float32)
+    _, vjp = jax.vjp(layers.add_bias, y, bias)
+    gy, gb = vjp(g)
+    assert gb.dtype == jnp.float32 and gy.dtype == jnp.bfloat16 and np.array_equal(gy, g)
+    exact = np.asarray(g, np.float64).sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(np.asarray(gb), exact, rtol=1e-5)

@@ -16,11 +16,12 @@ from flax import nnx
 
 from fast3r_jax.config import HeadConfig
 from fast3r_jax.geometry import transforms as geometry
+from fast3r_jax.model import layers
 
 
-def _conv(cin: int, cout: int, k: int, *, stride: int = 1, bias: bool = True, dtype, rngs) -> nnx.Conv:
+def _conv(cin: int, cout: int, k: int, *, stride: int = 1, bias: bool = True, dtype, rngs) -> layers.Conv:
     pad = (k - 1) // 2
-    return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), use_bias=bias,
+    return layers.Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), use_bias=bias,
                     dtype=dtype, rngs=rngs)
 
 
@@ -89,7 +90,7 @@ class PixelShuffleUpsample(nnx.Module):
         s = self.stride
         kernel = self.kernel[...].astype(self.dtype or x.dtype)
         y = jnp.einsum("bhwc,cijo->bhiwjo", x, kernel)  # (B, H, s, W, s, C_out)
-        return y.reshape(b, h * s, w * s, -1) + self.bias[...].astype(y.dtype)
+        return layers.add_bias(y.reshape(b, h * s, w * s, -1), self.bias[...])
 
 
 class Reassemble(nnx.Module):

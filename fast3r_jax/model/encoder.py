@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from fast3r_jax.config import EncoderConfig
+from fast3r_jax.model import layers
 from fast3r_jax.model.attention import AttentionFn
 from fast3r_jax.model.rope2d import rope_tables
 from fast3r_jax.model.transformer import BlockConfig, BlockStack, layer_norm
@@ -42,7 +43,7 @@ class PatchEmbed(nnx.Module):
 
     def __init__(self, patch_size: int, dim: int, *, dtype, rngs: nnx.Rngs):
         self.patch_size = patch_size
-        self.proj = nnx.Conv(3, dim, (patch_size, patch_size), strides=patch_size, padding="VALID",
+        self.proj = layers.Conv(3, dim, (patch_size, patch_size), strides=patch_size, padding="VALID",
                              dtype=dtype, rngs=rngs)
 
     def _embed(self, img_nhwc: jax.Array) -> jax.Array:

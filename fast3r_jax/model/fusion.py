@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fast3r_jax.config import INFERENCE_SCALE_FACTOR, FusionConfig
+from fast3r_jax.model import layers
 from fast3r_jax.model.attention import AttentionFn
 from fast3r_jax.model.image_index_embedding import image_index_embedding
 from fast3r_jax.model.transformer import BlockConfig, BlockStack, layer_norm
@@ -15,7 +16,7 @@ from fast3r_jax.model.transformer import BlockConfig, BlockStack, layer_norm
 class FusionTransformer(nnx.Module):
     def __init__(self, cfg: FusionConfig, enc_dim: int, *, dtype, remat: str | None, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed = nnx.Linear(enc_dim, cfg.embed_dim, kernel_init=nnx.initializers.xavier_uniform(),
+        self.embed = layers.Linear(enc_dim, cfg.embed_dim, kernel_init=nnx.initializers.xavier_uniform(),
                                 dtype=dtype, rngs=rngs)
         block = BlockConfig(dim=cfg.embed_dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
                             norm_eps=cfg.block_norm_eps, qkv_bias=cfg.qkv_bias)

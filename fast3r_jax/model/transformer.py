@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fast3r_jax.model import layers
 from fast3r_jax.model.attention import AttentionFn
 from fast3r_jax.model.rope2d import RopeTables, apply_rope
 
@@ -41,10 +42,10 @@ class SelfAttention(nnx.Module):
         head_dim = cfg.dim // cfg.num_heads
         self.num_heads = cfg.num_heads
         init = nnx.initializers.xavier_uniform()
-        self.qkv = nnx.LinearGeneral(cfg.dim, (3, cfg.num_heads, head_dim), use_bias=cfg.qkv_bias,
+        self.qkv = layers.LinearGeneral(cfg.dim, (3, cfg.num_heads, head_dim), use_bias=cfg.qkv_bias,
                                      kernel_init=lambda k, s, d: init(k, (s[0], int(np.prod(s[1:]))), d).reshape(s),
                                      dtype=dtype, rngs=rngs)
-        self.proj = nnx.LinearGeneral((cfg.num_heads, head_dim), cfg.dim, axis=(-2, -1),
+        self.proj = layers.LinearGeneral((cfg.num_heads, head_dim), cfg.dim, axis=(-2, -1),
                                       kernel_init=lambda k, s, d: init(k, (int(np.prod(s[:-1])), s[-1]), d).reshape(s),
                                       dtype=dtype, rngs=rngs)
 
@@ -73,8 +74,8 @@ def gelu(x: jax.Array) -> jax.Array:
 class Mlp(nnx.Module):
     def __init__(self, dim: int, hidden: int, *, dtype, rngs: nnx.Rngs):
         init = nnx.initializers.xavier_uniform()
-        self.fc1 = nnx.Linear(dim, hidden, kernel_init=init, dtype=dtype, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, dim, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.fc1 = layers.Linear(dim, hidden, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.fc2 = layers.Linear(hidden, dim, kernel_init=init, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc2(gelu(self.fc1(x)))
