@@ -3,8 +3,8 @@
 ViT encoder 192 wide x 4 blocks, fusion transformer 192 wide x 6 blocks, DPT heads with 64 features; exported in
 bfloat16 storage (13.6 MB). Batches are rendered on the GPU (data.rendered, fast3r_jax/data/rendered.py: 8 host
 processes draw scenes and cameras a few batches ahead, the device ray casts them), so training is compute-bound
-and needs no grain. Each batch draws one of three (views, samples) buckets, 2, 8 or 24 views per scene at 192
-images per batch, and one of two resolutions, 128x96 landscape or 96x128 portrait: 6 compiled step shapes. Image
+and needs no grain. Each batch draws one of four (views, samples) buckets, 2, 8, 24 or 64 views per scene at 192
+images per batch, and one of two resolutions, 128x96 landscape or 96x128 portrait: 8 compiled step shapes. Image
 ids are random per sample and step (upstream's). No augmentation. AdamW 2e-4 after 200 warm-up steps, cosine decay
 to 1e-6 at STEPS, gradients clipped at 1.
 
@@ -14,7 +14,7 @@ see fewer images in the same time). Sizing, measured on one H200 (jax 0.11.2, ra
 is 0.83-0.96 TFLOP (fast3r_jax.model.flops) and takes 16-21 ms on the device, 24 ms in a stream mixing the six
 shapes with the host workers (about 8,000 images/s, against the 470 of host rendering); compiling a step shape
 takes 16-52 s, about 200 s for all six, most of them in the first steps. 9000 steps then need about 215 s after
-the compilations; `time_limit_s` (450) stops a slower run with a checkpoint all the same, late in the cosine decay.
+the compilations; `time_limit_s` (480) stops a slower run with a checkpoint all the same, late in the cosine decay.
 Do not set --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s. From the
 repository root:
 
@@ -42,7 +42,7 @@ def model() -> config.Fast3RConfig:
 
 
 def get_config() -> TrainConfig:
-    rendered = config.RenderedDataConfig(num_scenes=1_000_000, split="train", buckets=((2, 96), (8, 24), (24, 8)),
+    rendered = config.RenderedDataConfig(num_scenes=1_000_000, split="train", buckets=((2, 96), (8, 24), (24, 8), (64, 3)),
                                          resolutions=((128, 96), (96, 128)), workers=8)
     return TrainConfig(
         model=model(),
@@ -50,5 +50,5 @@ def get_config() -> TrainConfig:
         optimizer=OptimizerConfig(lr=2e-4, warmup_steps=200, total_steps=STEPS, grad_clip_norm=1.0),
         data=DataConfig(rendered=rendered),
         steps=STEPS, dtype="bfloat16", layout="replicated", workdir="runs/builtin",
-        log_every=100, val_every=1000, val_batches=0, ckpt_every=1000, keep=2, time_limit_s=450.0,
+        log_every=100, val_every=1000, val_batches=0, ckpt_every=1000, keep=2, time_limit_s=480.0,
     )
