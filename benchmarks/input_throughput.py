@@ -200,23 +200,23 @@ def main() -> None:
     env = {"python": platform.python_version(), "cpus": os.cpu_count(), "views": args.views, "batch": args.batch,
                "size": args.size, "resolution": args.resolution, "frames_per_layout": args.frames}
     print(json.dumps(env), flush=True)
+    used = LAYOUTS if "all" in args.layouts else tuple(args.layouts)  # the layouts written and read
     with tempfile.TemporaryDirectory(dir=args.root) as tmp:
-        roots = {name: os.path.join(tmp, name) for name in LAYOUTS}
+        roots = {name: os.path.join(tmp, name) for name in used}
         start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(min(len(LAYOUTS), os.cpu_count() or 1)) as pool:
-            list(pool.map(lambda n: write_layout(n, roots[n], args.frames, args.scene_frames, width, height),
-                          LAYOUTS))
+        with concurrent.futures.ThreadPoolExecutor(min(len(used), os.cpu_count() or 1)) as pool:
+            list(pool.map(lambda n: write_layout(n, roots[n], args.frames, args.scene_frames, width, height), used))
         size = sum(f.stat().st_size for f in pathlib.Path(tmp).rglob("*") if f.is_file())
-        print(f"wrote {len(LAYOUTS)} x {args.frames} frames ({size / 2**20:.0f} MiB) in "
+        print(f"wrote {len(used)} x {args.frames} frames ({size / 2**20:.0f} MiB) in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
-        sources = {name: make_reader(name, roots[name], args.views) for name in LAYOUTS}
+        sources = {name: make_reader(name, roots[name], args.views) for name in used}
         stages = {}
         print(f"{'layout':<12} {'read ms':>8} {'augment ms':>10} {'layout ms':>9}   (per view, one process)")
-        for name in LAYOUTS:
+        for name in used:
             stages[name] = stage_ms(sources[name], resolution, args.stage_samples)
             print(f"{name:<12} {stages[name]['read']:>8.1f} {stages[name]['augment']:>10.1f} "
                   f"{stages[name]['layout']:>9.1f}", flush=True)
-        sources["all"] = Mixture([(1000, sources[name]) for name in LAYOUTS])
+        sources["all"] = Mixture([(1000, sources[name]) for name in used])
         rows = []
         for name in args.layouts:
             for workers in args.workers:

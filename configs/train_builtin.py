@@ -10,13 +10,15 @@ to 1e-6 at STEPS, gradients clipped at 1.
 
 It continues from the shipped weights (init): the architecture is unchanged, and in a run of minutes continuing
 beats starting over (nothing of the earlier runs' 330k images is thrown away, and a larger model from scratch would
-see fewer images in the same time). Sizing, measured on one H200 (jax 0.11.2, random weights, 2026-12-02): a step
-is 0.83-0.96 TFLOP (fast3r_jax.model.flops) and takes 16-21 ms on the device, 24 ms in a stream mixing the six
-shapes with the host workers (about 8,000 images/s, against the 470 of host rendering); compiling a step shape
-takes 16-52 s, about 200 s for all six, most of them in the first steps. 9000 steps then need about 215 s after
-the compilations; `time_limit_s` (480) stops a slower run with a checkpoint all the same, late in the cosine decay.
-Do not set --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s. From the
-repository root:
+see fewer images in the same time). Measured on one H200 (jax 0.11.2, 2026-12-02): a step is 0.83-0.96 TFLOP
+(fast3r_jax.model.flops) and takes 16-21 ms on the device, 24-37 ms in the stream mixing the shapes with the host
+workers (4,000-6,800 images/s, against the 470 of host rendering), so 9000 steps need 4-6 minutes of steps. Compiling
+is the larger cost: the six shapes of the earlier three-bucket recipe took about 200 s, the eight of this one 400 s
+(twice: one after another as the steps met them, and all at once in threads, which XLA's autotuning on the one GPU
+did not speed up), so a 10-minute call ends at `time_limit_s` (480 s of the loop, compilation included) after about
+1,300 steps, with a checkpoint. A second call on the same machine resumes without compiling: `train.py` keeps its
+compiled steps in the persistent compilation cache (`--compilation-cache`, on by default). Do not set
+--xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s. From the repository root:
 
     export PYTHONPATH=$PWD
     python train.py --config configs/train_builtin.py --set workdir=runs/builtin3

@@ -7,6 +7,7 @@ and however quick to compile, so that CPU runs (many small programs) profit too.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pathlib
 
@@ -38,3 +39,10 @@ def enable(path: str | os.PathLike | None = None) -> pathlib.Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
+
+
+def add_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The commands' `--compilation-cache DIR|off` option (read by `enable(args.compilation_cache)`)."""
+    parser.add_argument("--compilation-cache", default=None, metavar="DIR|off",
+                        help=f"persistent XLA compilation cache (default: ${ENV} or {default_path()}); 'off' "
+                             "disables it")

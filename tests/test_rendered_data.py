@@ -134,24 +134,3 @@ def test_training_on_rendered_batches_resumes_with_the_same_data(tmp_path):
     assert sorted(resumed) == [3, 4]  # the resumed run starts at checkpoint step + 1
     for step in range(1, 5):
         assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
-
-
-def test_batch_shapes_declare_every_batch_the_iterator_yields():
-    """The loop compiles its step ahead for `batch_shapes` and falls back to compiling on first sight: each yielded
-    batch must match one declared shape exactly (shapes, dtypes, shardings), or the ahead compilation is wasted."""
-    cfg = RenderedDataConfig(num_scenes=50, buckets=((2, 4), (3, 2)), resolutions=((32, 16), (16, 32)))
-    batches = RenderedBatches(cfg, seed=1, mesh=make_mesh(1, 1))
-    declared = {}
-    for batch, orient in batches.batch_shapes():
-        declared[orient, tuple(view["img"].shape for view in batch)] = batch
-    assert len(declared) == 4  # 2 buckets x 2 resolutions, all distinct
-    seen = set()
-    for _ in range(12):
-        batch, orient = next(batches)
-        key = orient, tuple(view["img"].shape for view in batch)
-        seen.add(key)
-        abstract = declared[key]
-        assert jax.tree.structure(batch) == jax.tree.structure(abstract)
-        for got, want in zip(jax.tree.leaves(batch), jax.tree.leaves(abstract)):
-            assert (got.shape, got.dtype, got.sharding) == (want.shape, want.dtype, want.sharding)
-    assert len(seen) >= 3  # the draw visits most of the four shapes in 12 batches

@@ -105,10 +105,15 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
 def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
     """SIGKILL a training process mid-run; the resumed run starts after its last checkpoint (it logs steps
-    checkpoint + 1 .. 60 and nothing before) with the losses of an uninterrupted run, step for step."""
+    checkpoint + 1 .. 60 and nothing before) with the losses of an uninterrupted run, step for step. The command's
+    compilation cache, filled by the first run, serves every program of the later ones."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user would run it
-    common = [sys.executable, str(ROOT / "train.py"), *QUICK, "--set", "steps=60", "--set", "ckpt_every=10"]
+    cache = tmp_path / "xla"
+    common = [sys.executable, str(ROOT / "train.py"), *QUICK, "--set", "steps=60", "--set", "ckpt_every=10",
+              "--compilation-cache", str(cache)]
     subprocess.run(common + ["--set", f"workdir={tmp_path / 'a'}"], check=True, env=env, capture_output=True)
+    compiled = sorted(p.name for p in cache.iterdir())
+    assert compiled  # the first run filled the cache
 
     run_b = common + ["--set", f"workdir={tmp_path / 'b'}"]
     proc = subprocess.Popen(run_b, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -127,6 +132,7 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
     logged = metrics.stat().st_size
     subprocess.run(run_b, check=True, env=env, capture_output=True)
 
+    assert sorted(p.name for p in cache.iterdir()) == compiled  # nothing compiled anew, the resumed run included
     a, resumed = _losses(tmp_path / "a"), _losses(tmp_path / "b", skip=logged)
     assert sorted(a) == list(range(1, 61))
     assert sorted(resumed) == list(range(checkpoint + 1, 61)), (checkpoint, sorted(resumed))

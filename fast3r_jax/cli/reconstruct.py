@@ -82,9 +82,7 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
     out.add_argument("--colmap-text", action="store_true", help="write the COLMAP model as text instead of binary")
     out.add_argument("--maps", choices=reconstruct_lib.MAP_FORMATS, default=defaults.maps_format,
                      help="depth and confidence maps as 16/8-bit PNG or float32 .npy (default png)")
-    r.add_argument("--compilation-cache", default=None, metavar="DIR|off",
-                   help="persistent XLA compilation cache (default: $JAX_COMPILATION_CACHE_DIR or "
-                        f"{compilation_cache.default_path()}); 'off' disables it")
+    compilation_cache.add_argument(r)
     r.add_argument("--intrinsics", default=None, metavar="FILE",
                    help="known intrinsics of the original images (COLMAP cameras.txt/.bin or a model folder, or a "
                         "cameras.json as written here), used by both pose solvers instead of estimated focals")

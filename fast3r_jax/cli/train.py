@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from fast3r_jax import distributed
+from fast3r_jax import compilation_cache, distributed
 from fast3r_jax.cli import EXIT_FAILURE, error
 from fast3r_jax.config import TrainConfig, load_config_file
 from fast3r_jax.errors import InputError
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="training config file (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override a config field, e.g. --set optimizer.lr=3e-4 (repeatable)")
+    compilation_cache.add_argument(p)  # a resumed or repeated run loads its compiled steps instead of compiling
     distributed.add_arguments(p)
 
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     distributed.initialize_from_args(args)
     cfg = load(args.config, args.set)
+    compilation_cache.enable(args.compilation_cache)
     try:
         metrics = train(cfg)
     except NonFiniteLossError as err:  # the run failed; its last good checkpoint stays

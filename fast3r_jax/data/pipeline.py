@@ -37,7 +37,7 @@ from absl import flags
 
 from fast3r_jax.data.augment import BUCKETS, augment_views
 from fast3r_jax.data.mixture import Mixture
-from fast3r_jax.data.readers import Source, View, load_sample
+from fast3r_jax.data.readers import Source, View, cv2, load_sample
 from fast3r_jax.io.images import normalize
 
 BATCH_KEYS = ("img", "true_shape", "pts3d", "valid_mask", "depthmap", "camera_pose", "camera_intrinsics")
@@ -205,10 +205,16 @@ def make_loader(source: Source, batch_size: int, seed: int, shard_index: int = 0
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches))
         if worker_count > 0:
             _mark_absl_flags_parsed()
-            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count), worker_init_fn=_init_worker)
         return it
 
     return Loader(build, global_batch, seed)
+
+
+def _init_worker(index: int, count: int) -> None:
+    """One OpenCV thread per worker process: the workers already share the host's cores, and OpenCV's own pool in
+    each of them (as many threads as cores) would oversubscribe them."""
+    cv2.setNumThreads(1)
 
 
 def _mark_absl_flags_parsed() -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import functools
 import multiprocessing
 import os
@@ -122,23 +121,6 @@ class RenderedBatches:
 
     def __iter__(self) -> RenderedBatches:
         return self
-
-    def batch_shapes(self) -> list[tuple[Batch, tuple[str, ...]]]:
-        """Every (batch, orientations) structure this iterator yields, one per bucket and resolution, as abstract
-        arrays on the mesh: what a training step is compiled for, so that all can be compiled ahead, together."""
-        shapes = []
-        for bucket in self.cfg.buckets:
-            for resolution in self.cfg.resolutions:
-                one = dataclasses.replace(self.cfg, buckets=(bucket,), resolutions=(resolution,))
-                host = host_batch(one, self.seed, 0, self._shard_index, self._shard_count)
-                placed = jax.tree.map(lambda a: jax.ShapeDtypeStruct((a.shape[0] * self._shard_count, *a.shape[1:]),
-                                                                     a.dtype, sharding=self._sharding),
-                                      (host.scenes, host.K, host.c2w))
-                batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self._sharding),
-                                     self._render.eval_shape(*placed, resolution))
-                width, height = resolution
-                shapes.append((batch, ("portrait" if width < height else "landscape",) * bucket[0]))
-        return shapes
 
     def draw(self, batch: int) -> tuple[SyntheticScenes, list[int]]:
         """The dataset of global batch `batch` and this process's sample indices in it (see `draw`)."""

@@ -12,7 +12,6 @@ latest one: parameters, optimizer state, step, RNG and the data iterator.
 from __future__ import annotations
 
 import ast
-import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -132,30 +131,6 @@ def _batches(cfg: TrainConfig, mesh, split: str = "train"):
                              worker_count=cfg.data.workers, augment=cfg.data.augment,
                              resolutions=cfg.data.resolutions, aug_crop=cfg.data.aug_crop)
     return _OnMesh(iter(loader), mesh)
-
-
-def _step_key(batch, orient: tuple[str, ...]) -> tuple:
-    """What a compiled training step depends on, besides the state: the views' orientations and image shapes."""
-    return orient, tuple(view["img"].shape for view in batch)
-
-
-def _compile_ahead(step_fn, state, iterator, progress: bool) -> dict[tuple, Any]:
-    """The training step compiled for every batch shape the data declares (rendered data: each bucket and
-    resolution), all at once in threads, so the compilations overlap instead of stalling the first steps one after
-    another (on one H200, 8 shapes of the built-in recipe: about 400 s in turn). Empty for data that declares no
-    shapes (the grain pipeline: those steps compile when first seen)."""
-    shapes = iterator.batch_shapes() if hasattr(iterator, "batch_shapes") else []
-    if not shapes:
-        return {}
-    start = time.perf_counter()
-    lowered = {_step_key(batch, orient): step_fn.lower(state, batch, orient) for batch, orient in shapes}
-    with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
-        futures = {key: pool.submit(program.compile) for key, program in lowered.items()}
-        compiled = {key: future.result() for key, future in futures.items()}
-    if progress:
-        print(f"compiled the training step for {len(compiled)} batch shapes in {time.perf_counter() - start:.1f} s",
-              flush=True)
-    return compiled
 
 
 def _restore_or_init(cfg: TrainConfig, tx, shardings, mgr: ocp.CheckpointManager, iterator):
@@ -281,14 +256,11 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         if writer is not None and start == 0:
             writer.text("config", "```\n" + cfg.to_json() + "\n```")
         pending: list[tuple[int, Any]] = []
-        started = time.perf_counter()
-        compiled = _compile_ahead(step_fn, state, iterator, progress=lead)
-        tick = time.perf_counter()
+        tick = started = time.perf_counter()
         progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not lead, desc="train")
         for step in progress:
             batch, orient = next(iterator)
-            ahead = compiled.get(_step_key(batch, orient))
-            state, metrics = ahead(state, batch) if ahead else step_fn(state, batch, orient)
+            state, metrics = step_fn(state, batch, orient)
             pending.append((step + 1, metrics))
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
