@@ -1,5 +1,6 @@
 """The training run: falling loss, TensorBoard, checkpoints, kill-and-resume, bad input, gradient goldens."""
 
+import contextlib
 import json
 import os
 import pathlib
@@ -27,7 +28,8 @@ from tests.helpers.parity import golden_views
 from tests.helpers.reference_weights import DATA, tiny_state_dict
 
 ROOT = pathlib.Path(__file__).parents[1]
-GRAD_NORM_RTOL = 1e-5  # gradient norms vs the golden: measured 1.5e-6 at worst
+GRAD_NORM_RTOL = 1e-5  # gradient norms vs the golden, op by op: measured 7e-7 at worst (1.5e-6 compiled, elsewhere)
+GRAD_NORM_COMPILED_RTOL = 1e-3  # compiled: measured 3.3e-4 at worst (AMD EPYC, jaxlib 0.10.2), see the test
 SMALL = config_lib.tiny().replace(head=config_lib.HeadConfig(feature_dim=32, last_dim=16, layer_dims=(8, 16, 32, 64)))
 QUICK = ["--set", "data.batch_size=2", "--set", "val_batches=0", "--set", "log_every=1",
          "--set", "data.train=\"64 @ synthetic(num_scenes=64, num_views=2, resolution=(32, 32), split='train')\"",
@@ -168,12 +170,17 @@ def test_gradient_norms_match_golden():
         return multiview_loss(gts, preds)[0]
 
     state = nnx.state(model, nnx.Param)
-    with jax.default_matmul_precision("highest"):
-        loss, grads = jax.value_and_grad(loss_fn)(state)
-    assert float(loss) == pytest.approx(float(z["loss"]), rel=1e-5)
-    torch_grads = params_to_torch(grads.to_pure_dict(), cfg)
     names = [k.split("/", 1)[1] for k in z.files if k.startswith("grad_norm/")]
     assert len(names) == 9  # the golden holds these norms only, no per-leaf gradients
-    errors = {name: abs(np.linalg.norm(torch_grads[name]) / float(z[f"grad_norm/{name}"]) - 1) for name in names}
-    print("gradient norm relative errors", {k: f"{v:.1e}" for k, v in errors.items()})
-    assert all(np.isfinite(v) and v <= GRAD_NORM_RTOL for v in errors.values()), errors
+    # Op by op, as upstream's eager PyTorch computes it, then compiled, whose fusions round differently: this
+    # scale-normalised loss's encoder and decoder gradients are small sums of large cancelling terms, and on an AMD
+    # EPYC (jaxlib 0.10.2) the compiled program's rounding moved their norms by 3.3e-4 (7e-7 op by op).
+    for mode, context, rtol in (("op by op", jax.disable_jit, GRAD_NORM_RTOL), ("compiled", contextlib.nullcontext,
+                                                                                  GRAD_NORM_COMPILED_RTOL)):
+        with jax.default_matmul_precision("highest"), context():
+            loss, grads = jax.value_and_grad(loss_fn)(state)
+        assert float(loss) == pytest.approx(float(z["loss"]), rel=1e-5)
+        torch_grads = params_to_torch(grads.to_pure_dict(), cfg)
+        errors = {name: abs(np.linalg.norm(torch_grads[name]) / float(z[f"grad_norm/{name}"]) - 1) for name in names}
+        print(mode, "gradient norm relative errors", {k: f"{v:.1e}" for k, v in errors.items()})
+        assert all(np.isfinite(v) and v <= rtol for v in errors.values()), (mode, errors)
