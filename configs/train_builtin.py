@@ -44,7 +44,8 @@ def model() -> config.Fast3RConfig:
 
 
 def get_config() -> TrainConfig:
-    rendered = config.RenderedDataConfig(num_scenes=1_000_000, split="train", buckets=((2, 96), (8, 24), (24, 8), (64, 3)),
+    rendered = config.RenderedDataConfig(num_scenes=1_000_000, split="train",
+                                         buckets=((2, 96), (8, 24), (24, 8), (64, 3)),
                                          resolutions=((128, 96), (96, 128)), workers=8)
     return TrainConfig(
         model=model(),

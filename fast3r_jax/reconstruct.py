@@ -429,7 +429,7 @@ def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Seque
                   names: Sequence[str], config: ReconstructConfig = ReconstructConfig(),
                   timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Writes the files of `config.outputs` (see the module docstring) of host arrays into `folder`, each file a
-    task of one thread pool; returns point counts. timings receives each output's seconds.
+    thread-pool task; returns point counts. timings receives each output's seconds.
 
     The per-view depth and confidence maps start first, in one pool; the point cloud is selected meanwhile, and the
     files made from it are written in a pool of their own as soon as it is, not queued behind the maps (at 1000
