@@ -403,6 +403,11 @@ class RenderedDataConfig:
     buckets: tuple[tuple[int, int], ...] = ((4, 4),)  # (views per sample, global samples per batch)
     resolutions: tuple[tuple[int, int], ...] = ((64, 48),)  # (W, H); portrait (H > W) allowed
     workers: int = 0  # processes drawing scenes on the host ahead of the steps (0: in the training process)
+    # Views marked 'mixed' instead of 'landscape' / 'portrait': a resolution and its transpose (stored alike, in
+    # landscape layout) then share one compiled step, half the compilations, but the model runs the patch embedding
+    # and the heads both ways, keeping each sample's own (fast3r_jax.model.fast3r.View): worth it only while
+    # compilation dominates a run, since the heads can be most of a small model's FLOPs.
+    mixed_orientation: bool = False
 
     def __post_init__(self):
         if self.num_scenes < 1 or not self.buckets or not self.resolutions:

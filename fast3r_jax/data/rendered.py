@@ -142,7 +142,8 @@ class RenderedBatches:
         batch = self._render(*placed, host.resolution)
         self._batches += 1
         width, height = host.resolution
-        return batch, ("portrait" if width < height else "landscape",) * host.K.shape[1]
+        orientation = "mixed" if self.cfg.mixed_orientation else "portrait" if width < height else "landscape"
+        return batch, (orientation,) * host.K.shape[1]
 
     def get_state(self) -> dict[str, int]:
         return {"batches": self._batches, "seed": self.seed}
