@@ -20,9 +20,9 @@ is the larger cost: the six shapes of the earlier three-bucket recipe took about
 (twice: one after another as the steps met them, and all at once in threads, which XLA's autotuning on the one GPU
 did not speed up), so a 10-minute call ended at `time_limit_s` (480 s of the loop, compilation included) after
 about 1,300 steps, with a checkpoint; with half the compilations (not yet measured) the same call should make
-about twice as many steps despite their cost. A second call on the same machine resumes without compiling: `train.py` keeps its
-compiled steps in the persistent compilation cache (`--compilation-cache`, on by default). Do not set
---xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s. From the repository root:
+about twice as many steps despite their cost. A second call on the same machine resumes without compiling:
+`train.py` keeps its compiled steps in the persistent compilation cache (`--compilation-cache`, on by default).
+Do not set --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s. From the repository root:
 
     export PYTHONPATH=$PWD
     python train.py --config configs/train_builtin.py --set workdir=runs/builtin3
