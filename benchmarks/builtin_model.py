@@ -2,6 +2,7 @@
 
     python benchmarks/builtin_model.py --checkpoint fast3r_jax/assets/builtin --json builtin_quality.json
     python benchmarks/builtin_model.py --run RUN_DIR --out OUT_DIR      # export a training run first (bf16 storage)
+    python benchmarks/builtin_model.py --checkpoint RUN_DIR_export.fp32 --out OUT_DIR   # the same from its export
 
 Held-out scenes (split 'test', never seen in training), `--scenes` x `--views` at `--resolution`: RRA/RTA@5/15/30
 and mAA(30) of the cameras (Procrustes and PnP solvers), the median rotation error over all pairs, and the
@@ -31,7 +32,8 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=pathlib.Path, help="a pretrained folder")
     source.add_argument("--run", type=pathlib.Path, help="a training run to export to --out first")
-    parser.add_argument("--out", type=pathlib.Path, default=None, help="with --run: the pretrained folder to write")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="write the evaluated weights there in bfloat16 storage, with the scores in its notes")
     parser.add_argument("--scenes", type=int, default=32)
     parser.add_argument("--views", type=int, default=6)
     parser.add_argument("--resolution", default="128x96")
@@ -40,13 +42,11 @@ def main() -> None:
     if args.run is not None and args.out is None:
         parser.error("--run needs --out")
 
-    notes = {}
+    source = args.checkpoint
     if args.run is not None:
-        exported = export_params(args.run, args.out.with_name(args.out.name + ".fp32"))
-        notes = json.loads((exported / "manifest.json").read_text())["notes"]
-        config, params = load_pretrained(exported)
-    else:
-        config, params = load_pretrained(args.checkpoint)
+        source = export_params(args.run, args.out.with_name(args.out.name + ".fp32"))
+    notes = json.loads((source / "manifest.json").read_text()).get("notes", {})
+    config, params = load_pretrained(source)
     width, height = (int(x) for x in args.resolution.split("x"))
     scenes = SyntheticScenes(args.scenes, args.views, (width, height), split="test")
     report = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "scenes": args.scenes,
@@ -58,7 +58,7 @@ def main() -> None:
             result = evaluate_scenes(config, weights, scenes, pose_solver=solver)
             report[f"{name}/{solver}"] = result | {"seconds": time.perf_counter() - start}
             print(f"| {name} | {solver} | " + " | ".join(f"{result[c]:.3f}" for c in COLUMNS) + " |", flush=True)
-    if args.run is not None:
+    if args.out is not None:
         save_pretrained(args.out, config, params, notes=notes | {"quality": report}, storage_dtype="bfloat16")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -1,7 +1,7 @@
 """The recipe of the built-in model (fast3r_jax/assets/builtin): a small Fast3R trained on synthetic scenes.
 
 ViT encoder 192 wide x 4 blocks, fusion transformer 192 wide x 6 blocks, DPT heads with 64 features; exported in
-bfloat16 storage (13.6 MB). Batches are rendered on the GPU (data.rendered, fast3r_jax/data/rendered.py: 8 host
+bfloat16 storage (10.6 MB). Batches are rendered on the GPU (data.rendered, fast3r_jax/data/rendered.py: 8 host
 processes draw scenes and cameras a few batches ahead, the device ray casts them), so training is compute-bound
 and needs no grain. Each batch draws one of four (views, samples) buckets, 2, 8, 24 or 64 views per scene at 192
 images per batch, and one of two resolutions, 128x96 landscape or 96x128 portrait, marked 'mixed' so that both
@@ -11,24 +11,23 @@ while compilation takes most of a call, as below, and not in a long run (set mix
 ids are random per sample and step (upstream's). No augmentation. AdamW 2e-4 after 200 warm-up steps, cosine decay
 to 1e-6 at STEPS, gradients clipped at 1.
 
-It continues from the shipped weights (init): the architecture is unchanged, and in a run of minutes continuing
-beats starting over (nothing of the earlier runs' 330k images is thrown away, and a larger model from scratch would
-see fewer images in the same time). Measured on one H200 (jax 0.11.2, 2026-12-02): a step is 0.83-0.96 TFLOP
-(fast3r_jax.model.flops) and takes 16-21 ms on the device, 24-37 ms in the stream mixing the shapes with the host
-workers (4,000-6,800 images/s, against the 470 of host rendering), so 9000 steps need 4-6 minutes of steps. Compiling
-is the larger cost: the six shapes of the earlier three-bucket recipe took about 200 s, the eight of this one 400 s
-(twice: one after another as the steps met them, and all at once in threads, which XLA's autotuning on the one GPU
-did not speed up), so a 10-minute call ended at `time_limit_s` (480 s of the loop, compilation included) after
-about 1,300 steps, with a checkpoint; with half the compilations (not yet measured) the same call should make
-about twice as many steps despite their cost. A second call on the same machine resumes without compiling:
-`train.py` keeps its compiled steps in the persistent compilation cache (`--compilation-cache`, on by default).
-Do not set --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s. From the repository root:
+It continues from the earlier shipped weights (init): the architecture is unchanged, and in a run of minutes
+continuing beats starting over. Measured on one H200 (jax 0.11.2, 2026-12-02): a step is 0.83-0.96 TFLOP
+(fast3r_jax.model.flops) and takes 16-21 ms on the device; compiling the four step shapes lazily, as the batches
+meet them, took about 230 s, after which the stream mixing the shapes ran 4,300-5,300 images/s (22-33 steps/s). So
+STEPS = 6000 fits one 10-minute call: the shipped model is this recipe's run, 6,000 steps (1.15 M images) in 7 min
+50 s of the training loop, compilation included; the loss logged every 100 steps (on whichever bucket that step
+drew) went from 0.24-0.39 over the first 800 steps to 0.05-0.22 over the last 800, the learning rate to its floor.
+`time_limit_s` ends a slower run early with a checkpoint; the same command resumes it, and on the same machine
+without compiling: `train.py` keeps its compiled steps in the persistent compilation cache (`--compilation-cache`,
+on by default). Do not set --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s. From the
+repository root:
 
     export PYTHONPATH=$PWD
-    python train.py --config configs/train_builtin.py --set workdir=runs/builtin3
-    python benchmarks/builtin_model.py --run runs/builtin3 --out runs/builtin3_export
+    python train.py --config configs/train_builtin.py --set workdir=runs/builtin
+    python benchmarks/builtin_model.py --run runs/builtin --out runs/builtin_export
 
-The second command exports the last checkpoint to runs/builtin3_export (bfloat16 storage) and evaluates it on
+The second command exports the last checkpoint to runs/builtin_export (bfloat16 storage) and evaluates it on
 held-out scenes against random weights; that folder then replaces fast3r_jax/assets/builtin.
 `python benchmarks/rendered_data.py` measures the renderer alone.
 """
@@ -36,7 +35,7 @@ held-out scenes against random weights; that folder then replaces fast3r_jax/ass
 from fast3r_jax import config
 from fast3r_jax.config import DataConfig, OptimizerConfig, TrainConfig
 
-STEPS = 9000
+STEPS = 6000
 
 
 def model() -> config.Fast3RConfig:
@@ -57,5 +56,5 @@ def get_config() -> TrainConfig:
         optimizer=OptimizerConfig(lr=2e-4, warmup_steps=200, total_steps=STEPS, grad_clip_norm=1.0),
         data=DataConfig(rendered=rendered),
         steps=STEPS, dtype="bfloat16", layout="replicated", workdir="runs/builtin",
-        log_every=100, val_every=1000, val_batches=0, ckpt_every=1000, keep=2, time_limit_s=480.0,
+        log_every=100, val_every=1000, val_batches=0, ckpt_every=1000, keep=2, time_limit_s=525.0,
     )
