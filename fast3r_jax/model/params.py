@@ -67,7 +67,7 @@ def check_params(params: Mapping, cfg: Fast3RConfig, compute_dtype=jnp.float32) 
 def build_model(cfg: Fast3RConfig, params: Mapping, dtype=jnp.float32) -> Fast3R:
     """A Fast3R module holding `params` (checked against the config), computing in `dtype`."""
     check_params(params, cfg, dtype)
-    model = nnx.merge(*_abstract_model(cfg, jnp.dtype(dtype)))  # a fresh module of abstract values
+    model = nnx.merge(*_abstract_model(cfg, jnp.dtype(dtype)), copy=True)  # a fresh module of abstract values
     state = nnx.state(model, nnx.Param)
     state.replace_by_pure_dict(jax.tree.map(jnp.asarray, dict(params)))
     nnx.update(model, state)
