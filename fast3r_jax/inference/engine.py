@@ -39,6 +39,10 @@ from fast3r_jax.model.params import build_model, check_params
 from fast3r_jax.sharding import resolve_attention
 
 IMAGE_ID_POLICIES = ("random", "sequential")
+# Upstream's draw as one program rather than one per operation (each of which a run has to look up in the
+# compilation cache); integer arithmetic, so the same ids. The seed is static as for an eager key (any Python int).
+_draw_image_ids = jax.jit(lambda seed, num_views, num_ids: sample_image_ids(jax.random.key(seed), 1, num_views,
+                                                                            num_ids)[0], static_argnums=(0, 1, 2))
 
 
 # ----------------------------------------------------------------------------
@@ -69,7 +73,7 @@ def make_image_ids(num_views: int, policy: str = "random", seed: int = 0, num_id
                              "use interpolated ids")
         if policy == "sequential":
             return np.arange(num_views, dtype=np.int32)
-        return np.asarray(sample_image_ids(jax.random.key(seed), 1, num_views, num_ids)[0])
+        return np.asarray(_draw_image_ids(seed, num_views, num_ids))
     grid = np.linspace(0.0, num_ids - 1, num_views, dtype=np.float64).astype(np.float32)  # (N,) grid[0] = 0
     if policy == "random":
         order = np.asarray(jax.random.permutation(jax.random.key(seed), num_views - 1)) + 1
