@@ -91,14 +91,16 @@ def load_config(directory: str | os.PathLike) -> Fast3RConfig:
 
 
 def load_pretrained(directory: str | os.PathLike, sharding: jax.sharding.Sharding | Mapping | None = None,
-                    dtype: Any = np.float32) -> tuple[Fast3RConfig, dict]:
+                    dtype: Any = np.float32, cache_dir: str | os.PathLike | None = None
+                    ) -> tuple[Fast3RConfig, dict]:
     """Restores (config, params) from a folder written by `save_pretrained` or `python -m fast3r_jax.convert`.
 
     sharding: one Sharding for every parameter, or a tree of Shardings shaped like the parameters; by default
     the parameters land on this process's first device (with several processes, each restores its own copy).
     dtype: the parameters' dtype, whatever the storage's: Orbax casts while reading, so that e.g. a float32
     checkpoint for bfloat16 compute (the model casts its parameters to its compute dtype anyway, so its outputs are
-    the same) moves half the bytes to the device and is held there once.
+    the same) moves half the bytes to the device and is held there once. cache_dir: a compilation cache folder
+    that keeps the config's parameter tree (model.params.abstract_params), checked against before restoring.
     """
     directory = pathlib.Path(directory).absolute()
     config = load_config(directory)
@@ -110,7 +112,7 @@ def load_pretrained(directory: str | os.PathLike, sharding: jax.sharding.Shardin
         stored = {str(k): list(v) for k, v in stored.items()}
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise CheckpointError(f"{manifest_path} is damaged: {type(err).__name__}: {err}") from None
-    abstract = abstract_params(config, dtype)  # the trace an engine computing in `dtype` reuses
+    abstract = abstract_params(config, dtype, cache_dir)  # the trace an engine computing in `dtype` reuses
     expected = {k: list(v.shape) for k, v in flat_params(abstract).items()}
     problems = [f"missing: {k}" for k in sorted(set(expected) - set(stored))]
     problems += [f"unexpected: {k}" for k in sorted(set(stored) - set(expected))]

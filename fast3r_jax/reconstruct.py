@@ -184,10 +184,12 @@ def _read_config(checkpoint: pathlib.Path) -> Fast3RConfig:
         raise ReconstructError(f"cannot use checkpoint {checkpoint}: {err}") from err
 
 
-def load_model(checkpoint: pathlib.Path, dtype: str = "float32") -> tuple[Fast3RConfig, dict]:
-    """(config, params in `dtype`) of a checkpoint folder, or one ReconstructError saying why it cannot be used."""
+def load_model(checkpoint: pathlib.Path, dtype: str = "float32",
+               cache_dir: pathlib.Path | None = None) -> tuple[Fast3RConfig, dict]:
+    """(config, params in `dtype`) of a checkpoint folder, or one ReconstructError saying why it cannot be used
+    (cache_dir: see load_pretrained)."""
     try:
-        return load_pretrained(checkpoint, dtype=DTYPES[dtype])
+        return load_pretrained(checkpoint, dtype=DTYPES[dtype], cache_dir=cache_dir)
     except (ValueError, OSError, KeyError, TypeError) as err:
         raise ReconstructError(f"cannot use checkpoint {checkpoint}: {err}") from err
 
@@ -584,14 +586,15 @@ class Reconstructor:
     checkpoint: a converted checkpoint folder; None uses the built-in DEFAULT_CHECKPOINT. dtype: compute dtype
     (default: `default_dtype()`); a call's `config.dtype` may ask for another (a second engine). mesh: run
     `ShardedEngine` over it (several devices or processes); every process computes the cameras, process 0 alone
-    writes. compilation_cache_dir: the persistent XLA cache folder (None: compilation_cache.default_path(); "off").
+    writes. compilation_cache_dir: the persistent compilation cache folder (None: compilation_cache.default_path();
+    "off"), which also keeps the engine's compiled programs and the model's parameter tree for the next process.
     Parameters are restored in the compute dtype, straight onto the device (and once more for a call that asks for
     another dtype).
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, *, dtype: str | None = None,
                  mesh: Mesh | None = None, compilation_cache_dir: str | os.PathLike | None = None):
-        compilation_cache.enable(compilation_cache_dir)
+        self.cache_dir = compilation_cache.enable(compilation_cache_dir)
         self.checkpoint, self.default_checkpoint = resolve_checkpoint(checkpoint)
         self.dtype = dtype or default_dtype()
         if self.dtype not in DTYPES:
@@ -605,7 +608,7 @@ class Reconstructor:
         """The checkpoint's parameters in `dtype`, restored on first use and kept (load_s: the seconds it took)."""
         if dtype not in self._params:
             start = time.perf_counter()
-            self.model_config, self._params[dtype] = load_model(self.checkpoint, dtype)
+            self.model_config, self._params[dtype] = load_model(self.checkpoint, dtype, self.cache_dir)
             self.load_s = time.perf_counter() - start
         return self._params[dtype]
 
@@ -615,7 +618,8 @@ class Reconstructor:
         if key not in self._engines:
             params = self.params(dtype)
             self._engines[key] = (
-                Engine(self.model_config, params, dtype, encoder_chunk=encoder_chunk, head_chunk=head_chunk)
+                Engine(self.model_config, params, dtype, encoder_chunk=encoder_chunk, head_chunk=head_chunk,
+                       cache_dir=self.cache_dir)
                 if self.mesh is None else
                 ShardedEngine(self.model_config, params, self.mesh, dtype, encoder_chunk, head_chunk,
                               seq_attention=seq_attention))

@@ -1,11 +1,14 @@
-"""Many-view engine: parity with the upstream goldens (mixed shapes, portrait), chunking, image-id policies."""
+"""Many-view engine: parity with the upstream goldens (mixed shapes, portrait), chunking, image-id policies, programs
+kept in a compilation cache folder."""
 
+import collections
 import dataclasses
 
 import jax
 import numpy as np
 import pytest
 
+from fast3r_jax import compilation_cache
 from fast3r_jax import config as config_lib
 from fast3r_jax.convert.table import params_from_torch
 from fast3r_jax.inference import engine as engine_lib
@@ -85,16 +88,19 @@ def test_new_view_count_recompiles_only_the_fusion(params, views):
     """Chunks of a fixed size keep the encoder's and heads' shapes, so a new view count compiles the fusion
     transformer (one program per count) and nothing else; the same count again compiles nothing."""
     eng = Engine(CFG, params, "float32", encoder_chunk=2, head_chunk=2)
-    compiled = {name: getattr(engine_lib, name) for name in ("encode_chunk", "_fuse", "_decode")}
+
+    def programs() -> collections.Counter:
+        return collections.Counter(signature[0] for signature in eng._programs)
+
     four = [views[0], dict(img=-views[0]["img"]), views[2], dict(img=-views[2]["img"])]  # two shapes, 2 views each
     six = four[:2] + [dict(img=views[0]["img"][..., ::-1]), dict(img=0.5 * views[0]["img"])] + four[2:]
     eng(four, np.arange(4))
-    before = {name: f._cache_size() for name, f in compiled.items()}
+    before = programs()
     eng(six, np.arange(6))
-    grown = {name: f._cache_size() - before[name] for name, f in compiled.items()}
+    grown = {name: programs()[name] - before[name] for name in ("encode_chunk", "_fuse", "_decode")}
     assert grown == {"encode_chunk": 0, "_fuse": 1, "_decode": 0}, grown
     eng(six, np.arange(6) + 10)
-    assert {name: f._cache_size() - before[name] for name, f in compiled.items()} == grown
+    assert programs() - before == collections.Counter({"_fuse": 1})
 
 
 def test_single_view(engine, views):
@@ -180,3 +186,59 @@ def test_lower_fusion_plans_memory_for_any_view_count(engine):
         data = sum(map(len, chunks)) * tokens * sum(hook_dims) * itemsize
         arrays = 4 * len(chunks)  # XLA adds the output tuple's table of pointers, 8 bytes per array
         assert data <= mem.output_size_in_bytes <= data + 8 * arrays
+
+
+# ----------------------------------------------------------------------------
+# Programs kept in a compilation cache folder.
+# ----------------------------------------------------------------------------
+
+
+def _entries(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted((folder / compilation_cache.ENTRIES).glob("engine-*"))}
+
+
+def _assert_same(outputs, refs):
+    for out, ref in zip(outputs, refs, strict=True):
+        assert all(np.array_equal(np.asarray(out[k]), np.asarray(ref[k])) for k in OUTPUT_KEYS)
+
+
+def test_engine_loads_its_programs_from_the_cache_folder_without_building_the_model(params, views, tmp_path):
+    """A second engine on the same folder runs every stage from the saved programs, never building (tracing) the
+    model, with outputs identical to the first's; it writes nothing new."""
+    ids = np.array([0, 17, 503])
+    first = Engine(CFG, params, "float32", cache_dir=tmp_path)
+    ref = first(views, ids)
+    saved = _entries(tmp_path)
+    assert len(saved) == 2 * 3 + 1 and "_module" in vars(first)  # encoder and heads per shape group, one fusion
+    second = Engine(CFG, params, "float32", cache_dir=tmp_path)
+    _assert_same(second(views, ids), ref)
+    assert "_module" not in vars(second) and _entries(tmp_path) == saved
+
+
+def test_damaged_program_entries_are_recompiled_and_rewritten(params, views, tmp_path):
+    """Entries cut short, with a flipped byte or with a payload that is not a program (checksum intact) read as
+    missing: the engine compiles those stages again, with the same outputs, and rewrites them."""
+    ids = np.array([0, 17, 503])
+    ref = Engine(CFG, params, "float32", cache_dir=tmp_path)(views, ids)
+    saved = _entries(tmp_path)
+    paths = sorted((tmp_path / compilation_cache.ENTRIES).glob("engine-*"))
+    paths[0].write_bytes(saved[paths[0].name][:100])
+    damaged = bytearray(saved[paths[1].name])
+    damaged[-10] ^= 0xFF
+    paths[1].write_bytes(bytes(damaged))
+    compilation_cache.write(tmp_path, paths[2].name, b"not a program")
+    again = Engine(CFG, params, "float32", cache_dir=tmp_path)
+    _assert_same(again(views, ids), ref)
+    assert "_module" in vars(again) and all(compilation_cache.read(tmp_path, p.name) is not None for p in paths)
+    fresh = Engine(CFG, params, "float32", cache_dir=tmp_path)
+    _assert_same(fresh(views, ids), ref)
+    assert "_module" not in vars(fresh)
+
+
+def test_programs_of_other_settings_are_not_taken_from_the_folder(params, views, tmp_path):
+    """Another compute dtype or other weights' shapes make other entries: nothing of the first engine's is reused."""
+    Engine(CFG, params, "float32", cache_dir=tmp_path)(views[:1], np.array([0]))
+    before = set(_entries(tmp_path))
+    other = Engine(CFG, params, "bfloat16", cache_dir=tmp_path)
+    other(views[:1], np.array([0]))
+    assert "_module" in vars(other) and len(set(_entries(tmp_path)) - before) == 3

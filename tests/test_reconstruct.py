@@ -512,3 +512,39 @@ def test_second_run_hits_the_compilation_cache(tmp_path, checkpoint, scene):
     assert entries  # the first run filled the cache
     run("second")
     assert sorted(p.name for p in cache.iterdir()) == entries  # every compilation of the second run was a hit
+
+
+def test_warm_run_builds_no_model_and_writes_the_same_files(tmp_path, checkpoint, scene):
+    """Two processes on one cache folder: the second takes the parameter tree and every engine program from it, so
+    it never builds (traces) the model, and writes the same bytes. Our entries lost while XLA's cache stays: they
+    are compiled and saved again (not re-serialized from XLA's, which would not run back). With the cache off
+    nothing is kept."""
+    cache = tmp_path / "xla"
+    script = ("import sys; from fast3r_jax import reconstruct; from fast3r_jax.model import params; "
+              "reconstruct.reconstruct([sys.argv[1]], sys.argv[2], reconstruct.ReconstructConfig(size=64), "
+              "checkpoint=sys.argv[3], compilation_cache_dir=sys.argv[4]); "
+              "print(params._abstract_model.cache_info().currsize)")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+    def run(out: str, cache_dir: str) -> int:
+        done = subprocess.run([sys.executable, "-c", script, str(scene), str(tmp_path / out), str(checkpoint),
+                               cache_dir], env=env, check=True, capture_output=True, text=True)
+        return int(done.stdout.split()[-1])  # models built
+
+    def files(out: str) -> dict:
+        found = {p.relative_to(tmp_path / out): p.read_bytes() for p in (tmp_path / out).rglob("*") if p.is_file()}
+        summary = json.loads(found.pop(pathlib.Path("summary.json")))
+        return found | {"summary": {k: v for k, v in summary.items() if k not in ("timings", "out")}}
+
+    assert run("cold", str(cache)) == 1
+    entries = sorted(p.name for p in (cache / "fast3r-jax").iterdir())
+    assert len(entries) == 4  # the parameter tree, the encoder, the fusion, the heads
+    assert run("warm", str(cache)) == 0
+    assert sorted(p.name for p in (cache / "fast3r-jax").iterdir()) == entries
+    assert files("warm") == files("cold")
+    shutil.rmtree(cache / "fast3r-jax")
+    assert run("rebuilt", str(cache)) == 1 and sorted(p.name for p in (cache / "fast3r-jax").iterdir()) == entries
+    assert run("warm again", str(cache)) == 0 and files("warm again") == files("cold")
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "env")
+    assert run("off", "off") == 1 and not (tmp_path / "env" / "fast3r-jax").exists()

@@ -8,6 +8,11 @@ the real tokens, so view counts are not bucketed for it. Its tokens are ordered 
 views in input order within a group); attention has no notion of token order, so this is the same function as the
 model's view order, with the image ids following their views.
 
+Each stage runs as a compiled program per input signature, kept for the engine's life; with a compilation cache
+folder (`cache_dir`) the programs are also kept there as serialized executables, keyed by everything that determines
+them, so that a later process loads them without tracing the model (and without building it: its parameters are
+all the programs take).
+
 Per-view results stay on the device until the caller takes them; they are returned in TRUE orientation (portrait
 views are not transposed, unlike `predict`). `fast3r_jax.inference.sharded.ShardedEngine` runs the same over
 several devices.
@@ -16,7 +21,8 @@ several devices.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping, Sequence
+import os
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,14 +30,19 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from fast3r_jax import compilation_cache
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.model.attention import AttentionFn
 from fast3r_jax.model.fast3r import DTYPES, OUTPUT_KEYS
 from fast3r_jax.model.image_index_embedding import check_image_ids, sample_image_ids
-from fast3r_jax.model.params import build_model
+from fast3r_jax.model.params import build_model, check_params
 from fast3r_jax.sharding import resolve_attention
 
 IMAGE_ID_POLICIES = ("random", "sequential")
+# Upstream's draw as one program rather than one per operation (each of which a run has to look up in the
+# compilation cache); integer arithmetic, so the same ids. The seed is static as for an eager key (any Python int).
+_draw_image_ids = jax.jit(lambda seed, num_views, num_ids: sample_image_ids(jax.random.key(seed), 1, num_views,
+                                                                            num_ids)[0], static_argnums=(0, 1, 2))
 
 
 # ----------------------------------------------------------------------------
@@ -62,7 +73,7 @@ def make_image_ids(num_views: int, policy: str = "random", seed: int = 0, num_id
                              "use interpolated ids")
         if policy == "sequential":
             return np.arange(num_views, dtype=np.int32)
-        return np.asarray(sample_image_ids(jax.random.key(seed), 1, num_views, num_ids)[0])
+        return np.asarray(_draw_image_ids(seed, num_views, num_ids))
     grid = np.linspace(0.0, num_ids - 1, num_views, dtype=np.float64).astype(np.float32)  # (N,) grid[0] = 0
     if policy == "random":
         order = np.asarray(jax.random.permutation(jax.random.key(seed), num_views - 1)) + 1
@@ -120,6 +131,16 @@ def _decode(graphdef, state, hooks: list[jax.Array], true_shape: jax.Array, hw: 
     return [{k: out[k][i] for k in OUTPUT_KEYS} for i in range(true_shape.shape[0])]
 
 
+def _stage(fn: Callable, graphdef: nnx.GraphDef, static: Mapping[str, Any]) -> Callable:
+    """fn with the model's structure and static arguments bound, under a name of its own (compilation_cache.
+    unique_name), so that XLA compiles it rather than serving it from its cache, and it can be saved."""
+    def stage(state: nnx.State, *args: Any) -> Any:
+        return fn.__wrapped__(graphdef, state, *args, **static)
+
+    stage.__name__ = stage.__qualname__ = compilation_cache.unique_name(fn.__name__)
+    return stage
+
+
 # ----------------------------------------------------------------------------
 # Engine.
 # ----------------------------------------------------------------------------
@@ -155,10 +176,12 @@ class Engine:
 
     config, params: the model (params as `load_pretrained` returns them). dtype: 'bfloat16' or 'float32' (the
     latter with full-precision matmuls). encoder_chunk / head_chunk: views per encoder / head call (memory bound).
+    cache_dir: a compilation cache folder (fast3r_jax.compilation_cache) where the compiled programs are kept for
+    later processes; None keeps them in this engine only.
     """
 
     def __init__(self, config: Fast3RConfig, params: Mapping, dtype: str = "bfloat16", encoder_chunk: int = 16,
-                 head_chunk: int = 8):
+                 head_chunk: int = 8, cache_dir: str | os.PathLike | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         for name, value in (("encoder_chunk", encoder_chunk), ("head_chunk", head_chunk)):
@@ -169,8 +192,60 @@ class Engine:
         self.encoder_chunk = encoder_chunk
         self.head_chunk = head_chunk
         self.attention = resolve_attention(config.attention, DTYPES[dtype])  # one device
-        self._graphdef, self._state = nnx.split(build_model(config, params, DTYPES[dtype]))
+        check_params(params, config, DTYPES[dtype], cache_dir)
+        self._params = jax.tree.map(jnp.asarray, dict(params))  # on the device once, shared with the module
+        paths_leaves = jax.tree_util.tree_flatten_with_path(self._params)[0]
+        self._leaves = [leaf for _, leaf in paths_leaves]  # what every program takes, in the module state's order
+        self._paths = [jax.tree_util.keystr(path) for path, _ in paths_leaves]
         self._precision = "highest" if dtype == "float32" else "default"
+        self.cache_dir = cache_dir
+        self._programs: dict[tuple, Callable] = {}
+
+    @functools.cached_property
+    def _module(self) -> tuple[nnx.GraphDef, nnx.State]:
+        """The model split into structure and state: built (its initialisers traced once per process) only when a
+        program has to be traced, not when every program is found in the cache folder."""
+        graphdef, state = nnx.split(build_model(self.config, self._params, DTYPES[self.dtype]))
+        paths = [jax.tree_util.keystr(path[:-1]) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+        if paths != self._paths:  # programs take the parameters in the order of the module's state
+            raise RuntimeError("the model's state does not flatten in the order of its parameter tree")
+        return graphdef, state
+
+    def _run(self, fn: Callable, *args: Any, **static: Any) -> Any:
+        """fn(graphdef, state, *args, **static) through its compiled program: kept from an earlier call, loaded from
+        the cache folder, or traced and compiled now (and saved there)."""
+        leaves, tree = jax.tree.flatten(args)
+        signature = (fn.__name__, str(tree), tuple((x.shape, jnp.result_type(x).name, getattr(x, "weak_type", False))
+                                                   for x in leaves), tuple(sorted(static.items())))
+        program = self._programs.get(signature)
+        if program is None:
+            program = self._programs[signature] = self._program(fn, args, static, signature)
+        return program(self._leaves, *args)
+
+    def _program(self, fn: Callable, args: tuple, static: Mapping[str, Any], signature: tuple) -> Callable:
+        """The program of one call signature (see `_run`), called as program(parameter leaves, *args). With a cache
+        folder its entry is keyed by the signature, the model (config, compute dtype, precision, parameter shapes
+        and dtypes) and, through compilation_cache.key, the code and the platform."""
+        if self.cache_dir is None:
+            with jax.default_matmul_precision(self._precision):
+                return self._called(fn.lower(*self._module, *args, **static).compile())
+        params = [(path, x.shape, x.dtype.name) for path, x in zip(self._paths, self._leaves)]
+        # The attention kernel follows from the config, the dtype and the backend, all part of the key.
+        described = (signature[:3], [(k, v) for k, v in signature[3] if k != "attention"])
+        name = compilation_cache.key("engine", described, self.config.to_json(), self.dtype, self._precision, params)
+        program = compilation_cache.load_program(self.cache_dir, name, jax.tree.structure(((self._leaves, *args), {})))
+        if program is not None:
+            return program
+        graphdef, state = self._module
+        with jax.default_matmul_precision(self._precision):
+            compiled = jax.jit(_stage(fn, graphdef, static)).lower(state, *args).compile()
+        compilation_cache.save_program(self.cache_dir, name, compiled)
+        return self._called(compiled)
+
+    def _called(self, compiled: jax.stages.Compiled) -> Callable:
+        """A program compiled for (state, *args), called as (parameter leaves, *args) like a loaded one."""
+        treedef = jax.tree.structure(self._module[1])
+        return lambda leaves, *args: compiled(jax.tree.unflatten(treedef, leaves), *args)
 
     def image_ids(self, num_views: int, policy: str | None = None, seed: int = 0) -> np.ndarray:
         """`make_image_ids` with the model's table size; policy None follows the config (random as upstream)."""
@@ -205,25 +280,26 @@ class Engine:
         enc_calls = [(g, orientation, batch) for g, ((_, orientation), plan) in enumerate(zip(groups, enc_plan))
                      for batch in plan]
         outputs: list = [None] * len(views)
-        with bar, jax.default_matmul_precision(self._precision):
+        with bar:
             enc_chunks: list[list[jax.Array]] = [[] for _ in groups]
             upcoming = images(enc_calls[0][2])
             for k, (g, orientation, batch) in enumerate(enc_calls):
-                tokens = encode_chunk(self._graphdef, self._state, upcoming, shapes(batch), orientation, self.attention)
+                tokens = self._run(encode_chunk, upcoming, shapes(batch), orientation=orientation,
+                                   attention=self.attention)
                 if k + 1 < len(enc_calls):
                     upcoming = images(enc_calls[k + 1][2])
                 enc_chunks[g].append(sync(tokens))
                 bar.update()
             counts = tuple(len(m) for m in groups.values())
             head_sizes = tuple(tuple(len(batch) for batch in plan) for plan in head_plan)
-            fused = sync(_fuse(self._graphdef, self._state, enc_chunks, jnp.asarray(ids[order])[None], counts,
-                               head_sizes, self.attention))
+            fused = sync(self._run(_fuse, enc_chunks, jnp.asarray(ids[order])[None], counts=counts,
+                                   head_chunks=head_sizes, attention=self.attention))
             bar.update()
             del enc_chunks  # free the encoder tokens before the heads run
             for (hw, orientation), plan, group_hooks in zip(groups, head_plan, fused):
                 for j, batch in enumerate(plan):
                     hooks, group_hooks[j] = group_hooks[j], None  # each chunk's hooks are freed once decoded
-                    result = sync(_decode(self._graphdef, self._state, hooks, shapes(batch), hw, orientation))
+                    result = sync(self._run(_decode, hooks, shapes(batch), hw=hw, orientation=orientation))
                     for i, out in zip(batch, result):
                         if outputs[i] is None:  # padding repeats a view already decoded
                             outputs[i] = out
@@ -242,8 +318,7 @@ class Engine:
         head_sizes = tuple(len(batch) for batch in chunk_views(members, self.head_chunk))
         ids = jax.ShapeDtypeStruct((1, num_views), jnp.float32)
         with jax.default_matmul_precision(self._precision):
-            return _fuse.lower(self._graphdef, self._state, enc_chunks, ids, (num_views,), (head_sizes,),
-                               self.attention)
+            return _fuse.lower(*self._module, enc_chunks, ids, (num_views,), (head_sizes,), self.attention)
 
     def _inputs(self, views: Sequence[Mapping], image_ids,
                 seed: int) -> tuple[list[tuple[np.ndarray, tuple[int, int]]], np.ndarray, dict[tuple, list[int]]]:

@@ -428,7 +428,8 @@ class ShardedEngine(Engine):
         if tuple(mesh.axis_names) != sharding_lib.INFERENCE_AXES:
             raise ValueError(f"mesh axes must be {sharding_lib.INFERENCE_AXES}, got {tuple(mesh.axis_names)}")
         self.mesh, self.seq_attention, self.seq_chunk = mesh, seq_attention, seq_chunk
-        self._state = place_state(self._state, mesh)
+        self._graphdef, state = self._module
+        self._state = place_state(state, mesh)
 
     def layout(self, groups: Mapping[tuple, list[int]]) -> SequenceParallel:
         """The layout of a call's shape groups ((image shape, orientation) -> views)."""

@@ -8,6 +8,8 @@ transformer blocks are stacked on a leading layer axis.
 from __future__ import annotations
 
 import functools
+import json
+import os
 from typing import Any, Mapping
 
 import jax
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fast3r_jax import compilation_cache
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.errors import InputError
 from fast3r_jax.model.fast3r import Fast3R
@@ -33,13 +36,43 @@ def _abstract_model(cfg: Fast3RConfig, dtype: np.dtype) -> tuple[nnx.GraphDef, n
     return nnx.split(nnx.eval_shape(lambda: Fast3R(cfg, dtype=dtype, rngs=nnx.Rngs(0))))
 
 
-def abstract_params(cfg: Fast3RConfig, compute_dtype=jnp.float32) -> dict:
+def abstract_params(cfg: Fast3RConfig, compute_dtype=jnp.float32,
+                    cache_dir: str | os.PathLike | None = None) -> dict:
     """Parameter tree of a config as jax.ShapeDtypeStruct leaves (no memory allocated).
 
     The parameters are float32 whatever the model computes in: `compute_dtype` only picks the kept trace they are
-    read from, so that a caller about to build the model of that dtype traces it once."""
+    read from, so that a caller about to build the model of that dtype traces it once. cache_dir: a compilation
+    cache folder (fast3r_jax.compilation_cache) that keeps the tree, so that a later process restoring a
+    checkpoint of this config (whose engine may find all its programs there too) does not trace the model."""
+    name = compilation_cache.key("params", cfg.to_json()) if cache_dir is not None else None
+    stored = compilation_cache.read(cache_dir, name) if name is not None else None
+    if stored is not None:
+        try:
+            return _tree_from_json(stored)
+        except (ValueError, TypeError, KeyError, IndexError):
+            pass  # rewritten below
     _, state = _abstract_model(cfg, jnp.dtype(compute_dtype))
-    return nnx.filter_state(state, nnx.Param).to_pure_dict()
+    tree = nnx.filter_state(state, nnx.Param).to_pure_dict()
+    if name is not None:
+        compilation_cache.write(cache_dir, name, _tree_to_json(tree))
+    return tree
+
+
+def _tree_to_json(tree: Mapping) -> bytes:
+    """A nested dict of ShapeDtypeStructs as JSON: [path keys (str or int, as in the tree), shape, dtype] per leaf."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return json.dumps([[[k.key for k in path], list(leaf.shape), jnp.dtype(leaf.dtype).name]
+                       for path, leaf in leaves]).encode()
+
+
+def _tree_from_json(data: bytes) -> dict:
+    tree: dict = {}
+    for path, shape, dtype in json.loads(data):
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
+    return tree
 
 
 def init_params(cfg: Fast3RConfig, seed: int = 0) -> dict:
@@ -52,10 +85,11 @@ def flat_params(tree: Mapping) -> dict[str, Any]:
     return {".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): v for path, v in leaves}
 
 
-def check_params(params: Mapping, cfg: Fast3RConfig, compute_dtype=jnp.float32) -> None:
+def check_params(params: Mapping, cfg: Fast3RConfig, compute_dtype=jnp.float32,
+                 cache_dir: str | os.PathLike | None = None) -> None:
     """Raises one error listing parameters that are missing, unexpected or mis-shaped for the config
-    (compute_dtype: see abstract_params)."""
-    want, got = flat_params(abstract_params(cfg, compute_dtype)), flat_params(params)
+    (compute_dtype, cache_dir: see abstract_params)."""
+    want, got = flat_params(abstract_params(cfg, compute_dtype, cache_dir)), flat_params(params)
     problems = [f"missing: {k}" for k in sorted(set(want) - set(got))]
     problems += [f"unexpected: {k}" for k in sorted(set(got) - set(want))]
     problems += [f"mis-shaped: {k}: {tuple(np.shape(got[k]))} vs {tuple(want[k].shape)}"
@@ -67,7 +101,7 @@ def check_params(params: Mapping, cfg: Fast3RConfig, compute_dtype=jnp.float32) 
 def build_model(cfg: Fast3RConfig, params: Mapping, dtype=jnp.float32) -> Fast3R:
     """A Fast3R module holding `params` (checked against the config), computing in `dtype`."""
     check_params(params, cfg, dtype)
-    model = nnx.merge(*_abstract_model(cfg, jnp.dtype(dtype)))  # a fresh module of abstract values
+    model = nnx.merge(*_abstract_model(cfg, jnp.dtype(dtype)), copy=True)  # a fresh module of abstract values
     state = nnx.state(model, nnx.Param)
     state.replace_by_pure_dict(jax.tree.map(jnp.asarray, dict(params)))
     nnx.update(model, state)
