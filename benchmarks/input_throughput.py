@@ -14,8 +14,9 @@ each reader's own aug_crop margin, colour jitter), its readers' sampling paramet
 mixes the six readers in equal shares as the training config does. Per (layout, worker count) a fresh loader: the
 first max(1, workers) batches are warm-up (worker start-up, imports, first samples), then batches are counted for
 --seconds (images/s = images of the batches that arrived / time from the end of the warm-up to the last arrival;
-the window ends with the first batch after --seconds). Per layout, one process also times the stages of a few
-samples (read, augment, model layout) in ms per view.
+the window ends with the first batch after --seconds); the main process's CPU time per sample over that window
+(receiving batches from the workers) is reported with it. Per layout, one process also times the stages of a few
+samples (read, augment, pack) in ms per view and counts the packed bytes per sample that the workers ship.
 
 Target: the loader must feed --gpus GPUs training at --gpu-images-per-s each (the training-step benchmark's 20-view
 ViT-L rate) with a --margin safety factor: 3 x 8 x 42.5 = 1020 images/s per host by default.
@@ -44,7 +45,8 @@ if str(HERE.parent) not in sys.path:  # a plain checkout: `python benchmarks/inp
 from fast3r_jax.data import layouts, readers  # noqa: E402
 from fast3r_jax.data.augment import augment_views  # noqa: E402
 from fast3r_jax.data.mixture import Mixture  # noqa: E402
-from fast3r_jax.data.pipeline import make_loader, to_model_layout  # noqa: E402
+from fast3r_jax.data.packed import pack_view  # noqa: E402
+from fast3r_jax.data.pipeline import make_loader  # noqa: E402
 
 LAYOUTS = ("co3d", "scannetpp", "arkitscenes", "habitat", "blendedmvs", "megadepth")
 
@@ -135,22 +137,23 @@ def make_reader(name: str, root: str, views: int) -> readers.Reader:
 
 
 def stage_ms(source: readers.Reader, resolution: tuple[int, int], samples: int) -> dict[str, float]:
-    """Milliseconds per view of reading, augmenting and converting to the model layout (this process)."""
-    totals = {"read": 0.0, "augment": 0.0, "layout": 0.0}
-    views = 0
+    """Milliseconds per view of reading, augmenting and packing (this process), and packed MiB per sample."""
+    totals = {"read": 0.0, "augment": 0.0, "pack": 0.0}
+    views, nbytes = 0, 0
     for k in range(samples):
         rng = np.random.default_rng(k)
         start = time.perf_counter()
         sample = readers.load_sample(source, k * 7919 % len(source), rng, world_points=False)  # as the loader
         mid = time.perf_counter()
-        sample = augment_views(sample, resolution, rng, source.aug_crop, jitter=True)
+        sample = augment_views(sample, resolution, rng, source.aug_crop, jitter=True, world_points=False)
         end = time.perf_counter()
-        [to_model_layout(v) for v in sample]
+        packed = [pack_view(v) for v in sample]
+        totals["pack"] += time.perf_counter() - end
         totals["read"] += mid - start
         totals["augment"] += end - mid
-        totals["layout"] += time.perf_counter() - end
         views += len(sample)
-    return {k: 1e3 * v / views for k, v in totals.items()}
+        nbytes += sum(a.nbytes for v in packed for a in v.values())
+    return {k: 1e3 * v / views for k, v in totals.items()} | {"mib_per_sample": nbytes / samples / 2**20}
 
 
 def throughput(source, workers: int, batch: int, views: int, resolution: tuple[int, int], seconds: float) -> dict:
@@ -162,16 +165,18 @@ def throughput(source, workers: int, batch: int, views: int, resolution: tuple[i
         start = time.perf_counter()
         for _ in range(max(1, workers)):
             next(it)
-        warm = time.perf_counter()
-        images, now = 0, warm
+        warm, cpu = time.perf_counter(), time.process_time()
+        images, samples, now = 0, 0, warm
         while now - warm < seconds:
-            batch_views = next(it)
+            packed = next(it)
             now = time.perf_counter()
-            images += len(batch_views) * batch_views[0]["img"].shape[0]
+            samples += packed["img"].shape[0]
+            images += packed["img"].shape[0] * packed["img"].shape[1]
+        cpu = time.process_time() - cpu
     finally:
         it.close()
     return {"workers": workers, "warmup_s": warm - start, "seconds": now - warm, "images": images,
-                "images_per_s": images / (now - warm)}
+            "images_per_s": images / (now - warm), "main_cpu_ms_per_sample": 1e3 * cpu / samples}
 
 
 def main() -> None:
@@ -211,11 +216,12 @@ def main() -> None:
               f"{time.perf_counter() - start:.1f} s", flush=True)
         sources = {name: make_reader(name, roots[name], args.views) for name in used}
         stages = {}
-        print(f"{'layout':<12} {'read ms':>8} {'augment ms':>10} {'layout ms':>9}   (per view, one process)")
+        print(f"{'layout':<12} {'read ms':>8} {'augment ms':>10} {'pack ms':>8}   (per view, one process)  "
+              f"MiB per sample")
         for name in used:
             stages[name] = stage_ms(sources[name], resolution, args.stage_samples)
             print(f"{name:<12} {stages[name]['read']:>8.1f} {stages[name]['augment']:>10.1f} "
-                  f"{stages[name]['layout']:>9.1f}", flush=True)
+                  f"{stages[name]['pack']:>8.1f}   {stages[name]['mib_per_sample']:>35.1f}", flush=True)
         sources["all"] = Mixture([(1000, sources[name]) for name in used])
         rows = []
         for name in args.layouts:
@@ -224,8 +230,8 @@ def main() -> None:
                                                      args.seconds))
                 rows.append(row)
                 print(f"{name:<12} {workers:>3} workers: {row['images_per_s']:8.1f} images/s "
-                      f"({row['images']} images in {row['seconds']:.1f} s, warm-up {row['warmup_s']:.1f} s)",
-                      flush=True)
+                      f"({row['images']} images in {row['seconds']:.1f} s, warm-up {row['warmup_s']:.1f} s; "
+                      f"main process {row['main_cpu_ms_per_sample']:.1f} ms CPU per sample)", flush=True)
     target = args.margin * args.gpus * args.gpu_images_per_s
     print("\n| layout | " + " | ".join(f"{w} workers" for w in args.workers) + " |")
     print("|---|" + "---|" * len(args.workers))

@@ -10,7 +10,8 @@ import pytest
 from fast3r_jax.data import augment
 from fast3r_jax.data.geometry_np import depthmap_to_world
 from fast3r_jax.data.mixture import Mixture
-from fast3r_jax.data.pipeline import BATCH_KEYS, collate, make_loader, to_model_layout
+from fast3r_jax.data.packed import PACKED_KEYS, collate, pack_view, unpack
+from fast3r_jax.data.pipeline import make_loader
 
 SMALL_BUCKETS = ((32, 24), (32, 16))
 
@@ -46,7 +47,7 @@ class FakeSource:
 
 def records(batch) -> list[int]:
     """Source index (from the constant depth) of every sample of a batch."""
-    return [int(round(d)) - 1 for d in batch[0]["depthmap"][:, 0, 0]]
+    return [int(round(d)) - 1 for d in batch["depthmap"][:, 0, 0, 0]]
 
 
 def take(it, n):
@@ -56,9 +57,8 @@ def take(it, n):
 def assert_batches_equal(a, b):
     assert len(a) == len(b)
     for batch_a, batch_b in zip(a, b):
-        for view_a, view_b in zip(batch_a, batch_b):
-            for key in BATCH_KEYS:
-                np.testing.assert_array_equal(view_a[key], view_b[key])
+        for key in PACKED_KEYS:
+            np.testing.assert_array_equal(batch_a[key], batch_b[key])
 
 
 # ----------------------------------------------------------------------------
@@ -139,6 +139,11 @@ def test_augment_views_recomputes_world_points():
         pts, valid = depthmap_to_world(view["depthmap"], view["camera_intrinsics"], view["camera_pose"])
         np.testing.assert_array_equal(view["pts3d"], pts)
         assert valid.all() and view["valid_mask"].all() and view["label"] == orig["label"]
+    bare = augment.augment_views(views, (32, 24), np.random.default_rng(1), aug_crop=8, world_points=False)
+    for view, full in zip(bare, out):  # the same draws, without the derived fields
+        assert set(full) - set(view) == {"pts3d", "valid_mask"}
+        for key in ("img", "depthmap", "camera_intrinsics", "true_shape"):
+            np.testing.assert_array_equal(view[key], full[key])
 
 
 # ----------------------------------------------------------------------------
@@ -201,17 +206,19 @@ def test_colour_jitter_is_deterministic_and_bounded():
 # ----------------------------------------------------------------------------
 
 
-def test_model_layout_transposes_portrait_views():
+def test_pack_view_transposes_portrait_views():
     view = FakeSource(5).__getitem__(4, np.random.default_rng(0))[1]  # 64x48 portrait
-    out = to_model_layout(view)
-    assert out["img"].shape == (3, 48, 64) and out["true_shape"].tolist() == [64, 48]
-    np.testing.assert_allclose(out["img"], view["img"].transpose(2, 1, 0) / 127.5 - 1, atol=1e-6)
-    np.testing.assert_array_equal(out["pts3d"], view["pts3d"].swapaxes(0, 1))
+    out = pack_view(view)
+    assert set(out) == set(PACKED_KEYS)
+    assert out["img"].shape == (48, 64, 3) and out["img"].dtype == np.uint8 and out["true_shape"].tolist() == [64, 48]
+    np.testing.assert_array_equal(out["img"], view["img"].swapaxes(0, 1))
+    np.testing.assert_array_equal(out["depthmap"], view["depthmap"].swapaxes(0, 1))
     np.testing.assert_array_equal(out["camera_intrinsics"], view["camera_intrinsics"][[1, 0, 2]])
-    assert set(out) == set(BATCH_KEYS)
+    landscape = pack_view(FakeSource(5).__getitem__(0, np.random.default_rng(0))[0])
+    batch = collate([[out, landscape], [landscape, out]])  # same landscape-layout shape
+    assert batch["img"].shape == (2, 2, 48, 64, 3) and batch["true_shape"][:, :, 0].tolist() == [[64, 48], [48, 64]]
     with pytest.raises(ValueError, match="shapes differ"):
-        collate([[out], [to_model_layout(FakeSource(5).__getitem__(0, np.random.default_rng(0))[0]) | {
-            "img": np.zeros((3, 8, 8), np.float32)}]])
+        collate([[out], [landscape | {"img": np.zeros((8, 8, 3), np.uint8)}]])
 
 
 def test_batches_structure_buckets_and_geometry():
@@ -221,22 +228,22 @@ def test_batches_structure_buckets_and_geometry():
     assert len(batches) == 5
     shapes = set()
     for batch in batches:
-        assert len(batch) == 3 and all(set(view) == set(BATCH_KEYS) for view in batch)
-        h, w = batch[0]["img"].shape[2:]
-        shapes.add((w, h))
-        for view in batch:  # one bucket per batch, landscape layout
-            assert view["img"].shape == (4, 3, h, w) and view["img"].dtype == np.float32
-            assert view["pts3d"].shape == (4, h, w, 3) and view["depthmap"].shape == (4, h, w)
-            assert view["valid_mask"].dtype == bool and view["true_shape"].dtype == np.int32
-            assert view["camera_pose"].shape == (4, 4, 4) and view["camera_intrinsics"].shape == (4, 3, 3)
-            assert -1 <= view["img"].min() and view["img"].max() <= 1
+        assert set(batch) == set(PACKED_KEYS)
+        h, w = batch["img"].shape[2:4]
+        shapes.add((w, h))  # one bucket per batch, landscape layout
+        assert batch["img"].shape == (4, 3, h, w, 3) and batch["img"].dtype == np.uint8
+        assert batch["depthmap"].shape == (4, 3, h, w) and batch["depthmap"].dtype == np.float32
+        assert batch["true_shape"].shape == (4, 3, 2) and batch["true_shape"].dtype == np.int32
+        assert batch["camera_pose"].shape == (4, 3, 4, 4) and batch["camera_intrinsics"].shape == (4, 3, 3, 3)
+        views = unpack(batch)
+        assert len(views) == 3
         for b, index in enumerate(records(batch)):
             portrait = index % 5 == 4
-            assert batch[0]["true_shape"][b].tolist() == ([w, h] if portrait else [h, w])
-            for view in batch:  # points project back to their landscape pixel: (column, row)
+            assert batch["true_shape"][b, 0].tolist() == ([w, h] if portrait else [h, w])
+            for view in views:  # points project back to their landscape pixel: (column, row)
                 w2c = np.linalg.inv(view["camera_pose"][b])
-                cam = view["pts3d"][b] @ w2c[:3, :3].T + w2c[:3, 3]
-                uv = cam @ view["camera_intrinsics"][b].T
+                cam = np.asarray(view["pts3d"][b]) @ w2c[:3, :3].T + w2c[:3, 3]
+                uv = cam @ np.asarray(view["camera_intrinsics"][b]).T
                 cols, rows = np.meshgrid(np.arange(w), np.arange(h))
                 np.testing.assert_allclose(uv[..., 0] / uv[..., 2], cols, atol=1e-3)
                 np.testing.assert_allclose(uv[..., 1] / uv[..., 2], rows, atol=1e-3)
@@ -307,10 +314,8 @@ def test_global_batches_do_not_depend_on_the_shard_count():
     whole = take(iter(make_loader(source, batch_size=4, **kw)), 6)  # crosses an epoch (4 batches per epoch)
     halves = [take(iter(make_loader(source, batch_size=2, shard_index=s, shard_count=2, **kw)), 6) for s in (0, 1)]
     for b, batch in enumerate(whole):
-        for v, view in enumerate(batch):
-            for key in BATCH_KEYS:
-                np.testing.assert_array_equal(view[key], np.concatenate([halves[0][b][v][key],
-                                                                         halves[1][b][v][key]]))
+        for key in PACKED_KEYS:
+            np.testing.assert_array_equal(batch[key], np.concatenate([halves[0][b][key], halves[1][b][key]]))
 
 
 def test_state_moves_between_shard_counts():

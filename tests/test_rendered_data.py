@@ -11,10 +11,11 @@ import pytest
 from fast3r_jax import config as config_lib
 from fast3r_jax.config import RenderedDataConfig, TrainConfig
 from fast3r_jax.data import raycast, synthetic
-from fast3r_jax.data.pipeline import BATCH_KEYS, to_model_layout
+from fast3r_jax.data.packed import BATCH_KEYS
 from fast3r_jax.data.rendered import RenderedBatches
 from fast3r_jax.sharding import make_mesh
 from fast3r_jax.train.loop import train
+from tests.helpers.model_layout import model_layout
 
 # Float32 here vs float64 in numpy. Measured over 192 views (seeds 0-3, 64x48, 48x64, 128x64, 128x96, windows on):
 # pts3d error 6.2e-6 m at the 99th percentile, 3.6e-4 m at worst (grazing hits), apart from silhouette pixels whose
@@ -83,7 +84,7 @@ def test_batches_are_the_numpy_datasets_samples_and_resume():
         host = jax.device_get(batch)
         for k, index in enumerate(indices):
             for view, ref in zip(host, dataset[index]):
-                ref = to_model_layout(ref)
+                ref = model_layout(ref)
                 assert set(view) == set(BATCH_KEYS)
                 np.testing.assert_array_equal(view["true_shape"][k], ref["true_shape"])
                 np.testing.assert_array_equal(view["camera_pose"][k], ref["camera_pose"])

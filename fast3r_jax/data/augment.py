@@ -188,10 +188,11 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator, brightness: float = 
 
 
 def augment_view(view: View, resolution: Sequence[int] | None, rng: np.random.Generator,
-                 aug_crop: int = 0, jitter: bool = True) -> View:
+                 aug_crop: int = 0, jitter: bool = True, world_points: bool = True) -> View:
     """A sample-format view cropped/resized to `resolution` (None: kept) and colour-jittered.
 
-    World points are computed here, from the final depth and intrinsics (the input needs no `pts3d`).
+    World points and the valid mask are computed here, from the final depth and intrinsics (the input needs no
+    `pts3d`); with world_points=False both are left out (the input pipeline derives them on the devices).
     """
     img, depth, K = view["img"], view["depthmap"], view["camera_intrinsics"]
     name = f"{view.get('dataset', '?')}/{view.get('label', '?')}/{view.get('instance', '?')}"
@@ -199,13 +200,14 @@ def augment_view(view: View, resolution: Sequence[int] | None, rng: np.random.Ge
         img, depth, K = crop_resize(img, depth, K, resolution, rng, aug_crop, name)
     if jitter:
         img = color_jitter(img, rng)
-    return with_world_points({**view, "img": np.ascontiguousarray(img),
-                              "depthmap": np.ascontiguousarray(depth, np.float32),
-                              "camera_intrinsics": np.asarray(K, np.float32),
-                              "true_shape": np.array(img.shape[:2], np.int32)})
+    out = {**view, "img": np.ascontiguousarray(img), "depthmap": np.ascontiguousarray(depth, np.float32),
+           "camera_intrinsics": np.asarray(K, np.float32), "true_shape": np.array(img.shape[:2], np.int32)}
+    if world_points:
+        return with_world_points(out)
+    return {k: v for k, v in out.items() if k not in ("pts3d", "valid_mask")}
 
 
 def augment_views(views: Sequence[View], resolution: Sequence[int] | None, rng: np.random.Generator,
-                  aug_crop: int = 0, jitter: bool = True) -> list[View]:
+                  aug_crop: int = 0, jitter: bool = True, world_points: bool = True) -> list[View]:
     """Every view of a sample to the same bucket; see `augment_view`."""
-    return [augment_view(view, resolution, rng, aug_crop, jitter) for view in views]
+    return [augment_view(view, resolution, rng, aug_crop, jitter, world_points) for view in views]

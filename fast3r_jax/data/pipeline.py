@@ -8,17 +8,10 @@ bucket from `default_rng((seed, 1, e, b))`, so every sample of a global batch (a
 one resolution on every process, and the data depend on neither worker_count nor shard_count: a global batch is
 the same whether one process loads it or several share it.
 
-Batch structure: a list of V dicts (one per view), each holding stacked numpy arrays
-  img                (B, 3, H, W) float32 in [-1, 1]
-  true_shape         (B, 2) int32, (height, width) of the view in its true orientation
-  pts3d              (B, H, W, 3) float32 world points
-  valid_mask         (B, H, W) bool
-  depthmap           (B, H, W) float32
-  camera_pose        (B, 4, 4) float32 camera-to-world
-  camera_intrinsics  (B, 3, 3) float32
-in landscape layout (H <= W): portrait views are transposed (pixel maps swap their two image axes and
-the intrinsics swap their first two rows, so they project camera points to landscape pixel (x, y) =
-true (row, column)), while true_shape keeps the portrait (H, W). String fields are dropped.
+Batches: packed (fast3r_jax.data.packed), the compact arrays the training batch derives from, stacked over samples
+and views: uint8 pixels, depth and cameras in the model's landscape layout; `packed.to_mesh` puts one on the mesh and
+expands it there into the model's batch (normalised images, world points, valid masks). String fields are dropped.
+All views of a batch share one landscape-layout shape: with `resolutions` they do, without it the source's frames must.
 
 Checkpointing: `it = iter(loader)`; `state = it.get_state()` (the count of global batches consumed, with the
 global batch size and seed); later `it = iter(loader); it.set_state(state)` resumes with exactly the next batches,
@@ -37,53 +30,13 @@ from absl import flags
 
 from fast3r_jax.data.augment import BUCKETS, augment_views
 from fast3r_jax.data.mixture import Mixture
-from fast3r_jax.data.readers import Source, View, cv2, load_sample
-from fast3r_jax.io.images import normalize
-
-BATCH_KEYS = ("img", "true_shape", "pts3d", "valid_mask", "depthmap", "camera_pose", "camera_intrinsics")
-Batch = list[dict[str, np.ndarray]]
-
-
-def to_model_layout(view: View) -> dict[str, np.ndarray]:
-    """Sample-format view -> numeric arrays in the model's landscape layout (see module docstring)."""
-    height, width = view["img"].shape[:2]
-    out = {
-        "img": normalize(view["img"]),  # (3, H, W)
-        "true_shape": np.array((height, width), np.int32),
-        "pts3d": np.asarray(view["pts3d"], np.float32),
-        "valid_mask": np.asarray(view["valid_mask"], bool),
-        "depthmap": np.asarray(view["depthmap"], np.float32),
-        "camera_pose": np.asarray(view["camera_pose"], np.float32),
-        "camera_intrinsics": np.asarray(view["camera_intrinsics"], np.float32),
-    }
-    if width < height:
-        out["img"] = out["img"].swapaxes(1, 2)
-        for key in ("pts3d", "valid_mask", "depthmap"):
-            out[key] = out[key].swapaxes(0, 1)
-        out["camera_intrinsics"] = out["camera_intrinsics"][[1, 0, 2]]
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
-
-
-def collate(samples: Sequence[Sequence[dict[str, np.ndarray]]]) -> Batch:
-    """Stacks B samples of V views into V dicts of (B, ...) arrays."""
-    num_views = len(samples[0])
-    if any(len(s) != num_views for s in samples):
-        raise ValueError(f"samples of one batch have different view counts: {[len(s) for s in samples]}")
-    batch = []
-    for v in range(num_views):
-        stacked = {}
-        for key in BATCH_KEYS:
-            arrays = [s[v][key] for s in samples]
-            if any(a.shape != arrays[0].shape for a in arrays):
-                raise ValueError(f"view {v} {key}: shapes differ within the batch: {[a.shape for a in arrays]}")
-            stacked[key] = np.stack(arrays)
-        batch.append(stacked)
-    return batch
+from fast3r_jax.data.packed import Packed, collate, pack_view
+from fast3r_jax.data.readers import Source, cv2, load_sample
 
 
 @dataclasses.dataclass(frozen=True)
 class SampleTransform:
-    """Position in this shard's stream -> one sample in model layout (see the module docstring for the order)."""
+    """Position in this shard's stream -> one sample's packed views (see the module docstring for the order)."""
 
     source: Source
     order: grain.MapDataset  # order[e * len(source) + r]: the source index at position r of epoch e
@@ -107,16 +60,16 @@ class SampleTransform:
         else:
             source = self.source
         rng = np.random.default_rng((self.seed, 0, epoch, record))
-        transform = bool(self.resolutions or self.augment)
-        views = load_sample(source, int(index), rng, world_points=not transform)  # augment_views computes them
-        if transform:
+        views = load_sample(source, int(index), rng, world_points=False)  # unpacking computes them on the devices
+        if self.resolutions or self.augment:
             resolution = None
             if self.resolutions:
                 bucket_rng = np.random.default_rng((self.seed, 1, epoch, record // global_batch))
                 resolution = self.resolutions[int(bucket_rng.integers(len(self.resolutions)))]
             aug_crop = self.aug_crop if self.aug_crop is not None else getattr(source, "aug_crop", 0)
-            views = augment_views(views, resolution, rng, aug_crop if self.augment else 0, jitter=self.augment)
-        return [to_model_layout(v) for v in views]
+            views = augment_views(views, resolution, rng, aug_crop if self.augment else 0, jitter=self.augment,
+                                  world_points=False)
+        return [pack_view(v) for v in views]
 
 
 class Loader:
@@ -139,7 +92,7 @@ class LoaderIterator:
     def __iter__(self) -> "LoaderIterator":
         return self
 
-    def __next__(self) -> Batch:
+    def __next__(self) -> Packed:
         batch = next(self._it)
         self._batches += 1
         return batch
@@ -170,7 +123,7 @@ def make_loader(source: Source, batch_size: int, seed: int, shard_index: int = 0
                 worker_count: int = 0, augment: bool = True, num_epochs: int | None = None, *,
                 resolutions: Sequence[tuple[int, int]] | None = BUCKETS, aug_crop: int | None = None,
                 read_threads: int = 2, prefetch_batches: int = 4) -> Loader:
-    """Iterable of batches (see the module docstring for structure, order and checkpointing).
+    """Iterable of packed batches (see the module docstring for structure, order and checkpointing).
 
     Args:
         source: a reader, `Mixture` or any object with `__len__` and `__getitem__(index[, rng])`.

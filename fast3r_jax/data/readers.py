@@ -3,7 +3,7 @@
 Each reader takes `(root, split, num_views, ...)` with the reference view-sampling parameters, has
 `__len__`, and `__getitem__(index, rng, world_points=True)` returning a list of `num_views` view dicts at the
 frames' stored resolution (see `fast3r_jax.data.augment` for the crop/resize to training buckets; the input
-pipeline asks for views without `pts3d`, which the augmentation computes). Dataset-specific masks are folded
+pipeline asks for views without `pts3d`, which it derives on the devices). Dataset-specific masks are folded
 into the depth (0 = invalid), so `valid_mask` is "finite depth > 0" everywhere.
 
 On-disk layouts (those written by the public DUSt3R preprocessing scripts):

@@ -10,8 +10,8 @@ Order. Batch b (counted from the start of the run) draws its (views, samples) bu
 that numpy dataset's item, rendered here instead of by `render_view`. With several processes, process p draws
 and renders the p-th block of samples/process_count of them.
 
-Batch structure: that of the input pipeline (fast3r_jax.data.pipeline), as global arrays split over the mesh's
-data axis: a list of V dicts of
+Batch structure: the model batch that the input pipeline's packed batches unpack to (fast3r_jax.data.packed), as
+global arrays split over the mesh's data axis: a list of V dicts of
   img                (B, 3, H, W) float32 in [-1, 1]
   true_shape         (B, 2) int32, (height, width) in the view's true orientation
   pts3d              (B, H, W, 3) float32 world points

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from fast3r_jax.checkpoint import load_config, load_pretrained, save_pretrained
 from fast3r_jax.config import Fast3RConfig, TrainConfig, check_value
+from fast3r_jax.data import packed
 from fast3r_jax.data.mixture import parse_mixture
 from fast3r_jax.errors import InputError
 from fast3r_jax.io.files import atomic_file
@@ -86,7 +87,8 @@ def _accepts_text(hint: Any) -> bool:
 
 
 class _OnMesh:
-    """A grain loader's iterator yielding (global batch on the mesh, orientations), checkpointable as the loader."""
+    """A grain loader's iterator yielding (global batch on the mesh, unpacked there; orientations), checkpointable
+    as the loader."""
 
     def __init__(self, iterator, mesh):
         self._it, self._mesh = iterator, mesh
@@ -96,7 +98,7 @@ class _OnMesh:
 
     def __next__(self) -> tuple[list[dict[str, jax.Array]], tuple[str, ...]]:
         batch = next(self._it)
-        return training.device_batch(batch, self._mesh), training.orientations(batch)
+        return packed.to_mesh(batch, self._mesh), packed.orientations(batch)
 
     def get_state(self) -> dict[str, int]:
         return self._it.get_state()
