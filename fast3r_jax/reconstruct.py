@@ -16,6 +16,8 @@ by `ReconstructConfig.outputs`, written concurrently)
     preview.png                 [preview] a rendering of (a subsample of) the points and the cameras
     pointmaps.npz               [pointmaps] every view's pointmaps, confidences and colours (io.export.write_pointmaps)
     summary.json                inputs, settings, cameras, timings and, with ground truth, pose errors
+The export starts while the cameras are solved (the files that need none are written meanwhile); the summary's
+export_s is the time it adds after the cameras, so the stages add up to the wall time.
 
 Cameras come from one of two solvers: 'pnp' (upstream's: focal of view 0 by Weiszfeld, then RANSAC-PnP per view,
 on the host) or 'procrustes' (per-view focal from the local pointmap and the similarity aligning it onto the
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -427,20 +430,21 @@ def check_free_space(out: pathlib.Path, need: int) -> None:
         raise ReconstructError(f"output folder {out}: about {_gib(need)} to write, only {_gib(free)} free on its disk")
 
 
-def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Sequence[Mapping], cams: Cameras,
-                  names: Sequence[str], config: ReconstructConfig = ReconstructConfig(),
+def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Sequence[Mapping],
+                  cams: Cameras | concurrent.futures.Future, names: Sequence[str],
+                  config: ReconstructConfig = ReconstructConfig(),
                   timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Writes the files of `config.outputs` (see the module docstring) of host arrays into `folder`, each file a
     thread-pool task; returns point counts. timings receives each output's seconds.
 
-    The per-view depth and confidence maps start first, in one pool; the point cloud is selected meanwhile, and the
-    files made from it are written in a pool of their own as soon as it is, not queued behind the maps (at 1000
-    views the maps are 2000 tasks and the PLY the longest single one).
+    cams may be a future (the cameras still being solved): the files that do not need them (confidence maps, the
+    PLY, the pointmaps) start at once, the rest when it resolves. The per-view maps go to one pool; the point cloud
+    is selected meanwhile, and the files made from it are written in a pool of their own as soon as it is, not
+    queued behind the maps (at 1000 views the maps are 2000 tasks and the PLY the longest single one).
     """
     colors = [view_colors(v) for v in views]
     pts = [np.asarray(o["pts3d_in_other_view"]) for o in outputs]
     conf = [np.asarray(o["conf"]) for o in outputs]
-    cam_args = (cams.c2w, cams.intrinsics, cams.image_sizes)
     wanted = [name for name in OUTPUTS if name in config.outputs]
     seconds = dict.fromkeys(wanted, 0.0)
     lock = threading.Lock()
@@ -453,21 +457,29 @@ def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Seque
 
     with (concurrent.futures.ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4)) as pool,
           concurrent.futures.ThreadPoolExecutor(max(1, len(wanted))) as files):
-        futures = [pool.submit(timed, name, task) for name, task in _map_tasks(folder, pts, conf, cams, names, config)]
+        futures = [pool.submit(timed, name, task) for name, task in _confidence_tasks(folder, conf, names, config)]
         try:
             cloud = select_points(pts, conf, colors, config.conf_percentile, config.conf_threshold)
             tasks = {
                 "ply": lambda: export.write_ply(folder / "points.ply", cloud.points, cloud.colors),
-                "colmap": lambda: _write_colmap(folder / "colmap", views, cams, names, cloud, config),
-                "cameras": lambda: export.write_cameras_json(folder / "cameras.json", *cam_args, names),
-                "glb": lambda: _write_glb(folder / "scene.glb", cloud, cams, config.max_glb_points),
-                "preview": lambda: export.write_preview_png(folder / "preview.png", cloud.points, cloud.colors,
-                                                            *cam_args, max_points=config.max_preview_points),
                 "pointmaps": lambda: export.write_pointmaps(
                     folder / "pointmaps.npz", pts, conf, [np.asarray(o["pts3d_local"]) for o in outputs],
                     [np.asarray(o["conf_local"]) for o in outputs], colors),
             }
             futures += [files.submit(timed, name, tasks[name]) for name in wanted if name in tasks]
+            if isinstance(cams, concurrent.futures.Future):
+                cams = cams.result()
+            cam_args = (cams.c2w, cams.intrinsics, cams.image_sizes)
+            tasks = {
+                "colmap": lambda: _write_colmap(folder / "colmap", views, cams, names, cloud, config),
+                "cameras": lambda: export.write_cameras_json(folder / "cameras.json", *cam_args, names),
+                "glb": lambda: _write_glb(folder / "scene.glb", cloud, cams, config.max_glb_points),
+                "preview": lambda: export.write_preview_png(folder / "preview.png", cloud.points, cloud.colors,
+                                                            *cam_args, max_points=config.max_preview_points),
+            }
+            futures += [files.submit(timed, name, tasks[name]) for name in wanted if name in tasks]
+            if "depth" in config.outputs:
+                futures += [pool.submit(timed, "depth", task) for task in _depth_tasks(folder, pts, cams, names, config)]
             for future in futures:
                 future.result()  # the first failure (e.g. a full disk) ends the export
         finally:
@@ -478,22 +490,33 @@ def write_outputs(folder: pathlib.Path, views: Sequence[Mapping], outputs: Seque
     return dict(points=len(cloud.points), pixels=int(sum(c.size for c in conf)))
 
 
-def _map_tasks(folder: pathlib.Path, pts: Sequence[np.ndarray], conf: Sequence[np.ndarray], cams: Cameras,
-               names: Sequence[str], config: ReconstructConfig) -> list[tuple[str, Callable[[], None]]]:
-    """(output name, task) writing each view's depth and confidence map, as `config.outputs` asks."""
-    tasks: list[tuple[str, Callable[[], None]]] = []
-    if "confidence" in config.outputs:
-        conf_range = (min(float(np.nanmin(c)) for c in conf), max(float(np.nanmax(c)) for c in conf))
-    ext = config.maps_format
-    for i, (name, p, c) in enumerate(zip(names, pts, conf)):
-        stem = f"{i:04d}_{pathlib.Path(name).stem}.{ext}"
-        if "depth" in config.outputs:
-            tasks.append(("depth", lambda i=i, p=p, stem=stem: _write_depth(folder / "depth" / stem, p, cams.c2w[i])))
-        if "confidence" in config.outputs:
-            path = folder / "confidence" / stem
-            tasks.append(("confidence", (lambda path=path, c=c: export.write_npy(path, c.astype(np.float32)))
-                          if ext == "npy" else (lambda path=path, c=c: export.write_confidence_png(path, c, *conf_range))))
-    return tasks
+def _map_stems(names: Sequence[str], config: ReconstructConfig) -> list[str]:
+    """File names of the per-view maps: NNNN_<image stem>.<png|npy>."""
+    return [f"{i:04d}_{pathlib.Path(name).stem}.{config.maps_format}" for i, name in enumerate(names)]
+
+
+def _confidence_tasks(folder: pathlib.Path, conf: Sequence[np.ndarray], names: Sequence[str],
+                      config: ReconstructConfig) -> list[tuple[str, Callable[[], None]]]:
+    """('confidence', task) writing each view's confidence map, if `config.outputs` asks for them."""
+    if "confidence" not in config.outputs:
+        return []
+    if config.maps_format == "npy":
+        def write(path: pathlib.Path, c: np.ndarray) -> None:
+            export.write_npy(path, c.astype(np.float32))
+    else:
+        low, high = min(float(np.nanmin(c)) for c in conf), max(float(np.nanmax(c)) for c in conf)
+
+        def write(path: pathlib.Path, c: np.ndarray) -> None:
+            export.write_confidence_png(path, c, low, high)
+    return [("confidence", functools.partial(write, folder / "confidence" / stem, c))
+            for stem, c in zip(_map_stems(names, config), conf)]
+
+
+def _depth_tasks(folder: pathlib.Path, pts: Sequence[np.ndarray], cams: Cameras, names: Sequence[str],
+                 config: ReconstructConfig) -> list[Callable[[], None]]:
+    """Tasks writing each view's depth map in its estimated camera."""
+    return [functools.partial(_write_depth, folder / "depth" / stem, p, c2w)
+            for stem, p, c2w in zip(_map_stems(names, config), pts, cams.c2w)]
 
 
 def _write_glb(path: pathlib.Path, cloud: PointCloud, cams: Cameras, budget: int | None) -> None:
@@ -662,39 +685,52 @@ class Reconstructor:
         host_outputs = distributed.host_copy(outputs)
         timings["inference_s"] = time.perf_counter() - start
 
-        start = time.perf_counter()
         on_device = config.pose_solver == "procrustes" and self.mesh is None  # sharded outputs go via the host copy
         known = None if config.intrinsics is None else known_intrinsics(config.intrinsics, views, notify)
-        cams = estimate_cameras(outputs if on_device else host_outputs, config.pose_solver, intrinsics=known,
-                                max_pnp_points=config.max_pnp_points)
-        timings["cameras_s"] = time.perf_counter() - start
-        timings["compile_s"] = _CompileClock.read()  # within inference and cameras
-        if cams.failed:
-            notify(f"camera estimation failed for views {list(cams.failed)}: identity pose and/or a 60-degree "
-                   "field-of-view focal written instead")
+
+        def solve() -> Cameras:
+            start = time.perf_counter()
+            cams = estimate_cameras(outputs if on_device else host_outputs, config.pose_solver, intrinsics=known,
+                                    max_pnp_points=config.max_pnp_points)
+            timings["cameras_s"] = time.perf_counter() - start
+            return cams
 
         names = image_names(views)
         summary: dict[str, Any] = dict(
             checkpoint=str(self.checkpoint), default_checkpoint=self.default_checkpoint, num_views=len(views),
             size=size, dtype=dtype, pose_solver=config.pose_solver, image_ids=ids.tolist(), seed=config.seed,
             conf_percentile=config.conf_percentile, conf_threshold=config.conf_threshold, images=names,
-            outputs=list(config.outputs), focals=cams.focals.tolist(), failed_cameras=list(cams.failed))
+            outputs=list(config.outputs), out=str(out))
+        if not distributed.is_lead():
+            return summary | self._camera_summary(solve(), views, timings, notify)
+        # The export starts while the cameras are solved: files that need no camera are written meanwhile.
+        # export_s is what the export adds after the cameras, so the stages still add up to the wall time.
+        with (atomic_folder(out, kind="reconstruction", overwrite=config.overwrite, inputs=input_paths) as folder,
+              concurrent.futures.ThreadPoolExecutor(1) as solver):
+            cams = solver.submit(solve)
+            start = time.perf_counter()
+            exports: dict[str, float] = {}
+            summary |= write_outputs(folder, views, host_outputs, cams, names, config, exports)
+            timings["export_s"] = max(0.0, time.perf_counter() - start - timings["cameras_s"])
+            summary |= self._camera_summary(cams.result(), views, timings, notify)
+            summary["timings"] = timings | {"export": exports}
+            (folder / "summary.json").write_text(
+                json.dumps({k: v for k, v in summary.items() if k != "out"}, indent=1) + "\n")
+        return summary
+
+    @staticmethod
+    def _camera_summary(cams: Cameras, views: Sequence[Mapping], timings: dict[str, float],
+                        notify: Callable[[str], None]) -> dict[str, Any]:
+        """The summary's camera entries (focals, failures, pose errors against ground truth); the compile time."""
+        timings["compile_s"] = _CompileClock.read()  # within inference and cameras
+        if cams.failed:
+            notify(f"camera estimation failed for views {list(cams.failed)}: identity pose and/or a 60-degree "
+                   "field-of-view focal written instead")
+        summary: dict[str, Any] = dict(focals=cams.focals.tolist(), failed_cameras=list(cams.failed))
         gt = ground_truth_poses(views, notify)
         if gt is not None:
             idx, gt_c2w = gt
             summary["pose_errors"] = dict(pose_errors(cams.c2w[idx], gt_c2w), num_views=len(idx))
-
-        summary["out"] = str(out)
-        if not distributed.is_lead():
-            return summary
-        start = time.perf_counter()
-        with atomic_folder(out, kind="reconstruction", overwrite=config.overwrite, inputs=input_paths) as folder:
-            exports: dict[str, float] = {}
-            summary |= write_outputs(folder, views, host_outputs, cams, names, config, exports)
-            timings["export_s"] = time.perf_counter() - start
-            summary["timings"] = timings | {"export": exports}
-            (folder / "summary.json").write_text(
-                json.dumps({k: v for k, v in summary.items() if k != "out"}, indent=1) + "\n")
         return summary
 
 

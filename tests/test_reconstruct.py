@@ -1,5 +1,6 @@
 """`fast3r-jax reconstruct`: outputs read back by independent readers, cameras from ground-truth pointmaps, errors."""
 
+import concurrent.futures
 import errno
 import json
 import os
@@ -8,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -25,6 +27,7 @@ from fast3r_jax.geometry.cameras import estimate_cameras
 from fast3r_jax.geometry.metrics import align_cameras, pose_errors
 from fast3r_jax.inference.engine import Engine
 from fast3r_jax.io.files import MARKER
+from fast3r_jax.io.images import Geometry
 from tests.helpers.small_model import small_config, small_params
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -294,6 +297,35 @@ def test_ground_truth_pointmaps_give_exact_cameras(solver, focal_range, resoluti
     assert np.linalg.norm(cams.c2w[:, :3, 3] - gt_c2w[:, :3, 3], axis=-1).max() <= centre_rtol * spread
     np.testing.assert_array_equal(cams.image_sizes, [resolution] * 6)
     np.testing.assert_allclose(cams.intrinsics[:, :2, 2], [np.array(resolution) / 2] * 6)
+
+
+def test_export_writes_what_needs_no_camera_while_the_cameras_are_solved(tmp_path):
+    """write_outputs given a pending camera future writes the PLY and the confidence maps at once, the files that
+    need cameras once the future resolves, and then the same files as with the cameras given up front."""
+    views = SyntheticScenes(1, 4, (64, 48), seed=3, split="test")[0]
+    outputs, _ = _ground_truth_outputs(views)
+    views = [dict(img=v["img"], path=f"view_{i}.png", geometry=Geometry((64, 48), (64, 48), (0, 0, 64, 48)))
+             for i, v in enumerate(views)]
+    cams = estimate_cameras(outputs, "procrustes")
+    names = reconstruct.image_names(views)
+    config = reconstruct.ReconstructConfig()
+    pending = concurrent.futures.Future()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        export = pool.submit(reconstruct.write_outputs, tmp_path / "overlap", views, outputs, pending, names, config)
+        ply, confidence = tmp_path / "overlap" / "points.ply", tmp_path / "overlap" / "confidence"
+        deadline = time.monotonic() + 60
+        while not (ply.exists() and len(list(confidence.glob("*.png"))) == 4) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ply.exists() and len(list(confidence.glob("*.png"))) == 4
+        assert not export.done() and not (tmp_path / "overlap" / "cameras.json").exists()
+        assert not (tmp_path / "overlap" / "depth").exists() or not any((tmp_path / "overlap" / "depth").iterdir())
+        pending.set_result(cams)
+        export.result(timeout=60)
+    reconstruct.write_outputs(tmp_path / "given", views, outputs, cams, names, config)
+    overlap = sorted(p.relative_to(tmp_path / "overlap") for p in (tmp_path / "overlap").rglob("*") if p.is_file())
+    assert overlap == sorted(p.relative_to(tmp_path / "given") for p in (tmp_path / "given").rglob("*") if p.is_file())
+    for path in overlap:
+        assert (tmp_path / "overlap" / path).read_bytes() == (tmp_path / "given" / path).read_bytes(), path
 
 
 def test_unusable_pointmaps_fall_back_to_identity_and_a_60_degree_focal():
