@@ -22,14 +22,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
+
+if TYPE_CHECKING:
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel
 
 KERNELS = ("xla", "cudnn", "splash")
 _SPLASH_BLOCKS = (512, 256, 128)  # splash tiles, largest first; sequences are padded to a multiple of the last
@@ -86,9 +87,13 @@ XLA = AttentionImpl("xla")  # the portable default
 
 
 @functools.lru_cache(maxsize=None)
-def _splash_kernel(heads: int, length: int, interpret: bool) -> splash_kernel.SplashAttentionKernel:
+def _splash_kernel(heads: int, length: int, interpret: bool) -> splash_attention_kernel.SplashAttentionKernel:
     """Full (non-causal) multi-head splash kernel for `length` tokens (a multiple of 128), forward and backward
-    tiles the largest of _SPLASH_BLOCKS that divides it."""
+    tiles the largest of _SPLASH_BLOCKS that divides it. Pallas is imported here, on first use: importing it costs
+    every process about 0.2 s of start-up."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+
     block = next(b for b in _SPLASH_BLOCKS if length % b == 0)
     sizes = splash_kernel.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                                      block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
@@ -111,7 +116,9 @@ def _splash_local(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, interp
     segments = None
     if padded != length:
         ids = (jnp.arange(padded) >= length).astype(jnp.int32)  # (Np,) 0: real token, 1: padding
-        segments = splash_kernel.SegmentIds(q=ids, kv=ids)
+        from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
+
+        segments = SegmentIds(q=ids, kv=ids)
     kernel = _splash_kernel(heads, padded, interpret)
     out = jax.vmap(lambda q, k, v: kernel(q, k, v, segment_ids=segments))(q, k, v)  # (B, H, Np, D)
     return out[:, :, :length].transpose(0, 2, 1, 3)  # (B, N, H, D)
