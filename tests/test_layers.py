@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from flax import nnx
+from jax import ad_checkpoint
 
 from fast3r_jax.model import layers
 from fast3r_jax.model.dpt_head import postprocess, upsample2x
@@ -91,7 +92,7 @@ def test_upsample2x_gradient_is_the_transposed_interpolation():
 
 def test_gelu_backward_keeps_only_the_input(capsys):
     x = jnp.ones((64, 256), jnp.bfloat16)
-    jax.ad_checkpoint.print_saved_residuals(lambda v: gelu(v).astype(jnp.float32).sum(), x)
+    ad_checkpoint.print_saved_residuals(lambda v: gelu(v).astype(jnp.float32).sum(), x)
     saved = [line for line in capsys.readouterr().out.splitlines() if "[64,256]" in line]
     assert len(saved) == 1 and saved[0].startswith("bf16[64,256] from the argument"), saved  # no float32 intermediates of x's size
 

@@ -304,20 +304,24 @@ def test_export_writes_what_needs_no_camera_while_the_cameras_are_solved(tmp_pat
     need cameras once the future resolves, and then the same files as with the cameras given up front."""
     views = SyntheticScenes(1, 4, (64, 48), seed=3, split="test")[0]
     outputs, _ = _ground_truth_outputs(views)
-    views = [dict(img=v["img"], path=f"view_{i}.png", geometry=Geometry((64, 48), (64, 48), (0, 0, 64, 48)))
-             for i, v in enumerate(views)]
+    rng = np.random.default_rng(0)
+    views = [dict(img=rng.uniform(-1, 1, (1, 3, 48, 64)).astype(np.float32), path=f"view_{i}.png",
+                  geometry=Geometry((64, 48), (64, 48), (0, 0, 64, 48))) for i in range(len(views))]
     cams = estimate_cameras(outputs, "procrustes")
     names = reconstruct.image_names(views)
     config = reconstruct.ReconstructConfig()
+    (tmp_path / "overlap").mkdir(), (tmp_path / "given").mkdir()  # as atomic_folder hands them over
     pending = concurrent.futures.Future()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         export = pool.submit(reconstruct.write_outputs, tmp_path / "overlap", views, outputs, pending, names, config)
         ply, confidence = tmp_path / "overlap" / "points.ply", tmp_path / "overlap" / "confidence"
         deadline = time.monotonic() + 60
-        while not (ply.exists() and len(list(confidence.glob("*.png"))) == 4) and time.monotonic() < deadline:
+        while not (ply.exists() and len(list(confidence.glob("*.png"))) == 4 or export.done()
+                   or time.monotonic() > deadline):
             time.sleep(0.01)
+        assert not export.done(), export.exception()  # still waiting for the cameras, not failed
         assert ply.exists() and len(list(confidence.glob("*.png"))) == 4
-        assert not export.done() and not (tmp_path / "overlap" / "cameras.json").exists()
+        assert not (tmp_path / "overlap" / "cameras.json").exists()
         assert not (tmp_path / "overlap" / "depth").exists() or not any((tmp_path / "overlap" / "depth").iterdir())
         pending.set_result(cams)
         export.result(timeout=60)
