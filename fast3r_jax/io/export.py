@@ -747,7 +747,7 @@ def _point_spacing(points: np.ndarray) -> np.ndarray:
     nearest neighbour (on a square grid of spacing s the 4 nearest neighbours lie at s, giving s / 2)."""
     if len(points) < 5:
         return np.zeros(len(points))
-    dist, _ = cKDTree(points).query(points, k=5)  # (N, 5); column 0 is the point itself
+    dist, _ = cKDTree(points).query(points, k=5, workers=-1)  # (N, 5); column 0 is the point itself; all cores
     return dist[:, 4] / 2
 
 
