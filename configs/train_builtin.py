@@ -8,20 +8,22 @@ images per batch, and one of two resolutions, 128x96 landscape or 96x128 portrai
 orientations share a step: 4 compiled step shapes instead of 8. The price: the model runs its DPT heads both ways,
 and here the heads are 57-76% of the forward FLOPs (fast3r_jax.model.flops), so a step costs up to 1.7x; it pays
 while compilation takes most of a call, as below, and not in a long run (set mixed_orientation=False there). Image
-ids are random per sample and step (upstream's). No augmentation. AdamW 2e-4 after 200 warm-up steps, cosine decay
+ids are random per sample and step (upstream's). No augmentation. AdamW 1e-4 after 100 warm-up steps, cosine decay
 to 1e-6 at STEPS, gradients clipped at 1.
 
 It continues from the earlier shipped weights (init): the architecture is unchanged, and in a run of minutes
-continuing beats starting over. Measured on one H200 (jax 0.11.2, 2026-12-02): a step is 0.83-0.96 TFLOP
-(fast3r_jax.model.flops) and takes 16-21 ms on the device; compiling the four step shapes lazily, as the batches
-meet them, took about 230 s, after which the stream mixing the shapes ran 4,300-5,300 images/s (22-33 steps/s). So
-STEPS = 6000 fits one 10-minute call: the shipped model is this recipe's run, 6,000 steps (1.15 M images) in 7 min
-50 s of the training loop, compilation included; the loss logged every 100 steps (on whichever bucket that step
-drew) went from 0.24-0.39 over the first 800 steps to 0.05-0.22 over the last 800, the learning rate to its floor.
-`time_limit_s` ends a slower run early with a checkpoint; the same command resumes it, and on the same machine
-without compiling: `train.py` keeps its compiled steps in the persistent compilation cache (`--compilation-cache`,
-on by default). Do not set --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s. From the
-repository root:
+continuing beats starting over, so each shipped run builds on all the runs before it. Measured on one H200 (jax
+0.11.2): a step is 0.83-0.96 TFLOP (fast3r_jax.model.flops) and takes 16-21 ms on the device; compiling the four
+step shapes lazily, as the batches meet them, takes 230-300 s, after which the stream mixing the shapes runs
+2,900-5,300 images/s (15-33 steps/s). The shipped weights come from four such runs in a row, each initialised from
+the one before: 6,000 steps at lr 2e-4 (2026-12-02, all steps, lr to its floor); then on 2026-12-03 3,038 of 6,000
+steps at lr 2e-4 (stopped by `--set time_limit_s=440`, lr still 1.1e-4), 3,000 steps at lr 1.2e-4 (all steps, lr to
+its floor), and this config, 3,500 steps at lr 1e-4, stopped by its time limit at step 2,570 with the lr at 2.1e-5
+(7 min of the training loop, compilation included); the loss logged every 100 steps (on whichever bucket that step
+drew) was 0.03-0.13 over its last 800 steps. `time_limit_s` ends a run early with a checkpoint; the same command
+resumes it, and on the same machine without compiling: `train.py` keeps its compiled steps in the persistent
+compilation cache (`--compilation-cache`, on by default). Do not set --xla_gpu_autotune_level=0 to save compile
+time: steps then take 2.7 s. From the repository root:
 
     export PYTHONPATH=$PWD
     python train.py --config configs/train_builtin.py --set workdir=runs/builtin
@@ -35,7 +37,7 @@ held-out scenes against random weights; that folder then replaces fast3r_jax/ass
 from fast3r_jax import config
 from fast3r_jax.config import DataConfig, OptimizerConfig, TrainConfig
 
-STEPS = 6000
+STEPS = 3500
 
 
 def model() -> config.Fast3RConfig:
@@ -53,8 +55,8 @@ def get_config() -> TrainConfig:
     return TrainConfig(
         model=model(),
         init="fast3r_jax/assets/builtin",
-        optimizer=OptimizerConfig(lr=2e-4, warmup_steps=200, total_steps=STEPS, grad_clip_norm=1.0),
+        optimizer=OptimizerConfig(lr=1e-4, warmup_steps=100, total_steps=STEPS, grad_clip_norm=1.0),
         data=DataConfig(rendered=rendered),
         steps=STEPS, dtype="bfloat16", layout="replicated", workdir="runs/builtin",
-        log_every=100, val_every=1000, val_batches=0, ckpt_every=1000, keep=2, time_limit_s=525.0,
+        log_every=100, val_every=1000, val_batches=0, ckpt_every=1000, keep=2, time_limit_s=420.0,
     )
