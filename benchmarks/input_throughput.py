@@ -9,14 +9,15 @@ cameras on a smooth path; scenes of --scene-frames frames (Habitat: its 5 views 
 cache, so reading costs decoding, not disk.
 
 Loader: `make_loader` as configs/train_large.py sets it up: --views-view samples, augmentation on (random zoom with
-each reader's own aug_crop margin, colour jitter), its readers' sampling parameters, one resolution bucket
-(--resolution, the largest of the training buckets, the most pixels per image), --batch samples per batch. 'all'
-mixes the six readers in equal shares as the training config does. Per (layout, worker count) a fresh loader: the
-first max(1, workers) batches are warm-up (worker start-up, imports, first samples), then batches are counted for
---seconds (images/s = images of the batches that arrived / time from the end of the warm-up to the last arrival;
-the window ends with the first batch after --seconds); the main process's CPU time per sample over that window
-(receiving batches from the workers) is reported with it. Per layout, one process also times the stages of a few
-samples (read, augment, pack) in ms per view and counts the packed bytes per sample that the workers ship.
+each reader's own aug_crop margin; colour jitter drawn, to be applied on the devices), its readers' sampling
+parameters, one resolution bucket (--resolution, the largest of the training buckets, the most pixels per image),
+--batch samples per batch. 'all' mixes the six readers in equal shares as the training config does. Per (layout,
+worker count) a fresh loader: the first max(1, workers) batches are warm-up (worker start-up, imports, first samples),
+then batches are counted for --seconds (images/s = images of the batches that arrived / time from the end of the
+warm-up to the last arrival; the window ends with the first batch after --seconds); the main process's CPU time per
+sample over that window (receiving batches from the workers) is reported with it. Per layout, one process also times
+the stages of a few samples (read, augment, pack) in ms per view and counts the packed bytes per sample that the
+workers ship.
 
 Target: the loader must feed --gpus GPUs training at --gpu-images-per-s each (the training-step benchmark's 20-view
 ViT-L rate) with a --margin safety factor: 3 x 8 x 42.5 = 1020 images/s per host by default.

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from fast3r_jax.data import jitter
 from fast3r_jax.data.packed import BATCH_KEYS, collate, orientations, pack_view, to_mesh, unpack
 from fast3r_jax.data.readers import with_world_points
 from fast3r_jax.sharding import batch_sharding, make_mesh
@@ -48,6 +49,22 @@ def test_unpack_gives_the_host_batch(samples):
                     assert error.max() <= 1e-6, f"view {v} sample {b}: pts3d off by {error.max():.2g} (relative)"
                 else:
                     np.testing.assert_array_equal(view[key][b], ref[key], err_msg=f"view {v} {key}")
+
+
+def test_unpack_jitters_each_view_by_its_own_draw(samples):
+    """A view's drawn colour jitter, applied where the batch is unpacked (portrait views in the transposed layout),
+    gives the image jittered in its true orientation: within one level (a rounding at .5) on under 2% of values."""
+    rng = np.random.default_rng(5)
+    drawn = [[v | {"jitter": jitter.draw(rng)} for v in s] for s in samples]
+    batch = jax.device_get(jax.jit(unpack)(collate([[pack_view(v) for v in s] for s in drawn])))
+    for v, view in enumerate(batch):
+        for b, sample in enumerate(drawn):
+            jittered = np.asarray(jitter.apply(sample[v]["img"], sample[v]["jitter"]))
+            expected = model_layout(with_world_points(sample[v] | {"img": jittered}))["img"]
+            levels = np.rint((view["img"][b] - expected) * 127.5)
+            assert np.abs(levels).max() <= 1 and np.mean(levels != 0) < 0.02, f"view {v} sample {b}"
+            plain = model_layout(with_world_points(sample[v]))["img"]
+            assert np.abs(view["img"][b] - plain).max() > 0.05  # the jitter was applied
 
 
 def test_to_mesh_splits_the_batch_over_the_data_axis(samples):

@@ -4,10 +4,11 @@ The pipeline runs on a small in-test source whose depth encodes the sample index
 can be traced back to the records it holds.
 """
 
+import jax
 import numpy as np
 import pytest
 
-from fast3r_jax.data import augment
+from fast3r_jax.data import augment, jitter
 from fast3r_jax.data.geometry_np import depthmap_to_world
 from fast3r_jax.data.mixture import Mixture
 from fast3r_jax.data.packed import PACKED_KEYS, collate, pack_view, unpack
@@ -154,20 +155,20 @@ def test_augment_views_recomputes_world_points():
 def test_colour_adjustments_closed_form():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (6, 7, 3)).astype(np.float32)
-    np.testing.assert_allclose(augment.adjust_brightness(img, 0.5), img * 0.5, rtol=1e-6)
-    np.testing.assert_allclose(augment.adjust_hue(img, 0.0), img, atol=1e-3)
+    np.testing.assert_allclose(jitter.adjust_brightness(img, 0.5), img * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(jitter.adjust_hue(img, 0.0), img, atol=1e-3)
     grey = img @ np.array([0.2989, 0.587, 0.114], np.float32)
-    np.testing.assert_allclose(augment.adjust_saturation(img, 0.0), np.repeat(grey[..., None], 3, -1), atol=1e-4)
-    np.testing.assert_allclose(augment.adjust_contrast(img, 0.0), np.full_like(img, grey.mean()), atol=1e-3)
+    np.testing.assert_allclose(jitter.adjust_saturation(img, 0.0), np.repeat(grey[..., None], 3, -1), atol=1e-4)
+    np.testing.assert_allclose(jitter.adjust_contrast(img, 0.0), np.full_like(img, grey.mean()), atol=1e-3)
     pure = np.array([[[255.0, 0, 0], [0, 255, 0], [0, 0, 255]]], np.float32)
-    np.testing.assert_allclose(augment.adjust_hue(pure, 1 / 3), pure[..., [2, 0, 1]], atol=1e-3)  # R->G, G->B, B->R
-    np.testing.assert_allclose(augment.adjust_hue(pure, -1 / 6), [[[255, 0, 255], [255, 255, 0], [0, 255, 255]]],
+    np.testing.assert_allclose(jitter.adjust_hue(pure, 1 / 3), pure[..., [2, 0, 1]], atol=1e-3)  # R->G, G->B, B->R
+    np.testing.assert_allclose(jitter.adjust_hue(pure, -1 / 6), [[[255, 0, 255], [255, 255, 0], [0, 255, 255]]],
                                atol=1e-3)
 
 
 def test_hue_matches_torchvision_formula_in_float64():
-    """adjust_hue against torchvision's RGB -> HSV -> RGB formula in float64, on an image large enough for OpenCV's
-    vectorised path, for hues pushed past 0 and 360 degrees."""
+    """adjust_hue against torchvision's RGB -> HSV -> RGB formula in float64, for hues pushed past 0 and 360
+    degrees."""
     img = np.random.default_rng(0).integers(0, 256, (64, 96, 3)).astype(np.float32)
     img[:4] = img[:4, :, :1]  # greys: no saturation
     rgb = img.astype(np.float64) / 255
@@ -186,19 +187,31 @@ def test_hue_matches_torchvision_formula_in_float64():
         table = np.stack([np.stack(c, -1) for c in ((vmax, t, p), (q, vmax, p), (p, vmax, t), (p, q, vmax),
                                                      (t, p, vmax), (vmax, p, q))])  # (6, H, W, 3)
         expected = np.take_along_axis(table, i[None, ..., None], 0)[0] * 255
-        np.testing.assert_allclose(augment.adjust_hue(img, shift), expected, atol=1e-3)
+        np.testing.assert_allclose(jitter.adjust_hue(img, np.float32(shift)), expected, atol=1e-3)
 
 
-def test_colour_jitter_is_deterministic_and_bounded():
+def test_colour_jitter_applies_the_drawn_adjustments_in_the_drawn_order():
+    """apply == the four adjustments composed in each view's order, rounded; the draw is a function of the seed;
+    zero strength and IDENTITY leave images as they are; views of a batch are jittered each by its own draw."""
     img = np.random.default_rng(0).integers(0, 256, (8, 9, 3)).astype(np.uint8)
-    a = augment.color_jitter(img, np.random.default_rng(3))
-    b = augment.color_jitter(img, np.random.default_rng(3))
-    c = augment.color_jitter(img, np.random.default_rng(4))
-    assert a.dtype == np.uint8 and a.shape == img.shape
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-    same = augment.color_jitter(img, np.random.default_rng(3), 0, 0, 0, 0)  # zero-strength jitter
-    np.testing.assert_array_equal(same, img)
+    params = jitter.draw(np.random.default_rng(3))
+    np.testing.assert_array_equal(params, jitter.draw(np.random.default_rng(3)))
+    assert sorted(params[:4].tolist()) == [0, 1, 2, 3]
+    assert not np.array_equal(params, jitter.draw(np.random.default_rng(4)))
+    adjustments = (jitter.adjust_brightness, jitter.adjust_contrast, jitter.adjust_saturation, jitter.adjust_hue)
+    expected = img.astype(np.float32)
+    for k in params[:4].astype(int):
+        expected = np.asarray(adjustments[k](expected, params[4 + k]))
+    out = np.asarray(jax.jit(jitter.apply)(img, params))
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    differ = out.astype(int) - np.rint(expected)  # compiled vs eager float32: a .5 may round the other way
+    assert np.abs(differ).max() <= 1 and np.mean(differ != 0) < 0.02
+    assert not np.array_equal(out, img)
+    np.testing.assert_array_equal(jitter.apply(img, jitter.draw(np.random.default_rng(3), 0, 0, 0, 0)), img)
+    batch = np.stack([img, img[::-1]])[None]  # (1, 2, H, W, 3)
+    both = np.asarray(jitter.apply(batch, np.stack([params, jitter.IDENTITY])[None]))
+    np.testing.assert_array_equal(both[0, 0], out)
+    np.testing.assert_array_equal(both[0, 1], img[::-1])
 
 
 # ----------------------------------------------------------------------------

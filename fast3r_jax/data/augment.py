@@ -1,4 +1,4 @@
-"""Training augmentation of multi-view samples: aspect-ratio crop/resize and colour jitter.
+"""Training augmentation of multi-view samples: aspect-ratio crop/resize, and the draw of the colour jitter.
 
 Crop/resize follows the reference data pipeline step by step, so intrinsics stay exact:
 1. crop the largest window centred on the (rounded) principal point;
@@ -9,8 +9,8 @@ Crop/resize follows the reference data pipeline step by step, so intrinsics stay
 Intrinsics follow the pixel-centre convention of the sample format: a scale s maps pixel centre x to
 (x + 0.5) * s - 0.5. World points are computed once, from the final depth and intrinsics.
 
-Colour jitter is torchvision's ColorJitter(0.5, 0.5, 0.5, 0.1) on float images: the four adjustments in a
-random order, each factor drawn uniformly, values clipped to [0, 255] after each step.
+Colour jitter (fast3r_jax.data.jitter) is only drawn here: each view carries its parameters to the devices, which
+apply them when they unpack the batch.
 
 Everything random draws from the numpy Generator passed in, so a sample is a pure function of its seed.
 """
@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import PIL.Image
 
+from fast3r_jax.data import jitter as jitter_lib
 from fast3r_jax.data.readers import with_world_points
 
 # Aspect-ratio buckets (W, H) of the released training configuration.
@@ -128,68 +129,10 @@ def crop_resize(img: np.ndarray, depth: np.ndarray, K: np.ndarray, resolution: S
     return center_crop(img, depth, K, out_size)
 
 
-def _grayscale(img: np.ndarray) -> np.ndarray:
-    return img @ np.array([0.2989, 0.587, 0.114], np.float32)  # (H, W)
-
-
-def _blend(img: np.ndarray, other: np.ndarray | float, factor: float) -> np.ndarray:
-    """clip(factor * img + (1 - factor) * other, 0, 255) in float32, in one output buffer."""
-    out = np.multiply(img, np.float32(factor), dtype=np.float32)
-    out += np.multiply(other, np.float32(1.0 - factor), dtype=np.float32)
-    return np.clip(out, 0.0, 255.0, out=out)
-
-
-def adjust_brightness(img: np.ndarray, factor: float) -> np.ndarray:
-    """(H, W, 3) float32 in [0, 255]: blend with black."""
-    return _blend(img, 0.0, factor)
-
-
-def adjust_contrast(img: np.ndarray, factor: float) -> np.ndarray:
-    """Blend with the mean grey level of the image."""
-    return _blend(img, float(_grayscale(img).mean()), factor)
-
-
-def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
-    """Blend with the grey-level image."""
-    return _blend(img, _grayscale(img)[..., None], factor)
-
-
-def adjust_hue(img: np.ndarray, shift: float) -> np.ndarray:
-    """Rotates the hue by `shift` turns (in [-0.5, 0.5]) in HSV space.
-
-    OpenCV's float HSV conversion is torchvision's formula (hue in degrees, V = max(R, G, B) on the input's
-    scale, S = (V - min) / V), evaluated in float32.
-    """
-    hsv = cv2.cvtColor(np.asarray(img, np.float32), cv2.COLOR_RGB2HSV)  # (H, W, 3): hue in [0, 360)
-    hue = hsv[..., 0]
-    hue += np.float32(360.0 * shift)
-    # back into [0, 360) (OpenCV's vectorised HSV -> RGB does not wrap); the same values as np.mod, faster
-    if shift < 0:
-        np.add(hue, np.float32(360.0), out=hue, where=hue < 0)
-    else:
-        np.subtract(hue, np.float32(360.0), out=hue, where=hue >= 360)
-    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return np.clip(rgb, 0.0, 255.0, out=rgb)
-
-
-def color_jitter(img: np.ndarray, rng: np.random.Generator, brightness: float = 0.5, contrast: float = 0.5,
-                 saturation: float = 0.5, hue: float = 0.1) -> np.ndarray:
-    """(H, W, 3) uint8 -> uint8 with random brightness/contrast/saturation/hue, applied in random order."""
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {img.dtype} {img.shape}")
-    order = rng.permutation(4)
-    factors = (rng.uniform(1 - brightness, 1 + brightness), rng.uniform(1 - contrast, 1 + contrast),
-               rng.uniform(1 - saturation, 1 + saturation), rng.uniform(-hue, hue))
-    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-    out = img.astype(np.float32)
-    for k in order:
-        out = ops[k](out, factors[k])
-    return np.rint(out, out=out).astype(np.uint8)
-
-
 def augment_view(view: View, resolution: Sequence[int] | None, rng: np.random.Generator,
                  aug_crop: int = 0, jitter: bool = True, world_points: bool = True) -> View:
-    """A sample-format view cropped/resized to `resolution` (None: kept) and colour-jittered.
+    """A sample-format view cropped/resized to `resolution` (None: kept), with its colour jitter's parameters under
+    "jitter" (fast3r_jax.data.jitter; applied on the devices when the packed batch is unpacked).
 
     World points and the valid mask are computed here, from the final depth and intrinsics (the input needs no
     `pts3d`); with world_points=False both are left out (the input pipeline derives them on the devices).
@@ -198,10 +141,10 @@ def augment_view(view: View, resolution: Sequence[int] | None, rng: np.random.Ge
     name = f"{view.get('dataset', '?')}/{view.get('label', '?')}/{view.get('instance', '?')}"
     if resolution is not None:
         img, depth, K = crop_resize(img, depth, K, resolution, rng, aug_crop, name)
-    if jitter:
-        img = color_jitter(img, rng)
     out = {**view, "img": np.ascontiguousarray(img), "depthmap": np.ascontiguousarray(depth, np.float32),
            "camera_intrinsics": np.asarray(K, np.float32), "true_shape": np.array(img.shape[:2], np.int32)}
+    if jitter:
+        out["jitter"] = jitter_lib.draw(rng)
     if world_points:
         return with_world_points(out)
     return {k: v for k, v in out.items() if k not in ("pts3d", "valid_mask")}

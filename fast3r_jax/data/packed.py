@@ -8,6 +8,7 @@ landscape pixel (x, y) = true (row, column)); `collate` stacks B samples of V vi
   camera_pose        (B, V, 4, 4) float32 camera-to-world
   camera_intrinsics  (B, V, 3, 3) float32
   true_shape         (B, V, 2) int32, (height, width) of the view in its true orientation
+  jitter             (B, V, 8) float32 colour-jitter parameters (fast3r_jax.data.jitter; identity if none drawn)
 About 1.4 MB per 512x384 view against the model batch's 5.7 MB, in five arrays per batch rather than seven per
 view: grain moves every array between processes through a shared-memory block of its own, which costs the main
 process time per block and per byte.
@@ -20,8 +21,8 @@ process time per block and per byte.
   depthmap           (B, H, W) float32
   camera_pose        (B, 4, 4) float32
   camera_intrinsics  (B, 3, 3) float32
-(also the structure of fast3r_jax.data.rendered): img through a 256-entry table of `fast3r_jax.io.images.normalize`
-(bit-identical to normalising on the host), valid_mask = finite depth > 0, and pts3d the unprojection of the depth
+(also the structure of fast3r_jax.data.rendered): img colour-jittered there (`jitter.apply`), then through a
+256-entry table of `fast3r_jax.io.images.normalize` (bit-identical to normalising on the host), valid_mask = finite depth > 0, and pts3d the unprojection of the depth
 in float32 by `geometry_np.depthmap_to_world`'s formula (equal to it up to float32 rounding: the sums may be ordered
 or fused differently).
 """
@@ -38,10 +39,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from fast3r_jax import sharding as sharding_lib
+from fast3r_jax.data import jitter
 from fast3r_jax.io.images import normalize
 from fast3r_jax.model.fast3r import orientation_of
 
-PACKED_KEYS = ("img", "depthmap", "camera_pose", "camera_intrinsics", "true_shape")
+PACKED_KEYS = ("img", "depthmap", "camera_pose", "camera_intrinsics", "true_shape", "jitter")
 BATCH_KEYS = ("img", "true_shape", "pts3d", "valid_mask", "depthmap", "camera_pose", "camera_intrinsics")
 Packed = dict[str, np.ndarray]
 Batch = list[dict[str, jax.Array]]
@@ -51,7 +53,8 @@ _IMG_TABLE = normalize(np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, N
 
 
 def pack_view(view: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Sample-format view (img, depthmap, camera_pose, camera_intrinsics) -> packed arrays in landscape layout."""
+    """Sample-format view (img, depthmap, camera_pose, camera_intrinsics, optionally jitter) -> packed arrays in
+    landscape layout."""
     height, width = view["img"].shape[:2]
     out = {
         "img": np.asarray(view["img"], np.uint8),  # (H, W, 3)
@@ -59,6 +62,7 @@ def pack_view(view: dict[str, Any]) -> dict[str, np.ndarray]:
         "camera_pose": np.asarray(view["camera_pose"], np.float32),
         "camera_intrinsics": np.asarray(view["camera_intrinsics"], np.float32),
         "true_shape": np.array((height, width), np.int32),
+        "jitter": np.asarray(view.get("jitter", jitter.IDENTITY), np.float32),
     }
     if width < height:
         out["img"] = out["img"].swapaxes(0, 1)
@@ -116,7 +120,8 @@ def unpack(packed: dict[str, jax.Array]) -> Batch:
     portrait = packed["true_shape"][..., 0] > packed["true_shape"][..., 1]  # (B, V)
     pts3d = _world_points(jnp.where(valid, depth, 0.0), packed["camera_intrinsics"], packed["camera_pose"],
                           portrait)  # (B, V, H, W, 3)
-    img = jnp.moveaxis(jnp.asarray(_IMG_TABLE)[packed["img"]], -1, 2)  # (B, V, 3, H, W)
+    img = jitter.apply(packed["img"], packed["jitter"])  # (B, V, H, W, 3) uint8
+    img = jnp.moveaxis(jnp.asarray(_IMG_TABLE)[img], -1, 2)  # (B, V, 3, H, W)
     fields = {"img": img, "true_shape": packed["true_shape"], "pts3d": pts3d, "valid_mask": valid,
               "depthmap": depth, "camera_pose": packed["camera_pose"],
               "camera_intrinsics": packed["camera_intrinsics"]}
