@@ -9,7 +9,7 @@ landscape pixel (x, y) = true (row, column)); `collate` stacks B samples of V vi
   camera_intrinsics  (B, V, 3, 3) float32
   true_shape         (B, V, 2) int32, (height, width) of the view in its true orientation
   jitter             (B, V, 8) float32 colour-jitter parameters (fast3r_jax.data.jitter; identity if none drawn)
-About 1.4 MB per 512x384 view against the model batch's 5.7 MB, in five arrays per batch rather than seven per
+About 1.4 MB per 512x384 view against the model batch's 5.7 MB, in six arrays per batch rather than seven per
 view: grain moves every array between processes through a shared-memory block of its own, which costs the main
 process time per block and per byte.
 
@@ -22,9 +22,9 @@ process time per block and per byte.
   camera_pose        (B, 4, 4) float32
   camera_intrinsics  (B, 3, 3) float32
 (also the structure of fast3r_jax.data.rendered): img colour-jittered there (`jitter.apply`), then through a
-256-entry table of `fast3r_jax.io.images.normalize` (bit-identical to normalising on the host), valid_mask = finite depth > 0, and pts3d the unprojection of the depth
-in float32 by `geometry_np.depthmap_to_world`'s formula (equal to it up to float32 rounding: the sums may be ordered
-or fused differently).
+256-entry table of `fast3r_jax.io.images.normalize` (bit-identical to normalising on the host), valid_mask = finite
+depth > 0, and pts3d the unprojection of the depth in float32 by `geometry_np.depthmap_to_world`'s formula (equal to
+it up to float32 rounding: the sums may be ordered or fused differently).
 """
 
 from __future__ import annotations
