@@ -55,7 +55,11 @@ def adjust_saturation(img: jax.Array, factor: jax.Array) -> jax.Array:
 
 def adjust_hue(img: jax.Array, shift: jax.Array) -> jax.Array:
     """Rotates the hue by `shift` turns (in [-0.5, 0.5]) in HSV space, by torchvision's formula (V = max(R, G, B) on
-    the input's scale, S = (V - min) / V, hue in sixths of a turn) in float32."""
+    the input's scale, S = (V - min) / V, hue in sixths of a turn) in float32.
+
+    Back to RGB in closed form, elementwise (no sector table): channel n in (5, 3, 1) for (R, G, B) is
+    V - V S clip(min(k, 4 - k), 0, 1) with k = (n + hue) mod 6, which is continuous where the hue wraps.
+    """
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
     value = img.max(-1)
     delta = value - img.min(-1)
@@ -63,15 +67,8 @@ def adjust_hue(img: jax.Array, shift: jax.Array) -> jax.Array:
     safe = jnp.where(delta > 0, delta, 1.0)
     sixths = jnp.where(value == r, (g - b) / safe, jnp.where(value == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
     sixths = jnp.where(delta > 0, sixths, 0.0) + 6 * shift
-    sixths = jnp.mod(sixths, 6.0)
-    sixths = jnp.where(sixths < 6.0, sixths, 0.0)  # in [0, 6): mod rounds a tiny negative hue up to 6.0
-    sector = jnp.floor(sixths)
-    frac = sixths - sector
-    p, q, t = value * (1 - sat), value * (1 - sat * frac), value * (1 - sat * (1 - frac))
-    table = jnp.stack([jnp.stack(c, -1) for c in ((value, t, p), (q, value, p), (p, value, t), (p, q, value),
-                                                  (t, p, value), (value, p, q))])  # (6, H, W, 3)
-    index = sector.astype(jnp.int32)[None, ..., None]
-    return jnp.clip(jnp.take_along_axis(table, index, 0)[0], 0.0, 255.0)
+    k = jnp.mod(jnp.stack([5 + sixths, 3 + sixths, 1 + sixths], -1), 6.0)  # (H, W, 3)
+    return jnp.clip(value[..., None] * (1 - sat[..., None] * jnp.clip(jnp.minimum(k, 4 - k), 0.0, 1.0)), 0.0, 255.0)
 
 
 _ADJUSTMENTS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
