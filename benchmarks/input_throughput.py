@@ -19,6 +19,10 @@ sample over that window (receiving batches from the workers) is reported with it
 the stages of a few samples (read, augment, pack) in ms per view and counts the packed bytes per sample that the
 workers ship.
 
+--unpack: the devices' share of the input, timed on the default device (a GPU where there is one): `packed.unpack`
+of one packed batch of the measured shape (a real loader batch), jitted, and the colour jitter in it alone
+(`jitter.apply`), in ms per batch (median of 20 calls after a warm-up), to set against the training step.
+
 Target: the loader must feed --gpus GPUs training at --gpu-images-per-s each (the training-step benchmark's 20-view
 ViT-L rate) with a --margin safety factor: 3 x 8 x 42.5 = 1020 images/s per host by default.
 """
@@ -37,16 +41,17 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 
+import jax
 import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:  # a plain checkout: `python benchmarks/input_throughput.py` from the repo root
     sys.path.insert(0, str(HERE.parent))
 
-from fast3r_jax.data import layouts, readers  # noqa: E402
+from fast3r_jax.data import jitter, layouts, readers  # noqa: E402
 from fast3r_jax.data.augment import augment_views  # noqa: E402
 from fast3r_jax.data.mixture import Mixture  # noqa: E402
-from fast3r_jax.data.packed import pack_view  # noqa: E402
+from fast3r_jax.data.packed import PACKED_KEYS, pack_view, unpack  # noqa: E402
 from fast3r_jax.data.pipeline import make_loader  # noqa: E402
 
 LAYOUTS = ("co3d", "scannetpp", "arkitscenes", "habitat", "blendedmvs", "megadepth")
@@ -180,6 +185,23 @@ def throughput(source, workers: int, batch: int, views: int, resolution: tuple[i
             "images_per_s": images / (now - warm), "main_cpu_ms_per_sample": 1e3 * cpu / samples}
 
 
+def device_ms(packed: dict[str, np.ndarray], calls: int = 20) -> dict[str, float]:
+    """Median ms per call on the default device of unpacking `packed` and of jittering its images alone."""
+    arrays = jax.device_put({key: packed[key] for key in PACKED_KEYS})
+    programs = {"unpack": (jax.jit(unpack), (arrays,)),
+                "jitter": (jax.jit(jitter.apply), (arrays["img"], arrays["jitter"]))}
+    out = {"device": str(jax.devices()[0].device_kind)}
+    for name, (fn, fn_args) in programs.items():
+        jax.block_until_ready(fn(*fn_args))  # compile and warm up
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*fn_args))
+            times.append(time.perf_counter() - start)
+        out[f"{name}_ms"] = 1e3 * float(np.median(times))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16], help="grain worker processes")
@@ -196,6 +218,7 @@ def main() -> None:
     parser.add_argument("--gpu-images-per-s", type=float, default=42.5, help="images/s one GPU trains on")
     parser.add_argument("--margin", type=float, default=3.0, help="loader rate / consumption required")
     parser.add_argument("--root", type=pathlib.Path, default=None, help="write the files here (default: a temp dir)")
+    parser.add_argument("--unpack", action="store_true", help="also time unpacking and jitter on the device")
     parser.add_argument("--json", type=pathlib.Path, default=None)
     args = parser.parse_args()
     width, height = (int(x) for x in args.size.split("x"))
@@ -223,6 +246,16 @@ def main() -> None:
             stages[name] = stage_ms(sources[name], resolution, args.stage_samples)
             print(f"{name:<12} {stages[name]['read']:>8.1f} {stages[name]['augment']:>10.1f} "
                   f"{stages[name]['pack']:>8.1f}   {stages[name]['mib_per_sample']:>35.1f}", flush=True)
+        unpacked = None
+        if args.unpack:
+            loader = make_loader(sources[used[0]], args.batch, seed=0, worker_count=0, augment=True,
+                                 resolutions=(resolution,), aug_crop=None)
+            it = iter(loader)
+            unpacked = device_ms(next(it))
+            it.close()
+            print(f"device ({unpacked['device']}), one batch of {args.batch} x {args.views} views at "
+                  f"{args.resolution}: unpack {unpacked['unpack_ms']:.2f} ms, of which colour jitter "
+                  f"{unpacked['jitter_ms']:.2f} ms alone", flush=True)
         sources["all"] = Mixture([(1000, sources[name]) for name in used])
         rows = []
         for name in args.layouts:
@@ -245,7 +278,7 @@ def main() -> None:
           f"{args.gpu_images_per_s:g} images/s): {verdict} ({args.layouts[-1]}: {best['images_per_s']:.0f} with "
           f"{best['workers']} workers)")
     if args.json:
-        args.json.write_text(json.dumps({"env": env, "stages_ms_per_view": stages, "rows": rows, "target": target,
+        args.json.write_text(json.dumps({"env": env, "stages_ms_per_view": stages, "rows": rows, "unpack": unpacked, "target": target,
                                              "target_met": verdict == "met"}, indent=1))
 
 
