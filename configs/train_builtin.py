@@ -25,8 +25,9 @@ time_limit_s=475` and stopped again at step 8,259 (lr 8.9e-6); each call of 8-9 
 The loss logged every 100 steps (on whichever bucket that step drew) was 0.006-0.11 over the last 800 steps.
 `time_limit_s` ends a run early with a checkpoint and the same command resumes it. `train.py` keeps its compiled
 steps in the persistent compilation cache (`--compilation-cache`, on by default), so a rerun where that folder
-survives loads them (on CPU, measured: the step's compile is skipped); the resumed call above compiled again, its cache
-folder not kept from the call before. Do not set --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s.
+survives loads them (on CPU, measured: the step's compile is skipped); the resumed call above compiled again, its
+cache folder not kept from the call before. Do not set --xla_gpu_autotune_level=0 to save compile time: steps then
+take 2.7 s.
 
 From the repository root:
 
