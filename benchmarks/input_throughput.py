@@ -278,8 +278,8 @@ def main() -> None:
           f"{args.gpu_images_per_s:g} images/s): {verdict} ({args.layouts[-1]}: {best['images_per_s']:.0f} with "
           f"{best['workers']} workers)")
     if args.json:
-        args.json.write_text(json.dumps({"env": env, "stages_ms_per_view": stages, "rows": rows, "unpack": unpacked, "target": target,
-                                             "target_met": verdict == "met"}, indent=1))
+        args.json.write_text(json.dumps({"env": env, "stages_ms_per_view": stages, "rows": rows, "unpack": unpacked,
+                                         "target": target, "target_met": verdict == "met"}, indent=1))
 
 
 if __name__ == "__main__":
