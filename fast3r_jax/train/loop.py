@@ -266,20 +266,21 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             pending.append((step + 1, metrics))
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                host = jax.device_get(pending)
-                bad = [s for s, m in host if m["finite"] < 1]
+                # every step's loss and finiteness, the last step's whole dict: a transfer per metric and step would be
+                # tens of thousands with per-view metrics at many views (seconds per log)
+                host = jax.device_get([(s, m["loss"], m["finite"]) for s, m in pending])
+                bad = [(s, loss) for s, loss, finite in host if finite < 1]
                 if bad:
-                    raise NonFiniteLossError(f"non-finite loss or gradient at step {bad[0]} (loss "
-                                             f"{host[[s for s, _ in host].index(bad[0])][1]['loss']}); the update "
-                                             "was skipped and training stopped; last good checkpoint: "
+                    raise NonFiniteLossError(f"non-finite loss or gradient at step {bad[0][0]} (loss {bad[0][1]}); "
+                                             "the update was skipped and training stopped; last good checkpoint: "
                                              f"{mgr.latest_step()}")
                 seconds = (time.perf_counter() - tick) / len(pending)
-                last = {k: float(v) for k, v in host[-1][1].items()} | _throughput(cfg, batch, seconds)
+                last = {k: float(v) for k, v in jax.device_get(metrics).items()} | _throughput(cfg, batch, seconds)
                 if lead:
                     writer.scalars({f"train/{k}": v for k, v in last.items()}, done)
                     with open(workdir / "metrics.jsonl", "a") as f:
-                        for s, m in host:
-                            f.write(json.dumps({"step": s, "loss": float(m["loss"])}) + "\n")
+                        for s, loss, _ in host:
+                            f.write(json.dumps({"step": s, "loss": float(loss)}) + "\n")
                     progress.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{last['images_per_s']:.1f}")
                 pending, tick = [], time.perf_counter()
             if cfg.val_batches and (done % cfg.val_every == 0 or done == cfg.steps):
