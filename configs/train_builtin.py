@@ -3,31 +3,32 @@
 ViT encoder 192 wide x 4 blocks, fusion transformer 192 wide x 6 blocks, DPT heads with 64 features; exported in
 bfloat16 storage (10.6 MB). Batches are rendered on the GPU (data.rendered, fast3r_jax/data/rendered.py: 8 host
 processes draw scenes and cameras a few batches ahead, the device ray casts them), so training is compute-bound
-and needs no grain. Each batch draws one of four (views, samples) buckets, 2, 8, 24 or 64 views per scene at 192
-images per batch, and one of two resolutions, 128x96 landscape or 96x128 portrait, marked 'mixed' so that both
-orientations share a step: 4 compiled step shapes instead of 8. The price: the model runs its DPT heads both ways,
+and needs no grain. Each batch draws one of five (views, samples) buckets, 2, 8, 24, 64 or 192 views per scene at
+192 images per batch, and one of two resolutions, 128x96 landscape or 96x128 portrait, marked 'mixed' so that both
+orientations share a step: 5 compiled step shapes instead of 10. The price: the model runs its DPT heads both ways,
 and here the heads are 57-76% of the forward FLOPs (fast3r_jax.model.flops), so a step costs up to 1.7x; it pays
-while compilation takes most of a call, as below, and not in a long run (set mixed_orientation=False there). Image
+while compilation takes much of a call, as below, and not in a long run (set mixed_orientation=False there). Image
 ids are random per sample and step (upstream's). No augmentation. AdamW 1e-4 after 100 warm-up steps, cosine decay
 to 1e-6 at STEPS, gradients clipped at 1.
 
 It continues from the earlier shipped weights (init): the architecture is unchanged, and in a run of minutes
 continuing beats starting over, so each shipped run builds on all the runs before it. Measured on one H200 (jax
-0.11.2): a step is 0.83-0.96 TFLOP (fast3r_jax.model.flops) and takes 16-21 ms on the device; compiling the four
-step shapes lazily, as the batches meet them, takes 230-300 s, after which the stream mixing the shapes runs
-2,900-5,300 images/s (15-33 steps/s). The shipped weights come from six such runs in a row, each initialised from
-the one before: 6,000 steps at lr 2e-4 (2026-12-02, all steps, lr to its floor); on 2026-12-03 3,038 of 6,000 steps
-at lr 2e-4 (stopped by `--set time_limit_s=440`, lr still 1.1e-4), 3,000 steps at lr 1.2e-4 (lr to its floor), 2,570
-of 3,500 steps at lr 1e-4 (stopped by its time limit, lr 2.1e-5), 2,600 steps at lr 1e-4 (`--set steps=2600 --set
-optimizer.total_steps=2600 --set time_limit_s=430`, lr to its floor), and this config: 10,000 steps at lr 1e-4,
-stopped by its 530 s time limit at step 4,969 (lr 5.3e-5), resumed by the same command with `--set
-time_limit_s=475` and stopped again at step 8,259 (lr 8.9e-6); each call of 8-9 min spent about 270 s compiling.
-The loss logged every 100 steps (on whichever bucket that step drew) was 0.006-0.11 over the last 800 steps.
-`time_limit_s` ends a run early with a checkpoint and the same command resumes it. `train.py` keeps its compiled
-steps in the persistent compilation cache (`--compilation-cache`, on by default), so a rerun where that folder
-survives loads them (on CPU, measured: the step's compile is skipped); the resumed call above compiled again, its
-cache folder not kept from the call before. Do not set --xla_gpu_autotune_level=0 to save compile time: steps then
-take 2.7 s.
+0.11.2): a step is 0.83-0.96 TFLOP at up to 64 views (fast3r_jax.model.flops) and takes 16-21 ms on the device;
+compiling the five step shapes lazily, as the batches meet them, takes about 420 s (four shapes, without 192
+views: 230-300 s), loading them from the persistent compilation cache about 50 s; then 2,700-4,500 images/s (14-33
+steps/s). The shipped weights come from seven runs in a row, each initialised from the one before: 6,000 steps at
+lr 2e-4 (2026-12-02); on 2026-12-03, with four buckets (no 192 views), 3,038 of 6,000 steps at lr 2e-4, 3,000 at
+1.2e-4, 2,570 of 3,500 at 1e-4, 2,600 at 1e-4 and 8,259 of 10,000 at 1e-4 (each stopped by `--set time_limit_s`
+or at its last step); then this config, 18,000 steps at lr 1e-4, in three calls of the same command on one
+machine: stopped by `--set time_limit_s=565` at step 2,047 (of its 565 s, about 420 compiling), resumed with
+`time_limit_s=530` to step 9,960 and with `time_limit_s=480` to step 17,009 (lr 1.8e-6, near its floor), the
+resumed calls loading their steps from the compilation cache kept under runs/. `time_limit_s` ends a run early
+with a checkpoint and the same command resumes it; `train.py` keeps its compiled steps in the persistent
+compilation cache (`--compilation-cache`, on by default), so a call on a machine where that folder survives skips
+compiling. In these calls each log (every 100 steps) stalled the loop for 2-3 s while it fetched every step's
+per-view metrics one by one, about a third of the training time; the loop now fetches each step's loss and the
+last step's metrics only (measured on CPU: 2.08 s to 0.02 s for 100 steps of 800 metrics), so the same calls
+train more steps. Do not set --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s.
 
 From the repository root:
 
@@ -43,7 +44,7 @@ held-out scenes against random weights; that folder then replaces fast3r_jax/ass
 from fast3r_jax import config
 from fast3r_jax.config import DataConfig, OptimizerConfig, TrainConfig
 
-STEPS = 10_000
+STEPS = 18_000
 
 
 def model() -> config.Fast3RConfig:
@@ -56,7 +57,7 @@ def model() -> config.Fast3RConfig:
 
 def get_config() -> TrainConfig:
     rendered = config.RenderedDataConfig(num_scenes=1_000_000, split="train",
-                                         buckets=((2, 96), (8, 24), (24, 8), (64, 3)),
+                                         buckets=((2, 96), (8, 24), (24, 8), (64, 3), (192, 1)),
                                          resolutions=((128, 96), (96, 128)), mixed_orientation=True, workers=8)
     return TrainConfig(
         model=model(),
