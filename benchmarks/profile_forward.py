@@ -4,7 +4,9 @@
 
 Runs the whole forward (random weights) under `jax.profiler.trace` with a Perfetto trace, then sums the device
 events of the last profiled call by kernel name. Kernel names are XLA fusion or library names (cuDNN attention,
-cuBLAS/cutlass GEMMs, convolutions); the table shows total milliseconds, call count and share of the device time.
+cuBLAS/cutlass GEMMs, convolutions); the tables show total milliseconds, call count and share of the device time,
+first per kind of kernel (`kernel_kind`), then per kernel. benchmarks/train_step.py --profile uses the same tables
+for a training step.
 """
 
 from __future__ import annotations
@@ -14,15 +16,23 @@ import collections
 import gzip
 import json
 import pathlib
+import re
+import sys
 import tempfile
 
 import jax
-from inference import whole_forward  # benchmarks/inference.py, beside this script
 
-from fast3r_jax import config as config_lib
-from fast3r_jax.model.fast3r import DTYPES
-from fast3r_jax.model.params import build_model, init_params
-from fast3r_jax.sharding import resolve_attention
+HERE = pathlib.Path(__file__).resolve().parent
+for path in (HERE.parent, HERE):  # a plain checkout: `python benchmarks/profile_forward.py` from the repo root
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from inference import whole_forward  # noqa: E402  (benchmarks/inference.py, beside this script)
+
+from fast3r_jax import config as config_lib  # noqa: E402
+from fast3r_jax.model.fast3r import DTYPES  # noqa: E402
+from fast3r_jax.model.params import build_model, init_params  # noqa: E402
+from fast3r_jax.sharding import resolve_attention  # noqa: E402
 
 
 def device_kernel_times(trace_dir: pathlib.Path) -> dict[str, tuple[float, int]]:
@@ -42,6 +52,44 @@ def device_kernel_times(trace_dir: pathlib.Path) -> dict[str, tuple[float, int]]
             totals[e["name"]][0] += float(e["dur"])
             totals[e["name"]][1] += 1
     return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+# (kind, pattern) in order: the first pattern found in a kernel's name (lower case) decides its kind
+KERNEL_KINDS = (
+    ("attention backward", r"(sdpa|flash|fmha).*(bprop|bwd|backward)|(bprop|bwd|backward).*(sdpa|flash|fmha)"),
+    ("attention forward", r"sdpa|flash|fmha"),
+    ("convolution", r"conv|implicit_gemm|fprop|dgrad|wgrad"),
+    ("matmul", r"gemm|nvjet|cutlass|cublas|xmma|dot"),
+    ("copy / transpose", r"copy|transpose|memcpy"),
+    ("reduction fusion", r"reduce|reduction|input_"),
+)
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of a GPU kernel from its name (attention forward / backward, convolution, matmul, copy / transpose,
+    reduction fusion), else 'elementwise / other' (XLA's loop fusions and the rest)."""
+    lower = name.lower()
+    return next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, lower)), "elementwise / other")
+
+
+def by_kind(times: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]:
+    """Kernel name -> (microseconds, count) summed per `kernel_kind`."""
+    totals: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
+    for name, (us, count) in times.items():
+        totals[kernel_kind(name)][0] += us
+        totals[kernel_kind(name)][1] += count
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+def kernel_tables(times: dict[str, tuple[float, int]], top: int) -> str:
+    """Per kind, then the `top` kernels: milliseconds, calls and share of the device time, largest first."""
+    total = sum(t for t, _ in times.values()) or 1.0
+    lines = []
+    for title, rows, width in (("kind", by_kind(times), 24), ("kernel", times, 110)):
+        lines.append(f"{'ms':>9} {'calls':>6} {'share':>6}  {title}")
+        for name, (us, count) in sorted(rows.items(), key=lambda kv: -kv[1][0])[:top]:
+            lines.append(f"{us / 1e3:>9.2f} {count:>6} {us / total:>6.1%}  {name[:width]}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -67,9 +115,7 @@ def main() -> None:
     total = sum(t for t, _ in times.values())
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, {args.config}, {args.views} views {args.size}, "
           f"{args.dtype}: device time {total / 1e3:.2f} ms over {sum(c for _, c in times.values())} kernels")
-    print(f"{'ms':>9} {'calls':>6} {'share':>6}  kernel")
-    for name, (us, count) in sorted(times.items(), key=lambda kv: -kv[1][0])[:args.top]:
-        print(f"{us / 1e3:>9.2f} {count:>6} {us / total:>6.1%}  {name[:110]}")
+    print(kernel_tables(times, args.top))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,11 @@ the prediction only, to be checked by a later run with --views P P+step): 'verif
 the next step does not. Upstream's side searches by running (doubling then bisection,
 torch_reference.largest_fitting, up to --max-views-limit).
 
+--profile DIR traces one more step of every timed program (after its timing, so the timing is not disturbed) into
+DIR/<program> and prints where its GPU time goes: per kind of kernel (attention forward and backward, matmuls,
+convolutions, fusions) and per kernel, as benchmarks/profile_forward.py does for a forward; the per-kind
+milliseconds are in the JSON rows ('kernels').
+
 Tables (Markdown, ready for the README): the sweep, the levers, the largest view count, and per (remat, N) both
 step times, the ratio ours / upstream, images/s and memory.
 """
@@ -55,6 +60,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -72,6 +78,7 @@ for path in (HERE.parent, HERE):  # a plain checkout: `python benchmarks/train_s
         sys.path.insert(0, str(path))
 
 import torch_reference  # noqa: E402
+from profile_forward import by_kind, device_kernel_times, kernel_tables  # noqa: E402
 from torch_reference import ATTENTION, random_batch  # noqa: E402
 
 from fast3r_jax import compilation_cache  # noqa: E402
@@ -108,8 +115,10 @@ class Program:
 class Bench:
     """Compiles programs concurrently and times them on one shared training state."""
 
-    def __init__(self, base: config_lib.Fast3RConfig, height: int, width: int, dtype: str, threads: int):
+    def __init__(self, base: config_lib.Fast3RConfig, height: int, width: int, dtype: str, threads: int,
+                 profile_dir: pathlib.Path | None = None):
         self.base, self.height, self.width, self.dtype = base, height, width, dtype
+        self.profile_dir = profile_dir
         self.mesh = make_mesh(1, 1)
         opt = OptimizerConfig(warmup_steps=10, total_steps=1000)
         self.tx, self.schedule = make_optimizer(opt), learning_rate(opt)
@@ -164,6 +173,8 @@ class Bench:
         loss = float(metrics["loss"])
         if not np.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss} for {program}")
+        if self.profile_dir is not None and repeats:
+            row["kernels"] = self.profile(program, compiled, device_batch)
         step_s = statistics.median(times) if times else None
         flops = train_step_flops(cfg, [(self.height, self.width)] * program.views, program.batch)
         peak = peak_flops(jax.devices()[0].device_kind)
@@ -171,6 +182,19 @@ class Bench:
                     images_per_s=program.batch * program.views / step_s if step_s else None,
                     tflops_per_s=flops / step_s / 1e12 if step_s else None,
                     mfu=flops / step_s / peak if step_s and peak else None)
+
+
+    def profile(self, program: Program, compiled, device_batch) -> dict[str, float]:
+        """One more step under the profiler: prints its kernel tables, returns milliseconds per kind of kernel."""
+        name = re.sub(r"[^\w.-]+", "_", f"{program.group} {program.views} views {program.label}")
+        trace_dir = self.profile_dir / name
+        with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+            self.state, metrics = compiled(self.state, device_batch)
+            jax.block_until_ready(metrics)
+        times = device_kernel_times(trace_dir)
+        print(f"{program.views} views, {program.label}: {sum(t for t, _ in times.values()) / 1e3:.1f} ms of GPU "
+              f"kernels (trace in {trace_dir})\n{kernel_tables(times, 25)}", flush=True)
+        return {kind: us / 1e3 for kind, (us, _) in by_kind(times).items()}
 
 
 def _program_memory(compiled) -> dict[str, int | None]:
@@ -360,6 +384,8 @@ def main() -> None:
     parser.add_argument("--torch-python", default=sys.executable, help="interpreter with torch for upstream's run")
     parser.add_argument("--torch-attention", default="flash_attention", choices=ATTENTION,
                         help="upstream attn_implementation (its training config's: flash_attention)")
+    parser.add_argument("--profile", type=pathlib.Path, default=None, metavar="DIR",
+                        help="trace one more step of each timed program into DIR and print its kernel tables (GPU)")
     parser.add_argument("--json", type=pathlib.Path, default=None)
     parser.add_argument("--markdown", type=pathlib.Path, default=None)
     args = parser.parse_args()
@@ -378,13 +404,15 @@ def main() -> None:
     width, height = (int(x) for x in args.size.split("x"))
     base = getattr(config_lib, args.config)()
     device = jax.devices()[0]
+    if args.profile and device.platform != "gpu":
+        parser.error(f"--profile ranks GPU kernels; the default device here is {device.platform}")
     env = {"device": device.device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
            "flax": flax.__version__, "optax": optax.__version__, "python": platform.python_version(),
            "dtype": args.dtype, "attention": base.attention, "xla_flags": os.environ.get("XLA_FLAGS", ""),
            "mem_fraction": os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]}
     print(json.dumps(env), flush=True)
 
-    bench = Bench(base, height, width, args.dtype, args.compile_threads)
+    bench = Bench(base, height, width, args.dtype, args.compile_threads, args.profile)
     programs = [Program(n, remat, args.batch) for remat in args.remat for n in args.views]
     if args.levers:
         n = args.lever_views
