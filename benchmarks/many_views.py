@@ -2,7 +2,10 @@
 
     python benchmarks/many_views.py --views 8 64 256 1000 1500 2000 --json many_views.json
 
-One synthetic scene (split 'test') rendered from N cameras on its orbit; the model (default: the built-in one) runs
+One synthetic scene (split 'test') rendered from N cameras on its orbit, 6-16 degrees apart, so that more views also
+cover more of the room (up to several turns around it), or with --span S along the same stretch of that path at every
+N (S steps of 6-16 degrees, the path of S + 1 views: --span 7 keeps the coverage of 8 views), so that N changes only
+the view count and the spacing; the model (default: the built-in one) runs
 on all N views in one forward through `Engine`. Up to 1000 views both id schemes run: 'table' draws distinct rows of
 the 1000-row sinusoidal table as upstream does at inference, 'interpolated' spreads fractional ids evenly over the
 table's range (position interpolation, the only option past 1000 views). Reported per (N, scheme): RRA/RTA@15 and
@@ -67,21 +70,25 @@ def main() -> None:
     parser.add_argument("--resolution", default="128x96", help="WxH")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--scene", type=int, default=0, help="seed of the synthetic test scene")
+    parser.add_argument("--span", type=float, default=None,
+                        help="fixed coverage: every N spread over this many steps of the camera path (default: N - 1)")
     parser.add_argument("--json", type=pathlib.Path, default=None)
     args = parser.parse_args()
+    if args.span is not None and not 0 <= args.span < float("inf"):
+        parser.error(f"--span must be a number >= 0, got {args.span}")
 
     config, params = load_pretrained(args.checkpoint)
     engine = Engine(config, params, args.dtype, encoder_chunk=256, head_chunk=64)
     width, height = (int(x) for x in args.resolution.split("x"))
     num_ids = config.fusion.num_image_ids
     env = dict(device=jax.devices()[0].device_kind, jax=jax.__version__, checkpoint=str(args.checkpoint),
-               resolution=args.resolution, dtype=args.dtype, scene=args.scene)
+               resolution=args.resolution, dtype=args.dtype, scene=args.scene, span=args.span)
     print(json.dumps(env), flush=True)
     print(f"{'N':>5} {'ids':>12} {'RRA@15':>7} {'RTA@15':>7} {'mAA30':>6} {'rot med':>8} {'pt err':>7} {'s':>7}",
           flush=True)
     rows = []
     for n in args.views:
-        views = SyntheticScenes(1, n, (width, height), seed=args.scene, split="test")[0]
+        views = SyntheticScenes(1, n, (width, height), seed=args.scene, split="test", span=args.span)[0]
         for scheme in ("table", "interpolated"):
             if scheme == "table" and n > num_ids:
                 continue

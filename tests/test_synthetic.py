@@ -113,6 +113,18 @@ def test_different_index_split_or_seed_give_different_scenes(other):
         assert not np.array_equal(a, b)
 
 
+def test_fixed_span_samples_the_same_path_more_densely():
+    few = synthetic.SyntheticScenes(1, 4, RES, seed=3)
+    dense = synthetic.SyntheticScenes(1, 7, RES, seed=3, span=3)
+    scene_few, _, c2w_few = few.scene(0)
+    scene_dense, _, c2w_dense = dense.scene(0)
+    np.testing.assert_array_equal(scene_few.focus, scene_dense.focus)  # the same room
+    # every other dense camera stands where a camera of the sparse scene stands (rolls and focals are drawn per view)
+    np.testing.assert_allclose(c2w_dense[::2, :3, 3], c2w_few[:, :3, 3], atol=1e-6)
+    np.testing.assert_array_equal(synthetic.SyntheticScenes(1, 4, RES, seed=3, span=3).scene(0)[2], c2w_few)
+    assert not np.allclose(c2w_dense[1::2, :3, 3], c2w_few[:3, :3, 3], atol=1e-3)  # the rest in between
+
+
 def test_iteration_stops_at_the_end():
     ds = synthetic.SyntheticScenes(2, 1, (16, 12))
     assert [views[0]["label"] for views in ds] == ["train/000000", "train/000001"]
@@ -312,6 +324,9 @@ def test_read_example_cameras_rejects_bad_folders(tmp_path):
         (dict(split=""), "split"),
         (dict(hole_fraction=1.0), "hole_fraction"),
         (dict(hole_fraction=-0.1), "hole_fraction"),
+        (dict(span=-1.0), "span"),
+        (dict(span=float("inf")), "span"),
+        (dict(span="7"), "span"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):

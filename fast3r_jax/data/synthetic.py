@@ -285,17 +285,21 @@ def random_trajectory(
     num_views: int,
     resolution: tuple[int, int],
     focal_range: tuple[float, float],
+    span: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cameras on a jittered orbit around `scene.focus`, 6-16 degrees apart.
 
     Radii keep the cameras at least 2 m (horizontally) from the focus, outside every
     solid, and 0.3 m inside the walls; heights stay 0.75 m away from floor and ceiling.
+    span: how far along the path the views reach, in those steps (None: num_views - 1, one
+    step between consecutive views); the views are spread evenly over it, so a fixed span
+    samples the same path more densely as num_views grows.
 
     Returns:
         K: (V, 3, 3) float32 with focal = U(focal_range) * W per view.
         c2w: (V, 4, 4) float32.
     """
-    i = np.arange(num_views)
+    i = np.linspace(0.0, num_views - 1 if span is None else span, num_views)
     wall_gap = np.min(np.minimum(scene.focus[:2] - scene.room_min[:2], scene.room_max[:2] - scene.focus[:2]))
     r_max = min(wall_gap - 0.3, 3.6) - 0.1
     radius = rng.uniform(2.1, r_max) + 0.1 * np.sin(0.7 * i + rng.uniform(0, 2 * np.pi))
@@ -482,7 +486,7 @@ class SyntheticScenes:
     """Random-access dataset of procedural scenes; item i is a list of `num_views` view dicts.
 
     Sample i depends only on (seed, split, i, hole_fraction, num_views, resolution,
-    focal_range); different splits draw from disjoint random streams.
+    focal_range, span); different splits draw from disjoint random streams.
     """
 
     def __init__(
@@ -494,6 +498,7 @@ class SyntheticScenes:
         focal_range: tuple[float, float] = (0.8, 1.2),
         split: str = "train",
         hole_fraction: float = 0.0,
+        span: float | None = None,
     ):
         """
         Args:
@@ -504,6 +509,9 @@ class SyntheticScenes:
             focal_range: (low, high) focal length as a fraction of W, drawn per view.
             split: split name, mixed into the seed (e.g. "train", "val", "test").
             hole_fraction: fraction of each wall that is a window onto nothing (invalid pixels).
+            span: how far along its camera path a scene's views reach, in steps of 6-16 degrees
+                (`random_trajectory`; None: num_views - 1). With a fixed span, scene i has the
+                same room and camera path at every num_views, sampled more densely.
         """
         for name, value in (("num_scenes", num_scenes), ("num_views", num_views)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -520,6 +528,9 @@ class SyntheticScenes:
             raise ValueError(f"split must be a non-empty string, got {split!r}")
         if not isinstance(hole_fraction, numbers.Real) or not 0 <= hole_fraction < 1:
             raise ValueError(f"hole_fraction must be a number in [0, 1), got {hole_fraction!r}")
+        if span is not None and (isinstance(span, bool) or not isinstance(span, numbers.Real)
+                                 or not 0 <= span < np.inf):
+            raise ValueError(f"span must be None or a number >= 0, got {span!r}")
         self.num_scenes = int(num_scenes)
         self.num_views = int(num_views)
         self.resolution = _check_resolution(resolution)
@@ -527,6 +538,7 @@ class SyntheticScenes:
         self.focal_range = (low, high)
         self.split = split
         self.hole_fraction = float(hole_fraction)
+        self.span = None if span is None else float(span)
 
     def __len__(self) -> int:
         return self.num_scenes
@@ -538,7 +550,7 @@ class SyntheticScenes:
             raise IndexError(f"scene index {index} out of range for {self.num_scenes} scenes")
         rng = np.random.default_rng([self.seed, zlib.crc32(self.split.encode()), index])
         scene = random_scene(rng, self.hole_fraction)
-        K, c2w = random_trajectory(rng, scene, self.num_views, self.resolution, self.focal_range)
+        K, c2w = random_trajectory(rng, scene, self.num_views, self.resolution, self.focal_range, self.span)
         return scene, K, c2w
 
     def __getitem__(self, index: int) -> list[dict[str, Any]]:
