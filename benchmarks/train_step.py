@@ -183,7 +183,6 @@ class Bench:
                     tflops_per_s=flops / step_s / 1e12 if step_s else None,
                     mfu=flops / step_s / peak if step_s and peak else None)
 
-
     def profile(self, program: Program, compiled, device_batch) -> dict[str, float]:
         """One more step under the profiler: prints its kernel tables, returns milliseconds per kind of kernel."""
         name = re.sub(r"[^\w.-]+", "_", f"{program.group} {program.views} views {program.label}")
