@@ -26,7 +26,6 @@ import math
 import os
 import pathlib
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,8 +38,11 @@ import numpy as np
 from flax import nnx
 
 HERE = pathlib.Path(__file__).resolve().parent
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))  # a plain checkout: `python benchmarks/inference.py` from the repo root
+for path in (HERE.parent, HERE):  # a plain checkout: `python benchmarks/inference.py` from the repo root
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from timing import time_calls  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from fast3r_jax import config as config_lib  # noqa: E402
 from fast3r_jax.convert.table import params_from_torch  # noqa: E402
@@ -52,19 +54,6 @@ from fast3r_jax.model.params import build_model, init_params  # noqa: E402
 from fast3r_jax.sharding import resolve_attention  # noqa: E402
 
 TORCH_ATTENTION = ("flash_attention", "pytorch_auto", "pytorch_naive")  # upstream's attn_implementation values
-
-
-def _time(fn, *args, repeats: int) -> tuple[float, float]:
-    """(compile + first run seconds, median seconds of the following runs)."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
 
 
 def _peak_bytes() -> int | None:
@@ -109,14 +98,14 @@ def bench(model, num_views: int, height: int, width: int, repeats: int) -> dict:
         return nnx.merge(graphdef, state).decode(per_view, (height, width), "landscape", true_shape)
 
     row = dict(views=num_views, height=height, width=width)
-    row["compile_s"], row["forward_s"] = _time(forward, state, imgs, repeats=repeats)
+    row["compile_s"], row["forward_s"] = time_calls(forward, state, imgs, repeats=repeats)
     row["peak_bytes"] = _peak_bytes()
     row["flops"] = forward_flops(model.cfg, [(height, width)] * num_views)
     tokens = encode(state, imgs)
     hooks = fuse(state, tokens)
-    row["encoder_s"] = _time(encode, state, imgs, repeats=repeats)[1]
-    row["fusion_s"] = _time(fuse, state, tokens, repeats=repeats)[1]
-    row["heads_s"] = _time(heads, state, hooks, repeats=repeats)[1]
+    row["encoder_s"] = time_calls(encode, state, imgs, repeats=repeats)[1]
+    row["fusion_s"] = time_calls(fuse, state, tokens, repeats=repeats)[1]
+    row["heads_s"] = time_calls(heads, state, hooks, repeats=repeats)[1]
     row["tflops_per_s"] = row["flops"] / row["forward_s"] / 1e12
     return row
 

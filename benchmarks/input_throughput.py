@@ -45,8 +45,11 @@ import jax
 import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
-if str(HERE.parent) not in sys.path:  # a plain checkout: `python benchmarks/input_throughput.py` from the repo root
-    sys.path.insert(0, str(HERE.parent))
+for path in (HERE.parent, HERE):  # a plain checkout: `python benchmarks/input_throughput.py` from the repo root
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from timing import time_calls  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from fast3r_jax.data import jitter, layouts, readers  # noqa: E402
 from fast3r_jax.data.augment import augment_views  # noqa: E402
@@ -192,13 +195,7 @@ def device_ms(packed: dict[str, np.ndarray], calls: int = 20) -> dict[str, float
                 "jitter": (jax.jit(jitter.apply), (arrays["img"], arrays["jitter"]))}
     out = {"device": str(jax.devices()[0].device_kind)}
     for name, (fn, fn_args) in programs.items():
-        jax.block_until_ready(fn(*fn_args))  # compile and warm up
-        times = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*fn_args))
-            times.append(time.perf_counter() - start)
-        out[f"{name}_ms"] = 1e3 * float(np.median(times))
+        out[f"{name}_ms"] = 1e3 * time_calls(fn, *fn_args, repeats=calls)[1]
     return out
 
 

@@ -76,8 +76,9 @@ def by_kind(times: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]
     """Kernel name -> (microseconds, count) summed per `kernel_kind`."""
     totals: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
     for name, (us, count) in times.items():
-        totals[kernel_kind(name)][0] += us
-        totals[kernel_kind(name)][1] += count
+        total = totals[kernel_kind(name)]
+        total[0] += us
+        total[1] += count
     return {k: (v[0], v[1]) for k, v in totals.items()}
 
 

@@ -11,11 +11,11 @@ and the numpy reference (`render_view`, one host core) on --numpy-views views.
 import argparse
 import functools
 import json
-import statistics
 import time
 
 import jax
 import numpy as np
+from timing import time_calls  # benchmarks/timing.py, beside this script
 
 from fast3r_jax.config import RenderedDataConfig
 from fast3r_jax.data import raycast, synthetic
@@ -26,16 +26,6 @@ from fast3r_jax.sharding import make_mesh
 def _pair(text: str) -> tuple[int, int]:
     a, b = text.split("x")
     return int(a), int(b)
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -55,12 +45,12 @@ def main() -> None:
         for resolution in args.resolutions:
             cfg = RenderedDataConfig(buckets=((views, samples),), resolutions=(resolution,))
             batches = RenderedBatches(cfg, seed=0, mesh=mesh)
-            end_to_end = _median_seconds(lambda: next(batches)[0], args.batches)  # noqa: B023
+            end_to_end = time_calls(lambda: next(batches)[0], repeats=args.batches)[1]  # noqa: B023
             dataset, indices = batches.draw(0)
             scenes, K, c2w = zip(*(dataset.scene(i) for i in indices))
             placed = jax.device_put((raycast.pack_scenes(scenes), np.stack(K), np.stack(c2w)))
             render = jax.jit(functools.partial(raycast.render_batch, resolution=resolution))
-            render_only = _median_seconds(lambda: render(*placed), args.batches)  # noqa: B023
+            render_only = time_calls(lambda: render(*placed), repeats=args.batches)[1]  # noqa: B023
             images = views * samples
             rows.append({"views": views, "samples": samples, "resolution": f"{resolution[0]}x{resolution[1]}",
                          "images_per_s": images / end_to_end, "render_only_images_per_s": images / render_only})
