@@ -400,6 +400,9 @@ class RenderedDataConfig:
     split: str = "train"
     hole_fraction: float = 0.0
     focal_range: tuple[float, float] = (0.8, 1.2)
+    # per sample, how far along its camera path the views reach, as a fraction of the default (one 6-16 degree step
+    # per view), drawn log-uniformly from this range: below 1, views closer together than one step
+    span_fraction: tuple[float, float] = (1.0, 1.0)
     buckets: tuple[tuple[int, int], ...] = ((4, 4),)  # (views per sample, global samples per batch)
     resolutions: tuple[tuple[int, int], ...] = ((64, 48),)  # (W, H); portrait (H > W) allowed
     workers: int = 0  # processes drawing scenes on the host ahead of the steps (0: in the training process)
@@ -416,6 +419,10 @@ class RenderedDataConfig:
             raise InputError(f"rendered data buckets must be positive (views, samples) pairs, got {self.buckets}")
         if any(w < 16 or h < 16 or w % 16 or h % 16 for w, h in self.resolutions):
             raise InputError(f"rendered resolutions must be multiples of 16 pixels, got {self.resolutions}")
+        low, high = self.span_fraction
+        if not 0 < low <= high < float("inf"):
+            raise InputError(f"rendered span_fraction must be (low, high) with 0 < low <= high, "
+                             f"got {self.span_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,6 +460,9 @@ class TrainConfig:
     ckpt_every: int = 100
     keep: int = 3  # checkpoints kept
     time_limit_s: float | None = None  # stop (with a checkpoint) once this much wall time has passed
+    # rendered data: compile the step for every bucket and resolution at the start, concurrently (the run then waits
+    # for the slowest compilation instead of their sum); False compiles each shape when a batch first needs it
+    compile_ahead: bool = True
 
     def __post_init__(self):
         # Imported here: both modules import jax, and predict imports this module.

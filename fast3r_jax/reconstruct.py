@@ -51,7 +51,8 @@ from fast3r_jax.checkpoint import load_config, load_pretrained
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.data.synthetic import CAMERAS_FILE, read_example_cameras
 from fast3r_jax.errors import InputError
-from fast3r_jax.geometry.cameras import MIN_PNP_POINTS, POSE_SOLVERS, Cameras, estimate_cameras, read_intrinsics
+from fast3r_jax.geometry.cameras import (MIN_PNP_POINTS, PNP_FOCALS, POSE_SOLVERS, Cameras, estimate_cameras,
+                                         read_intrinsics)
 from fast3r_jax.geometry.metrics import pose_errors
 from fast3r_jax.inference.engine import Engine
 from fast3r_jax.inference.sharded import ShardedEngine
@@ -99,6 +100,7 @@ class ReconstructConfig:
     intrinsics: a file of known intrinsics of the original images (COLMAP cameras, or our cameras.json), used by
     both pose solvers instead of estimated focals (geometry.cameras.read_intrinsics). max_pnp_points: PnP's
     correspondences per view, an evenly spaced subset of the conf > 1 pixels (None: all of them, as upstream).
+    pnp_focal: PnP's focal without intrinsics, 'shared' (view 0's for all, upstream's) or 'per-view' (PNP_FOCALS).
     """
 
     size: int | None = None
@@ -124,6 +126,7 @@ class ReconstructConfig:
     maps_format: str = "png"
     intrinsics: str | None = None
     max_pnp_points: int | None = DEFAULT_PNP_POINTS
+    pnp_focal: str = "shared"
 
     def check(self) -> None:
         """Raises ReconstructError naming the first setting that is out of range."""
@@ -135,6 +138,8 @@ class ReconstructConfig:
             raise ReconstructError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.pose_solver not in POSE_SOLVERS:
             raise ReconstructError(f"--pose-solver must be one of {POSE_SOLVERS}, got {self.pose_solver!r}")
+        if self.pnp_focal not in PNP_FOCALS:
+            raise ReconstructError(f"--pnp-focal must be one of {PNP_FOCALS}, got {self.pnp_focal!r}")
         if self.on_bad_image not in BAD_IMAGE_POLICIES:
             raise ReconstructError(f"--on-bad-image must be one of {BAD_IMAGE_POLICIES}, got {self.on_bad_image!r}")
         if self.conf_percentile is not None and not 0 <= self.conf_percentile <= 100:
@@ -161,7 +166,8 @@ class ReconstructConfig:
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[pathlib.Path, bool]:
-    """(checkpoint folder, whether it is the built-in default DEFAULT_CHECKPOINT, used when none is given).
+    """(checkpoint folder, whether it is the built-in model DEFAULT_CHECKPOINT: used when none is given, or named; its
+    images default to the size it was trained at).
 
     Checks that the folder holds a readable config, so that a wrong path fails before any image is loaded.
     """
@@ -170,7 +176,7 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[pathlib.Pa
         if not path.is_dir():
             raise ReconstructError(f"checkpoint folder not found: {path}")
         _read_config(path)
-        return path, False
+        return path, path.resolve() == DEFAULT_CHECKPOINT.resolve()
     default = DEFAULT_CHECKPOINT
     if not default.is_dir():
         raise ReconstructError(f"no --checkpoint given and the built-in default checkpoint is not installed "
@@ -619,6 +625,7 @@ class Reconstructor:
                  mesh: Mesh | None = None, compilation_cache_dir: str | os.PathLike | None = None):
         self.cache_dir = compilation_cache.enable(compilation_cache_dir)
         self.checkpoint, self.default_checkpoint = resolve_checkpoint(checkpoint)
+        self._checkpoint_given = checkpoint is not None
         self.dtype = dtype or default_dtype()
         if self.dtype not in DTYPES:
             raise ReconstructError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
@@ -661,7 +668,7 @@ class Reconstructor:
         out = pathlib.Path(out)
         input_paths = _input_paths(inputs)
         check_output_folder(out, overwrite=config.overwrite, inputs=input_paths)
-        if self.default_checkpoint:
+        if not self._checkpoint_given:
             notify(f"no --checkpoint given: using the built-in default checkpoint {self.checkpoint}")
         size = check_size(config.size or (BUILTIN_IMAGE_SIZE if self.default_checkpoint else UPSTREAM_IMAGE_SIZE))
         dtype = config.dtype or self.dtype
@@ -691,14 +698,15 @@ class Reconstructor:
         def solve() -> Cameras:
             start = time.perf_counter()
             cams = estimate_cameras(outputs if on_device else host_outputs, config.pose_solver, intrinsics=known,
-                                    max_pnp_points=config.max_pnp_points)
+                                    max_pnp_points=config.max_pnp_points, pnp_focal=config.pnp_focal)
             timings["cameras_s"] = time.perf_counter() - start
             return cams
 
         names = image_names(views)
         summary: dict[str, Any] = dict(
             checkpoint=str(self.checkpoint), default_checkpoint=self.default_checkpoint, num_views=len(views),
-            size=size, dtype=dtype, pose_solver=config.pose_solver, image_ids=ids.tolist(), seed=config.seed,
+            size=size, dtype=dtype, pose_solver=config.pose_solver, pnp_focal=config.pnp_focal, image_ids=ids.tolist(),
+            seed=config.seed,
             conf_percentile=config.conf_percentile, conf_threshold=config.conf_threshold, images=names,
             outputs=list(config.outputs), out=str(out))
         if not distributed.is_lead():

@@ -400,6 +400,28 @@ def test_known_intrinsics_give_exact_pnp_poses(known_scene):
     assert _max_pose_errors(estimated.c2w, gt_c2w)[0] > 100 * KNOWN_K_ROT_TOL_DEG
 
 
+def test_per_view_pnp_focal_recovers_each_cameras_focal_and_pose():
+    """Views with focals 40-90 px (square pixels, centred principal point): `pnp_focal='per-view'` fits each view's
+    focal on its local pointmap and solves PnP with it, exactly, where the shared focal (view 0's) is off."""
+    K = _known_intrinsics()
+    K[:, 1, 1] = K[:, 0, 0]
+    K[:, 0, 2], K[:, 1, 2] = 32, 24
+    outputs, gt_c2w = _outputs_with_cameras(K)
+    cams = cameras.estimate_cameras(outputs, "pnp", pnp_focal="per-view")
+    assert cams.failed == ()
+    np.testing.assert_allclose(cams.focals, K[:, 0, 0], rtol=FOCAL_RTOL)
+    rot_err, centre_err = _max_pose_errors(cams.c2w, gt_c2w)
+    assert rot_err < KNOWN_K_ROT_TOL_DEG and centre_err < KNOWN_K_CENTRE_TOL
+    shared = cameras.estimate_cameras(outputs, "pnp")
+    np.testing.assert_allclose(shared.focals, K[0, 0, 0], rtol=FOCAL_RTOL)  # view 0's focal for every view
+    assert _max_pose_errors(shared.c2w, gt_c2w)[0] > 100 * KNOWN_K_ROT_TOL_DEG
+    # known intrinsics take precedence over either focal rule
+    known = cameras.estimate_cameras(outputs, "pnp", intrinsics=K, pnp_focal="per-view")
+    np.testing.assert_array_equal(known.intrinsics, K)
+    with pytest.raises(ValueError, match="pnp_focal must be one of"):
+        cameras.estimate_cameras(outputs, "pnp", pnp_focal="individual")
+
+
 def test_known_intrinsics_are_reported_by_procrustes(known_scene):
     K, outputs, gt_c2w = known_scene
     cams = cameras.estimate_cameras(outputs, "procrustes", intrinsics=K)

@@ -163,6 +163,10 @@ def test_default_checkpoint_procrustes_and_overwrite(tmp_path, capsys, monkeypat
     assert json.loads((out / "cameras.json").read_text())["cameras"][0]["width"] == 128
     assert summary["images"] == ["view_000.png", "view_002.png", "view_003.png"]  # spread over the 4 inputs
     assert not (out / "stale.txt").exists() and (out / "points.ply").is_file()
+    # the built-in folder named explicitly is still the built-in model (its 128-pixel default size); a copy is not
+    assert reconstruct.resolve_checkpoint(str(checkpoint)) == (checkpoint, True)
+    shutil.copytree(checkpoint, tmp_path / "copy")
+    assert reconstruct.resolve_checkpoint(tmp_path / "copy") == (tmp_path / "copy", False)
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -370,8 +374,10 @@ def test_binary_colmap_tracks_pointmaps_and_glb_budget(tmp_path, capsys, checkpo
     out = tmp_path / "out"
     code, _, stderr = _run(capsys, "reconstruct", scene, "--checkpoint", checkpoint, "--out", out, "--size", SIZE,
                            "--outputs", "ply,colmap,glb,pointmaps", "--max-glb-points", 500,
-                           "--max-colmap-points", 2000)
+                           "--max-colmap-points", 2000, "--pnp-focal", "per-view")
     assert code == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())  # each view's own focal (shared: all alike)
+    assert summary["pnp_focal"] == "per-view" and len(set(summary["focals"])) > 1
     assert sorted(p.name for p in out.iterdir()) == [".fast3r-jax", "colmap", "pointmaps.npz", "points.ply",
                                                       "scene.glb", "summary.json"]
     assert sorted(p.name for p in (out / "colmap").iterdir()) == ["cameras.bin", "images.bin", "points3D.bin"]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import itertools
 import json
 
 import jax
@@ -13,8 +14,12 @@ from fast3r_jax.config import RenderedDataConfig, TrainConfig
 from fast3r_jax.data import raycast, synthetic
 from fast3r_jax.data.packed import BATCH_KEYS
 from fast3r_jax.data.rendered import RenderedBatches
+from fast3r_jax.errors import InputError
+from fast3r_jax.model.params import init_params
 from fast3r_jax.sharding import make_mesh
+from fast3r_jax.train import step as training
 from fast3r_jax.train.loop import train
+from fast3r_jax.train.optimizer import OptimizerConfig, make_optimizer
 from tests.helpers.model_layout import model_layout
 
 # Float32 here vs float64 in numpy. Measured over 192 views (seeds 0-3, 64x48, 48x64, 128x64, 128x96, windows on):
@@ -154,16 +159,52 @@ def test_mixed_orientation_gives_the_same_arrays_in_one_shape_per_bucket():
     assert shapes == {((2, 3, 16, 32),) * 2}  # ... in one shape
 
 
-def test_training_with_mixed_orientation_runs_on_both_orientations(tmp_path):
-    """Landscape and portrait batches marked 'mixed' train (through one step: same shapes, same static marking, as
-    the test above shows) with finite losses at every step."""
-    rendered = RenderedDataConfig(num_scenes=50, buckets=((2, 2),), resolutions=((32, 16), (16, 32)),
-                                  mixed_orientation=True)
-    cfg = TrainConfig(model=SMALL, workdir=str(tmp_path / "run"), steps=4, log_every=1, val_batches=0,
-                      ckpt_every=4, dtype="float32", mesh_data=1, data=config_lib.DataConfig(rendered=rendered))
-    drawn = RenderedBatches(rendered, cfg.seed, make_mesh(1, 1))
-    assert {drawn.draw(b)[0].resolution for b in range(4)} == {(32, 16), (16, 32)}  # both orientations trained
-    assert np.isfinite(train(cfg)["loss"])
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
-    assert all(np.isfinite(json.loads(line)["loss"]) for line in lines)
+def test_step_shapes_compile_ahead_so_no_batch_compiles_the_step():
+    """`step_shapes` lists one (batch, orientations) per bucket and resolution (per bucket when a resolution and
+    its transpose share a step); `precompile` compiles the step for all of them, after which training on the
+    iterator's batches, landscape and portrait marked 'mixed', compiles nothing more (each shape reuses its
+    executable) and gives finite losses."""
+    mesh = make_mesh(1, 1)
+    cfg = RenderedDataConfig(num_scenes=50, buckets=((2, 2), (3, 1)), resolutions=((32, 16), (16, 32)))
+    static = RenderedBatches(cfg, seed=1, mesh=mesh).step_shapes()
+    assert sorted((len(b), b[0]["img"].shape, o[0]) for b, o in static) == [
+        (2, (2, 3, 16, 32), "landscape"), (2, (2, 3, 16, 32), "portrait"),
+        (3, (1, 3, 16, 32), "landscape"), (3, (1, 3, 16, 32), "portrait")]
+    batches = RenderedBatches(dataclasses.replace(cfg, mixed_orientation=True), seed=1, mesh=mesh)
+    shapes = batches.step_shapes()
+    assert sorted((len(b), o) for b, o in shapes) == [(2, ("mixed",) * 2), (3, ("mixed",) * 3)]
+    drawn = [next(batches) for _ in range(6)]  # rendered (and the renderer compiled) before counting
+    assert {len(b) for b, _ in drawn} == {2, 3}
+    assert {batches.draw(b)[0].resolution for b in range(6)} == {(32, 16), (16, 32)}  # both orientations
+    for (batch, orient), (spec, spec_orient) in itertools.product(drawn, shapes):
+        if len(batch) == len(spec):  # the drawn batch has exactly the listed shapes, dtypes and shardings
+            assert orient == spec_orient
+            jax.tree.map(lambda a, s: (a.shape, a.dtype, a.sharding) == (s.shape, s.dtype, s.sharding) or
+                         pytest.fail(f"{a.shape} {a.dtype} vs {s}"), batch, spec)
+
+    tx = make_optimizer(OptimizerConfig(lr=1e-3, warmup_steps=0, total_steps=10))
+    step_fn, shardings = training.make_train_step(SMALL, tx, mesh, "replicated", dtype=np.float32)
+    state = training.create_state(lambda: init_params(SMALL, 0), tx, 0, shardings)
+    assert training.precompile(step_fn, state, shapes, threads=2) > 0
+    compiled = []
+    listener = lambda event, seconds, **kw: compiled.append(event)  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for batch, orient in drawn:
+            state, metrics = step_fn(state, batch, orient)
+            assert float(metrics["finite"]) == 1.0
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert "/jax/core/compile/backend_compile_duration" not in compiled
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_scenes=0), "num_scenes"),
+    (dict(buckets=((0, 2),)), "buckets"),
+    (dict(resolutions=((60, 48),)), "resolutions"),
+    (dict(span_fraction=(0.0, 1.0)), "span_fraction"),
+    (dict(span_fraction=(0.5, 0.2)), "span_fraction"),
+])
+def test_bad_rendered_data_config_names_the_field(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        RenderedDataConfig(**kwargs)

@@ -125,6 +125,35 @@ def test_fixed_span_samples_the_same_path_more_densely():
     assert not np.allclose(c2w_dense[1::2, :3, 3], c2w_few[:3, :3, 3], atol=1e-3)  # the rest in between
 
 
+def test_span_fraction_draws_each_scenes_span_from_its_range():
+    """Same rooms and paths as the default; scene i's cameras are those of the fixed span f_i x (V - 1), with f_i
+    inside the range and different between scenes (read back from the angle the path turns about the focus, which
+    grows linearly along it)."""
+    default = synthetic.SyntheticScenes(30, 5, RES, seed=3)
+    drawn = synthetic.SyntheticScenes(30, 5, RES, seed=3, span_fraction=(0.1, 0.5))
+
+    def turn(scene, c2w):  # angle (radians) from the first camera to the last about the focus
+        xy = c2w[:, :2, 3] - scene.focus[:2]
+        return abs(np.unwrap(np.arctan2(xy[:, 1], xy[:, 0]))[-1] - np.arctan2(xy[0, 1], xy[0, 0]))
+
+    fractions = []
+    for i in range(30):
+        scene, _, c2w = drawn.scene(i)
+        scene_default, _, c2w_default = default.scene(i)
+        np.testing.assert_array_equal(scene.focus, scene_default.focus)
+        fraction = turn(scene, c2w) / turn(scene_default, c2w_default)
+        fixed = synthetic.SyntheticScenes(30, 5, RES, seed=3, span=fraction * 4).scene(i)[2]
+        np.testing.assert_allclose(c2w, fixed, atol=1e-4)
+        fractions.append(fraction)
+    assert 0.1 - 1e-4 <= min(fractions) and max(fractions) <= 0.5 + 1e-4
+    assert np.std(np.log(fractions)) > 0.25  # drawn per scene, not one span for all (log-uniform: 0.46)
+    # (1, 1) is the default, and a fixed span excludes a range
+    np.testing.assert_array_equal(synthetic.SyntheticScenes(4, 5, RES, seed=3, span_fraction=(1, 1)).scene(2)[2],
+                                  default.scene(2)[2])
+    with pytest.raises(ValueError, match="span"):
+        synthetic.SyntheticScenes(4, 5, RES, span=2.0, span_fraction=(0.5, 1.0))
+
+
 def test_iteration_stops_at_the_end():
     ds = synthetic.SyntheticScenes(2, 1, (16, 12))
     assert [views[0]["label"] for views in ds] == ["train/000000", "train/000001"]
@@ -327,6 +356,9 @@ def test_read_example_cameras_rejects_bad_folders(tmp_path):
         (dict(span=-1.0), "span"),
         (dict(span=float("inf")), "span"),
         (dict(span="7"), "span"),
+        (dict(span_fraction=(0.0, 1.0)), "span_fraction"),
+        (dict(span_fraction=(0.5, 0.2)), "span_fraction"),
+        (dict(span_fraction=0.5), "span_fraction"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):

@@ -46,7 +46,8 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
                         "built-in checkpoint")
     r.add_argument("--size", type=int, default=None,
                    help="long side of the resized images, cropped to multiples of 16 (512 for upstream's model), or "
-                        "224 for a 224x224 centre crop (default: 128 with the built-in checkpoint, else 512)")
+                        "224 for a 224x224 centre crop (default: 128 with the built-in checkpoint, given or not, "
+                        "else 512)")
     r.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                    help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     r.add_argument("--max-views", type=positive_int, default=None,
@@ -60,6 +61,9 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--max-pnp-points", type=_pnp_points, default=reconstruct_lib.DEFAULT_PNP_POINTS, metavar="N|all",
                    help="PnP correspondences per view, evenly spaced over the conf > 1 pixels (default "
                         f"{reconstruct_lib.DEFAULT_PNP_POINTS}); 'all' uses every one, as upstream")
+    r.add_argument("--pnp-focal", choices=reconstruct_lib.PNP_FOCALS, default="shared",
+                   help="PnP's focal: shared, view 0's for every view (one camera, upstream's, the default), or "
+                        "per-view, each view's own from its local pointmap (zoom, photos from several cameras)")
     r.add_argument("--seed", type=int, default=0, help="seed of the random image ids (default 0)")
     r.add_argument("--image-ids", choices=IMAGE_ID_POLICIES, default=None,
                    help="random: as upstream draws them (seeded); sequential: 0..N-1 (default: the checkpoint's)")
@@ -113,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         on_bad_image=args.on_bad_image, overwrite=args.overwrite, video_fps=args.video_fps,
         video_frames=args.video_frames, seq_attention=args.seq_attention, outputs=args.outputs,
         max_glb_points=args.max_glb_points, max_colmap_points=args.max_colmap_points, colmap_text=args.colmap_text,
-        maps_format=args.maps, intrinsics=args.intrinsics, max_pnp_points=args.max_pnp_points)
+        maps_format=args.maps, intrinsics=args.intrinsics, max_pnp_points=args.max_pnp_points,
+        pnp_focal=args.pnp_focal)
     summary = reconstruct_lib.reconstruct(
         args.inputs, args.out, config, checkpoint=args.checkpoint, mesh=distributed.inference_mesh(args.sharded),
         compilation_cache_dir=args.compilation_cache, progress=None if lead else False,

@@ -6,9 +6,9 @@ mesh, each device rendering its part of the batch. No grain, no augmentation.
 
 Order. Batch b (counted from the start of the run) draws its (views, samples) bucket, then its resolution, from
 `default_rng((seed, 1, b))`. Its samples are scenes (b * max_samples + k) % num_scenes, k < samples, of
-`SyntheticScenes(num_scenes, views, resolution, seed, focal_range, split, hole_fraction)`: sample k is exactly
-that numpy dataset's item, rendered here instead of by `render_view`. With several processes, process p draws
-and renders the p-th block of samples/process_count of them.
+`SyntheticScenes(num_scenes, views, resolution, seed, focal_range, split, hole_fraction, span_fraction=...)`:
+sample k is exactly that numpy dataset's item, rendered here instead of by `render_view`. With several
+processes, process p draws and renders the p-th block of samples/process_count of them.
 
 Batch structure: the model batch that the input pipeline's packed batches unpack to (fast3r_jax.data.packed), as
 global arrays split over the mesh's data axis: a list of V dicts of
@@ -41,7 +41,7 @@ from jax.sharding import Mesh
 from fast3r_jax import sharding as sharding_lib
 from fast3r_jax.config import RenderedDataConfig
 from fast3r_jax.data import raycast
-from fast3r_jax.data.synthetic import SyntheticScenes
+from fast3r_jax.data.synthetic import SyntheticScenes, random_scene
 
 Batch = list[dict[str, jax.Array]]
 
@@ -78,7 +78,7 @@ def draw(cfg: RenderedDataConfig, seed: int, batch: int, shard_index: int = 0,
     views, samples = cfg.buckets[int(rng.integers(len(cfg.buckets)))]
     resolution = cfg.resolutions[int(rng.integers(len(cfg.resolutions)))]
     dataset = SyntheticScenes(cfg.num_scenes, views, resolution, seed=seed, focal_range=cfg.focal_range,
-                              split=cfg.split, hole_fraction=cfg.hole_fraction)
+                              split=cfg.split, hole_fraction=cfg.hole_fraction, span_fraction=cfg.span_fraction)
     per_process = samples // shard_count
     first = batch * max(n for _, n in cfg.buckets) + shard_index * per_process
     return dataset, [(first + k) % cfg.num_scenes for k in range(per_process)]
@@ -122,6 +122,30 @@ class RenderedBatches:
     def __iter__(self) -> RenderedBatches:
         return self
 
+    def orientations(self, resolution: tuple[int, int], views: int) -> tuple[str, ...]:
+        """The orientations passed with a batch of `views` views at `resolution` (W, H)."""
+        width, height = resolution
+        orientation = "mixed" if self.cfg.mixed_orientation else "portrait" if width < height else "landscape"
+        return (orientation,) * views
+
+    def step_shapes(self) -> list[tuple[Batch, tuple[str, ...]]]:
+        """Every distinct (batch, orientations) this iterator yields, the batch as jax.ShapeDtypeStruct with its
+        sharding: one per bucket and resolution (a resolution and its transpose are one when mixed_orientation),
+        so that a training step can be compiled for all of them before the first batch (train.step.precompile)."""
+        packed = raycast.pack_scenes([random_scene(np.random.default_rng(0))])  # (1, ...): dtypes and trailing shapes
+        spec = functools.partial(jax.ShapeDtypeStruct, sharding=self._sharding)
+        shapes = {}
+        for views, samples in self.cfg.buckets:
+            scenes = jax.tree.map(lambda a, n=samples: spec((n, *a.shape[1:]), a.dtype), packed)
+            for resolution in self.cfg.resolutions:
+                args = (scenes, spec((samples, views, 3, 3), np.float32), spec((samples, views, 4, 4), np.float32))
+                batch = jax.eval_shape(self._render, *args, resolution)
+                batch = jax.tree.map(lambda s: spec(s.shape, s.dtype), batch)
+                orientations = self.orientations(resolution, views)
+                key = (jax.tree.structure(batch), tuple(s.shape for s in jax.tree.leaves(batch)), orientations)
+                shapes.setdefault(key, (batch, orientations))
+        return list(shapes.values())
+
     def draw(self, batch: int) -> tuple[SyntheticScenes, list[int]]:
         """The dataset of global batch `batch` and this process's sample indices in it (see `draw`)."""
         return draw(self.cfg, self.seed, batch, self._shard_index, self._shard_count)
@@ -141,9 +165,7 @@ class RenderedBatches:
                               (host.scenes, host.K, host.c2w))
         batch = self._render(*placed, host.resolution)
         self._batches += 1
-        width, height = host.resolution
-        orientation = "mixed" if self.cfg.mixed_orientation else "portrait" if width < height else "landscape"
-        return batch, (orientation,) * host.K.shape[1]
+        return batch, self.orientations(host.resolution, host.K.shape[1])
 
     def get_state(self) -> dict[str, int]:
         return {"batches": self._batches, "seed": self.seed}

@@ -486,7 +486,7 @@ class SyntheticScenes:
     """Random-access dataset of procedural scenes; item i is a list of `num_views` view dicts.
 
     Sample i depends only on (seed, split, i, hole_fraction, num_views, resolution,
-    focal_range, span); different splits draw from disjoint random streams.
+    focal_range, span, span_fraction); different splits draw from disjoint random streams.
     """
 
     def __init__(
@@ -499,6 +499,7 @@ class SyntheticScenes:
         split: str = "train",
         hole_fraction: float = 0.0,
         span: float | None = None,
+        span_fraction: tuple[float, float] = (1.0, 1.0),
     ):
         """
         Args:
@@ -512,6 +513,9 @@ class SyntheticScenes:
             span: how far along its camera path a scene's views reach, in steps of 6-16 degrees
                 (`random_trajectory`; None: num_views - 1). With a fixed span, scene i has the
                 same room and camera path at every num_views, sampled more densely.
+            span_fraction: (low, high): scene i's span is (num_views - 1) times a fraction drawn
+                log-uniformly from this range, from a stream of its own (so the room and path are those
+                of the default); below 1, views closer together than one step. Not with `span`.
         """
         for name, value in (("num_scenes", num_scenes), ("num_views", num_views)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -531,6 +535,14 @@ class SyntheticScenes:
         if span is not None and (isinstance(span, bool) or not isinstance(span, numbers.Real)
                                  or not 0 <= span < np.inf):
             raise ValueError(f"span must be None or a number >= 0, got {span!r}")
+        try:
+            fraction = tuple(float(f) for f in span_fraction)
+        except (TypeError, ValueError):
+            fraction = (np.nan,)
+        if len(fraction) != 2 or not 0 < fraction[0] <= fraction[1] < np.inf:
+            raise ValueError(f"span_fraction must be (low, high) with 0 < low <= high, got {span_fraction!r}")
+        if span is not None and fraction != (1.0, 1.0):
+            raise ValueError(f"give span ({span}) or span_fraction ({span_fraction}), not both")
         self.num_scenes = int(num_scenes)
         self.num_views = int(num_views)
         self.resolution = _check_resolution(resolution)
@@ -539,6 +551,7 @@ class SyntheticScenes:
         self.split = split
         self.hole_fraction = float(hole_fraction)
         self.span = None if span is None else float(span)
+        self.span_fraction = fraction
 
     def __len__(self) -> int:
         return self.num_scenes
@@ -548,9 +561,14 @@ class SyntheticScenes:
         index = operator.index(index)
         if not 0 <= index < self.num_scenes:
             raise IndexError(f"scene index {index} out of range for {self.num_scenes} scenes")
-        rng = np.random.default_rng([self.seed, zlib.crc32(self.split.encode()), index])
+        stream = [self.seed, zlib.crc32(self.split.encode()), index]
+        rng = np.random.default_rng(stream)
         scene = random_scene(rng, self.hole_fraction)
-        K, c2w = random_trajectory(rng, scene, self.num_views, self.resolution, self.focal_range, self.span)
+        span = self.span
+        if self.span_fraction != (1.0, 1.0):
+            log_fraction = np.random.default_rng(stream + [1]).uniform(*np.log(self.span_fraction))
+            span = float(np.exp(log_fraction)) * (self.num_views - 1)
+        K, c2w = random_trajectory(rng, scene, self.num_views, self.resolution, self.focal_range, span)
         return scene, K, c2w
 
     def __getitem__(self, index: int) -> list[dict[str, Any]]:

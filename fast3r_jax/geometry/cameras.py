@@ -4,7 +4,8 @@ Fast3R predicts, per view, a global pointmap (in the frame of view 0) and a loca
 camera frame). Cameras follow from them with one of POSE_SOLVERS:
 
 * 'pnp', the reference path: focal by Weiszfeld on view 0's global pointmap, then RANSAC-PnP per view with
-  OpenCV (host-side numpy, views solved in a thread pool; needs ``opencv-python-headless``);
+  OpenCV (host-side numpy, views solved in a thread pool; needs ``opencv-python-headless``); with
+  pnp_focal='per-view' each view uses its own focal, fitted on its local pointmap, instead;
 * 'procrustes', on the device: focal by Weiszfeld on each local pointmap and the pose of each camera as the
   similarity that maps its local pointmap onto its global pointmap (confidence-weighted Umeyama), all views of
   one image shape in one jitted, vmapped call.
@@ -28,7 +29,7 @@ import math
 import os
 import pathlib
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,8 @@ from fast3r_jax.geometry.transforms import (
 )
 
 POSE_SOLVERS = ("pnp", "procrustes")
+# PnP's focal without known intrinsics: view 0's for every view (upstream's: one camera), or each view's own
+PNP_FOCALS = ("shared", "per-view")
 PNP_ITERATIONS = 100  # RANSAC iterations of upstream's demo and of the reference's pose evaluation
 FOCAL_CONF_PERCENTILE = 10.0  # upstream's confidence percentile for the focal fit
 WEISZFELD_ITERS = 100
@@ -377,9 +380,19 @@ def _procrustes(pts3d_local: jax.Array, pts3d_global: jax.Array, conf: jax.Array
     return c2w, focals
 
 
+def _by_shape(outputs: Sequence[Mapping], keys: Sequence[str]) -> Iterator[tuple[list[int], dict[str, jax.Array]]]:
+    """(view indices, their `keys` maps stacked (G, H, W[, 3]) float32) per distinct image shape, in the order
+    the shapes first appear."""
+    hw = [tuple(np.shape(o["conf"])) for o in outputs]
+    for shape in dict.fromkeys(hw):
+        idx = [i for i in range(len(outputs)) if hw[i] == shape]
+        yield idx, {k: jnp.stack([jnp.asarray(outputs[i][k], jnp.float32) for i in idx]) for k in keys}
+
+
 def estimate_cameras(outputs: Sequence[Mapping], solver: str = "pnp", *,
                      min_conf_percentile: float = FOCAL_CONF_PERCENTILE,
-                     intrinsics: np.ndarray | None = None, max_pnp_points: int | None = None) -> Cameras:
+                     intrinsics: np.ndarray | None = None, max_pnp_points: int | None = None,
+                     pnp_focal: str = "shared") -> Cameras:
     """Cameras from per-view predictions (dicts with pts3d_in_other_view, conf, pts3d_local, conf_local; maps
     (H, W, ...) in true orientation, numpy or device arrays, any mix of shapes).
 
@@ -388,7 +401,9 @@ def estimate_cameras(outputs: Sequence[Mapping], solver: str = "pnp", *,
     local and global pointmaps weighted by the confidences at or above their `min_conf_percentile` percentile (0:
     every pixel, as the reference evaluation weights them), one jitted call per image shape. `min_conf_percentile`
     applies to Procrustes only; PnP keeps upstream's fixed rules. `max_pnp_points` caps PnP's correspondences per
-    view (an evenly spaced subset of them; None: all, upstream's rule).
+    view (an evenly spaced subset of them; None: all, upstream's rule). `pnp_focal`: PnP's focal without known
+    intrinsics, 'shared' (view 0's, from its global pointmap, for every view: one camera, upstream's) or 'per-view'
+    (each view's own, from its local pointmap as Procrustes estimates it: zoom, photos from several cameras).
 
     intrinsics: known (V, 3, 3) pinhole matrices at the pointmaps' resolution (see `read_intrinsics` and
     `resize_crop_intrinsics`): PnP solves with them instead of the estimated focal; Procrustes keeps its poses.
@@ -397,22 +412,32 @@ def estimate_cameras(outputs: Sequence[Mapping], solver: str = "pnp", *,
     """
     if solver not in POSE_SOLVERS:
         raise ValueError(f"pose solver must be one of {POSE_SOLVERS}, got {solver!r}")
+    if pnp_focal not in PNP_FOCALS:
+        raise ValueError(f"pnp_focal must be one of {PNP_FOCALS}, got {pnp_focal!r}")
     num = len(outputs)
     hw = [tuple(np.shape(o["conf"])) for o in outputs]
     known = None if intrinsics is None else check_intrinsics(intrinsics, num)
     if solver == "pnp":
+        per_view = known is None and pnp_focal == "per-view"
+        if per_view:  # each view's focal from its local pointmap; PnP then solves with it as if known
+            local = np.zeros(num)
+            for idx, stack in _by_shape(outputs, ("pts3d_local", "conf_local")):
+                local[idx] = np.asarray(focal_from_local(stack["pts3d_local"], stack["conf_local"],
+                                                         FOCAL_CONF_PERCENTILE))
+            unusable = ~(np.isfinite(local) & (local > 0))
+            local = np.where(unusable, [_fallback_focal(*s) for s in hw], local)
         c2w, focals = estimate_camera_poses_pnp(
             [np.asarray(o["pts3d_in_other_view"]) for o in outputs], [np.asarray(o["conf"]) for o in outputs],
-            focal_mode="first_view_from_global_head", niter=PNP_ITERATIONS, intrinsics=known,
-            max_points=max_pnp_points)
+            focal_mode="first_view_from_global_head", niter=PNP_ITERATIONS, max_points=max_pnp_points,
+            intrinsics=known if not per_view else [_pinhole(f, *s) for f, s in zip(local, hw)])
         c2w, focals = c2w.astype(np.float64), focals.astype(np.float64)
         c2w[np.isnan(focals)] = np.nan  # PnP failed: a failed pose, also when the intrinsics are known
+        if per_view:
+            focals[unusable] = np.nan  # solved with a stand-in focal: listed as failed below
     else:
         c2w, focals = np.zeros((num, 4, 4)), np.zeros(num)
-        for shape in dict.fromkeys(hw):
-            idx = [i for i in range(num) if hw[i] == shape]
-            stack = {k: jnp.stack([jnp.asarray(outputs[i][k], jnp.float32) for i in idx])
-                     for k in ("pts3d_local", "pts3d_in_other_view", "conf", "conf_local")}  # (G, H, W[, 3])
+        keys = ("pts3d_local", "pts3d_in_other_view", "conf", "conf_local")
+        for idx, stack in _by_shape(outputs, keys):  # (G, H, W[, 3])
             pose, f = _procrustes(stack["pts3d_local"], stack["pts3d_in_other_view"], stack["conf"],
                                   stack["conf_local"], min_conf_percentile, with_focals=known is None)
             c2w[idx] = np.asarray(pose)

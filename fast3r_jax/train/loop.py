@@ -153,7 +153,7 @@ def _restore_or_init(cfg: TrainConfig, tx, shardings, mgr: ocp.CheckpointManager
 
 
 # Fields a resumed run may change: how long it runs, where its folder is, how it logs and saves; not what it computes.
-RESUMABLE_FIELDS = ("steps", "time_limit_s", "log_every", "val_every", "ckpt_every", "keep", "workdir")
+RESUMABLE_FIELDS = ("steps", "time_limit_s", "compile_ahead", "log_every", "val_every", "ckpt_every", "keep", "workdir")
 
 
 def _latest_step(workdir: pathlib.Path) -> int | None:
@@ -257,8 +257,14 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         state, start = _restore_or_init(cfg, tx, shardings, mgr, iterator)
         if writer is not None and start == 0:
             writer.text("config", "```\n" + cfg.to_json() + "\n```")
+        started = time.perf_counter()
+        if cfg.compile_ahead and cfg.data.rendered is not None:
+            shapes = iterator.step_shapes()
+            seconds = training.precompile(step_fn, state, shapes, os.cpu_count() or 1)
+            if lead:
+                print(f"compiled the step for {len(shapes)} batch shapes in {seconds:.1f} s", flush=True)
         pending: list[tuple[int, Any]] = []
-        tick = started = time.perf_counter()
+        tick = time.perf_counter()
         progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not lead, desc="train")
         for step in progress:
             batch, orient = next(iterator)

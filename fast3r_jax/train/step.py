@@ -10,7 +10,9 @@ picks splash on a TPU mesh).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -131,6 +133,19 @@ def make_train_step(cfg: Fast3RConfig, tx: optax.GradientTransformation, mesh: M
     jitted = jax.jit(step, in_shardings=(shardings, data), out_shardings=(shardings, None),
                      static_argnums=2, donate_argnums=0)
     return jitted, shardings
+
+
+def precompile(step_fn, state: TrainState, shapes: Sequence[tuple[Any, tuple[str, ...]]], threads: int) -> float:
+    """Compiles `step_fn` (from `make_train_step`) for every (batch, orientations) in `shapes` (arrays or
+    jax.ShapeDtypeStruct with their shardings) at once: traced here, compiled on up to `threads` threads (XLA
+    compiles outside the GIL), so a run that meets several step shapes waits for the slowest compilation rather
+    than their sum. Later calls with batches of these shapes reuse the executables. Returns the wall seconds."""
+    start = time.perf_counter()
+    lowered = [step_fn.lower(state, batch, orient) for batch, orient in shapes]
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(lowered)))) as pool:
+        for _ in pool.map(lambda low: low.compile(), lowered):
+            pass
+    return time.perf_counter() - start
 
 
 def make_eval_step(cfg: Fast3RConfig, mesh: Mesh, *, dtype=jnp.bfloat16, alpha: float = 0.2):
