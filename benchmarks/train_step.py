@@ -30,8 +30,9 @@ FLOPs (fast3r_jax.model.flops: forward + 2x backward; recomputation under remat 
 device's datasheet bf16 peak.
 
 --levers adds, at --lever-views N (20), the options toward a higher MFU next to the sweep's rows at that N: each
-remat policy not in the sweep, --lever-batch samples per step (2) without remat, and the sweep's no-remat program
-compiled with the XLA options of --xla-options (default: the latency-hiding scheduler; per program, through
+remat policy not in the sweep, --lever-batch samples per step (2) without remat, the no-remat program with its
+layer stacks unrolled (Fast3RConfig.scan_layers=False), and the sweep's no-remat program compiled with the XLA
+options of --xla-options (default: the latency-hiding scheduler; per program, through
 `Lowered.compile(compiler_options=...)`, so no second process is needed).
 
 --max-views predicts the largest view count that trains with --max-views-remat (full) from the two largest sweep rows
@@ -104,10 +105,11 @@ class Program:
     batch: int
     xla_options: tuple[tuple[str, bool | int | float | str], ...] = ()
     group: str = "sweep"  # sweep | lever | max_views
+    scan_layers: bool = True  # False: the layer stacks unrolled (Fast3RConfig.scan_layers)
 
     @property
     def label(self) -> str:
-        parts = [f"remat {self.remat}", f"batch {self.batch}"]
+        parts = [f"remat {self.remat}" + ("" if self.scan_layers else ", layers unrolled"), f"batch {self.batch}"]
         parts += [f"{k}={v}" for k, v in self.xla_options]
         return ", ".join(parts)
 
@@ -131,12 +133,14 @@ class Bench:
     def _fresh_state(self) -> training.TrainState:
         return training.create_state(lambda: init_params(self.base, 0), self.tx, 0, self.shardings)
 
-    def model_config(self, remat: str) -> config_lib.Fast3RConfig:
-        return self.base.replace(remat=remat != "none", remat_policy="full" if remat == "none" else remat)
+    def model_config(self, program: Program) -> config_lib.Fast3RConfig:
+        remat = program.remat
+        return self.base.replace(remat=remat != "none", remat_policy="full" if remat == "none" else remat,
+                                 scan_layers=program.scan_layers)
 
     def submit(self, program: Program) -> concurrent.futures.Future:
         """Traces the program here and compiles it on the pool; the future gives (compiled, batch, compile s)."""
-        step_fn, _ = training.make_train_step(self.model_config(program.remat), self.tx, self.mesh, "replicated",
+        step_fn, _ = training.make_train_step(self.model_config(program), self.tx, self.mesh, "replicated",
                                               dtype=DTYPES[self.dtype], schedule=self.schedule)
         host_batch = random_batch(program.views, self.height, self.width, program.batch)
         device_batch = training.device_batch(host_batch, self.mesh)
@@ -154,7 +158,7 @@ class Bench:
 
     def run(self, program: Program, compiled, device_batch, compile_s: float, repeats: int) -> dict[str, Any]:
         """Warm-up plus `repeats` timed steps of a compiled program: the row (or an out-of-memory row)."""
-        cfg = self.model_config(program.remat)
+        cfg = self.model_config(program)
         row: dict[str, Any] = dict(dataclasses.asdict(program), label=program.label, compile_s=compile_s,
                                    **_program_memory(compiled))
         times = []
@@ -309,6 +313,11 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _remat(row: dict) -> str:
+    """The remat column: the policy, and whether the layer stacks were unrolled."""
+    return row["remat"] + ("" if row.get("scan_layers", True) else ", layers unrolled")
+
+
 def markdown(rows: list[dict], upstream: dict | None, search: dict | None, env: dict, args) -> str:
     """README-ready tables."""
     lines = [f"{env['device']}, jax {env['jax']}, {args.config} config, {args.size}, {args.dtype}", "",
@@ -319,10 +328,10 @@ def markdown(rows: list[dict], upstream: dict | None, search: dict | None, env: 
             continue
         options = " ".join(f"{k}={v}" for k, v in r["xla_options"]) or "-"
         if r["out_of_memory"]:
-            lines.append(f"| {r['views']} | {r['remat']} | {r['batch']} | {options} | out of memory | | | | "
+            lines.append(f"| {r['views']} | {_remat(r)} | {r['batch']} | {options} | out of memory | | | | "
                          f"{_gib(r['program_bytes'])} | {_fmt(r['compile_s'], '.0f')} |")
             continue
-        lines.append(f"| {r['views']} | {r['remat']} | {r['batch']} | {options} | {r['step_s']:.3f} | "
+        lines.append(f"| {r['views']} | {_remat(r)} | {r['batch']} | {options} | {r['step_s']:.3f} | "
                      f"{r['images_per_s']:.1f} | {r['tflops_per_s']:.1f} | {_fmt(r['mfu'], '.3f')} | "
                      f"{_gib(r['program_bytes'])} | {r['compile_s']:.0f} |")
     if search and search.get("predicted") is None:
@@ -419,6 +428,7 @@ def main() -> None:
         programs += [Program(n, remat, args.batch, group="lever") for remat in REMAT_CHOICES
                      if remat not in args.remat or n not in args.views]
         programs += [Program(n, "none", args.lever_batch, group="lever")]
+        programs += [Program(n, "none", args.batch, group="lever", scan_layers=False)]
         if options:
             programs += [Program(n, "none", args.batch, options, group="lever")]
     rows = measure(bench, programs, args.repeats)

@@ -182,6 +182,9 @@ class Fast3RConfig:
     attention: str = "auto"  # 'auto' (cudnn on GPU in 16-bit, splash on TPU, else xla), 'xla', 'cudnn', 'splash'
     remat: bool = False  # rematerialise each transformer block in the backward pass
     remat_policy: str = "full"  # with remat: what each block keeps for the backward pass (REMAT_POLICIES)
+    # run each layer stack as one lax.scan (compile time flat in depth) or unrolled, one block after another (XLA
+    # may then fuse across blocks; no loop-carried copies); the parameters are stacked either way
+    scan_layers: bool = True
 
     def __post_init__(self):
         if self.attention not in ATTENTION_IMPLEMENTATIONS:

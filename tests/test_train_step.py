@@ -1,6 +1,6 @@
 """The training step's precision and memory options: bf16 compute keeps float32 master weights and a loss close to
-the float32 step; rematerialisation does not change the gradients. One device, the smallest model the config allows
-(1 encoder block, 4 fusion blocks, slim DPT heads), 2 views of 32x32."""
+the float32 step; rematerialisation and unrolled layer stacks do not change the gradients. One device, the smallest
+model the config allows (1 encoder block, 4 fusion blocks, slim DPT heads), 2 views of 32x32."""
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,8 @@ CFG = config_lib.Fast3RConfig(
 TX = make_optimizer(OptimizerConfig(lr=1e-3, warmup_steps=0, total_steps=10))
 BF16_LOSS_RTOL = 5e-3  # measured 6.4e-4: bf16 activations and matmuls against the float32 step
 REMAT_RTOL = 5e-6  # per leaf, relative Frobenius; measured 4.8e-7 (the recomputed forward fuses differently)
+UNROLL_LOSS_RTOL = 1e-6  # measured 1.0e-7: the loop and the unrolled blocks fuse differently
+UNROLL_RTOL = 5e-6  # per leaf, relative Frobenius; measured 1.1e-6
 
 
 def _step(cfg, dtype):
@@ -59,3 +61,15 @@ def test_remat_leaves_gradients_unchanged(float32_step, policy):
     errors = [np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30) for a, b in zip(ours, refs, strict=True)]
     print(f"remat ({policy}) gradient error per leaf: max {max(errors):.1e}")
     assert np.isfinite(errors).all() and max(errors) <= REMAT_RTOL
+
+
+def test_unrolled_layers_leave_loss_and_gradients_unchanged(float32_step):
+    """`scan_layers=False` runs the same blocks one after another instead of in a loop: the same loss and, leaf by
+    leaf, the same gradients (Adam's first moment); parameters stay stacked."""
+    (ref, ref_loss), (new, loss) = float32_step, _step(CFG.replace(scan_layers=False), jnp.float32)
+    assert jax.tree.structure(new.params) == jax.tree.structure(ref.params)
+    assert loss == pytest.approx(ref_loss, rel=UNROLL_LOSS_RTOL)
+    ours, refs = (jax.tree.leaves(optax.tree_utils.tree_get(s.opt_state, "mu")) for s in (new, ref))
+    errors = [np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30) for a, b in zip(ours, refs, strict=True)]
+    print(f"unrolled: loss error {abs(loss / ref_loss - 1):.1e}, gradient error per leaf: max {max(errors):.1e}")
+    assert np.isfinite(errors).all() and max(errors) <= UNROLL_RTOL

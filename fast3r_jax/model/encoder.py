@@ -79,12 +79,12 @@ class PatchEmbed(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    def __init__(self, cfg: EncoderConfig, *, dtype, remat: str | None, rngs: nnx.Rngs):
+    def __init__(self, cfg: EncoderConfig, *, dtype, remat: str | None, scan: bool = True, rngs: nnx.Rngs):
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim, dtype=dtype, rngs=rngs)
         block = BlockConfig(dim=cfg.embed_dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
                             norm_eps=cfg.norm_eps, qkv_bias=True)
-        self.blocks = BlockStack(block, cfg.depth, dtype=dtype, remat=remat, rngs=rngs)
+        self.blocks = BlockStack(block, cfg.depth, dtype=dtype, remat=remat, scan=scan, rngs=rngs)
         self.norm = layer_norm(cfg.embed_dim, cfg.norm_eps, dtype, rngs)
 
     def __call__(self, img: jax.Array, true_shape: jax.Array, orientation: str, *,

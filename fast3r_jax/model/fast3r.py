@@ -68,8 +68,9 @@ class Fast3R(nnx.Module):
         self.cfg = cfg
         self.dtype = dtype
         remat = cfg.remat_policy if cfg.remat else None
-        self.encoder = Encoder(cfg.encoder, dtype=dtype, remat=remat, rngs=rngs)
-        self.fusion = FusionTransformer(cfg.fusion, cfg.encoder.embed_dim, dtype=dtype, remat=remat, rngs=rngs)
+        self.encoder = Encoder(cfg.encoder, dtype=dtype, remat=remat, scan=cfg.scan_layers, rngs=rngs)
+        self.fusion = FusionTransformer(cfg.fusion, cfg.encoder.embed_dim, dtype=dtype, remat=remat,
+                                        scan=cfg.scan_layers, rngs=rngs)
         dims = (cfg.encoder.embed_dim,) + (cfg.fusion.embed_dim,) * 3
         self.global_head = DPTHead(cfg.head, dims, cfg.encoder.patch_size, dtype=dtype, rngs=rngs)
         self.local_head = DPTHead(cfg.head, dims, cfg.encoder.patch_size, dtype=dtype, rngs=rngs)

@@ -14,13 +14,14 @@ from fast3r_jax.model.transformer import BlockConfig, BlockStack, layer_norm
 
 
 class FusionTransformer(nnx.Module):
-    def __init__(self, cfg: FusionConfig, enc_dim: int, *, dtype, remat: str | None, rngs: nnx.Rngs):
+    def __init__(self, cfg: FusionConfig, enc_dim: int, *, dtype, remat: str | None, scan: bool = True,
+                 rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = layers.Linear(enc_dim, cfg.embed_dim, kernel_init=nnx.initializers.xavier_uniform(),
                                 dtype=dtype, rngs=rngs)
         block = BlockConfig(dim=cfg.embed_dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
                             norm_eps=cfg.block_norm_eps, qkv_bias=cfg.qkv_bias)
-        self.blocks = BlockStack(block, cfg.depth, dtype=dtype, remat=remat, rngs=rngs)
+        self.blocks = BlockStack(block, cfg.depth, dtype=dtype, remat=remat, scan=scan, rngs=rngs)
         self.norm = layer_norm(cfg.embed_dim, cfg.final_norm_eps, dtype, rngs)
 
     def attention_scale(self, train_attention_scale: bool) -> float:

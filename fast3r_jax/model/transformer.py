@@ -2,8 +2,9 @@
 
 The encoder and the fusion transformer share the block; they differ in RoPE (encoder only: it passes rotation tables
 built once per forward, the fusion transformer None), LayerNorm epsilon and the attention temperature. Blocks are
-stored stacked along a leading layer axis and run with `jax.lax.scan`, which keeps compile time flat in depth; only
-the outputs the DPT heads read (the hooks) are kept.
+stored stacked along a leading layer axis and run with `jax.lax.scan`, which keeps compile time flat in depth, or
+unrolled (`scan=False`: each block on its slice of the stack); only the outputs the DPT heads read (the hooks) are
+kept.
 """
 
 from __future__ import annotations
@@ -104,17 +105,20 @@ REMAT_POLICIES = {
 
 
 class BlockStack(nnx.Module):
-    """`depth` blocks with parameters stacked on a leading axis, applied with lax.scan.
+    """`depth` blocks with parameters stacked on a leading axis, applied with lax.scan (or unrolled).
 
     remat: None, or a REMAT_POLICIES name: each block is rematerialised in the backward pass, keeping what the
-    policy saves.
+    policy saves. scan: False runs the blocks one after another in the traced program instead of as a loop (the
+    same computation; XLA may schedule and fuse across blocks, at a compile time that grows with depth).
     """
 
-    def __init__(self, cfg: BlockConfig, depth: int, *, dtype, remat: str | None, rngs: nnx.Rngs):
+    def __init__(self, cfg: BlockConfig, depth: int, *, dtype, remat: str | None, scan: bool = True,
+                 rngs: nnx.Rngs):
         if remat is not None and remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be None or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
         self.depth = depth
         self.remat = remat
+        self.scan = scan
 
         @nnx.split_rngs(splits=depth)
         @nnx.vmap(in_axes=0, out_axes=0)
@@ -140,6 +144,12 @@ class BlockStack(nnx.Module):
 
         if self.remat is not None:
             apply = jax.checkpoint(apply, prevent_cse=False, policy=REMAT_POLICIES[self.remat])
+        if not self.scan:
+            outputs = []
+            for i in range(self.depth):
+                x = apply(x, jax.tree.map(lambda a, i=i: a[i], state))
+                outputs.append(x)
+            return x, [outputs[n - 1] for n in keep]
         if not keep:
             x, _ = jax.lax.scan(lambda h, layer_state: (apply(h, layer_state), None), x, state)
             return x, []

@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from fast3r_jax.checkpoint import load_config, load_pretrained, save_pretrained
-from fast3r_jax.config import Fast3RConfig, TrainConfig, check_value
+from fast3r_jax.config import Fast3RConfig, TrainConfig, check_value, from_dict
 from fast3r_jax.data import packed
 from fast3r_jax.data.mixture import parse_mixture
 from fast3r_jax.errors import InputError
@@ -170,7 +170,9 @@ def _check_start(workdir: pathlib.Path, cfg: TrainConfig, mesh_size: int) -> Non
     a resume that would have nothing to do. InputError naming the field or folder."""
     saved = workdir / "config.json"
     if saved.exists():
-        old, new = json.loads(saved.read_text()), json.loads(cfg.to_json())
+        # read back as a config, so that fields added since the run started compare at their defaults
+        old = json.loads(from_dict(TrainConfig, json.loads(saved.read_text()), str(saved)).to_json())
+        new = json.loads(cfg.to_json())
         changed = sorted(k for k in old.keys() | new.keys()
                          if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k))
         if changed:
