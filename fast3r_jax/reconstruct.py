@@ -705,9 +705,9 @@ class Reconstructor:
         names = image_names(views)
         summary: dict[str, Any] = dict(
             checkpoint=str(self.checkpoint), default_checkpoint=self.default_checkpoint, num_views=len(views),
-            size=size, dtype=dtype, pose_solver=config.pose_solver, pnp_focal=config.pnp_focal, image_ids=ids.tolist(),
-            seed=config.seed,
-            conf_percentile=config.conf_percentile, conf_threshold=config.conf_threshold, images=names,
+            size=size, dtype=dtype, pose_solver=config.pose_solver, pnp_focal=config.pnp_focal,
+            image_ids=ids.tolist(), seed=config.seed, conf_percentile=config.conf_percentile,
+            conf_threshold=config.conf_threshold, images=names,
             outputs=list(config.outputs), out=str(out))
         if not distributed.is_lead():
             return summary | self._camera_summary(solve(), views, timings, notify)

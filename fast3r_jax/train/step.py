@@ -143,8 +143,7 @@ def precompile(step_fn, state: TrainState, shapes: Sequence[tuple[Any, tuple[str
     start = time.perf_counter()
     lowered = [step_fn.lower(state, batch, orient) for batch, orient in shapes]
     with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(lowered)))) as pool:
-        for _ in pool.map(lambda low: low.compile(), lowered):
-            pass
+        list(pool.map(lambda low: low.compile(), lowered))  # waits for all; the first failure is raised
     return time.perf_counter() - start
 
 
