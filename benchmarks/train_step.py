@@ -18,8 +18,9 @@ torch.optim.AdamW as its config sets it (lr 1e-4, betas (0.9, 0.95), weight deca
 under bf16 autocast; the step is forward, criterion, backward, optimizer step (torch_reference.train_step).
 
 Programs. Every measured program (each (N, remat) of the sweep, each lever) is traced in turn and compiled
-concurrently (--compile-threads), then all are timed one after another on one shared training state (rematerialising
-does not change the parameters); compile times therefore overlap and the compile phase's wall time is reported too.
+concurrently (--compile-threads), then all are timed one after another, each from the same freshly initialised training
+state (so no program times weights that earlier programs' steps moved, or diverged); compile times therefore overlap
+and the compile phase's wall time is reported too.
 --remat takes 'none' or a policy of what each rematerialised block keeps (config.REMAT_POLICIES): 'full' (nothing:
 everything recomputed), 'dots' (every matmul output), 'dots_no_batch' (matmul outputs without batch dimensions: the
 projections and MLP layers, not attention scores). Each timing is the median over --repeats steps after one warm-up
@@ -115,7 +116,7 @@ class Program:
 
 
 class Bench:
-    """Compiles programs concurrently and times them on one shared training state."""
+    """Compiles programs concurrently and times them one after another, each from a fresh training state."""
 
     def __init__(self, base: config_lib.Fast3RConfig, height: int, width: int, dtype: str, threads: int,
                  profile_dir: pathlib.Path | None = None):
@@ -126,12 +127,15 @@ class Bench:
         self.tx, self.schedule = make_optimizer(opt), learning_rate(opt)
         self.shardings = training.make_train_step(base, self.tx, self.mesh, "replicated", dtype=DTYPES[dtype],
                                                   schedule=self.schedule)[1]
-        self.state = self._fresh_state()
+        # the initial state, kept on the host: placing it again per program takes seconds, initialising it a minute
+        self.initial = jax.device_get(training.create_state(lambda: init_params(base, 0), self.tx, 0, self.shardings))
+        self.state = self.fresh_state()
         self.pool = concurrent.futures.ThreadPoolExecutor(threads)
         self.compile_wall_start: float | None = None
 
-    def _fresh_state(self) -> training.TrainState:
-        return training.create_state(lambda: init_params(self.base, 0), self.tx, 0, self.shardings)
+    def fresh_state(self) -> training.TrainState:
+        """The initial weights (seed 0) and optimizer state, placed as the programs expect."""
+        return jax.device_put(self.initial, self.shardings)
 
     def model_config(self, program: Program) -> config_lib.Fast3RConfig:
         remat = program.remat
@@ -172,7 +176,7 @@ class Bench:
         except Exception as err:  # out of memory is a result; anything else is re-raised
             if not _out_of_memory(err):
                 raise
-            self.state = self._fresh_state()  # the donated state may be gone
+            self.state = self.fresh_state()  # the donated state may be gone
             return dict(row, out_of_memory=True, error=str(err).splitlines()[0][:200])
         loss = float(metrics["loss"])
         if not np.isfinite(loss):
@@ -252,6 +256,7 @@ def measure(bench: Bench, programs: list[Program], repeats: int) -> list[dict[st
             row = dict(dataclasses.asdict(program), label=program.label, compile_s=None, program_bytes=None,
                        donated_bytes=None, out_of_memory=True, error=str(result).splitlines()[0][:200])
         else:
+            bench.state = bench.fresh_state()  # every program from the same weights: timings independent of order
             row = bench.run(program, *result, repeats)
         rows.append(row)
         if row["out_of_memory"]:

@@ -63,13 +63,15 @@ def test_remat_leaves_gradients_unchanged(float32_step, policy):
     assert np.isfinite(errors).all() and max(errors) <= REMAT_RTOL
 
 
-def test_unrolled_layers_leave_loss_and_gradients_unchanged(float32_step):
-    """`scan_layers=False` runs the same blocks one after another instead of in a loop: the same loss and, leaf by
-    leaf, the same gradients (Adam's first moment); parameters stay stacked."""
-    (ref, ref_loss), (new, loss) = float32_step, _step(CFG.replace(scan_layers=False), jnp.float32)
+@pytest.mark.parametrize("remat", [False, True])
+def test_unrolled_layers_leave_loss_and_gradients_unchanged(float32_step, remat):
+    """`scan_layers=False` runs the same blocks one after another instead of in a loop, with or without
+    rematerialising each: the same loss and, leaf by leaf, the same gradients (Adam's first moment); parameters stay
+    stacked."""
+    (ref, ref_loss), (new, loss) = float32_step, _step(CFG.replace(scan_layers=False, remat=remat), jnp.float32)
     assert jax.tree.structure(new.params) == jax.tree.structure(ref.params)
     assert loss == pytest.approx(ref_loss, rel=UNROLL_LOSS_RTOL)
     ours, refs = (jax.tree.leaves(optax.tree_utils.tree_get(s.opt_state, "mu")) for s in (new, ref))
     errors = [np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30) for a, b in zip(ours, refs, strict=True)]
-    print(f"unrolled: loss error {abs(loss / ref_loss - 1):.1e}, gradient error per leaf: max {max(errors):.1e}")
+    print(f"unrolled (remat {remat}): loss error {abs(loss / ref_loss - 1):.1e}, gradient error per leaf: max {max(errors):.1e}")
     assert np.isfinite(errors).all() and max(errors) <= UNROLL_RTOL

@@ -143,7 +143,9 @@ class BlockStack(nnx.Module):
             return nnx.merge(graphdef, layer_state)(h, rope, scale=scale, attention=attention)
 
         if self.remat is not None:
-            apply = jax.checkpoint(apply, prevent_cse=False, policy=REMAT_POLICIES[self.remat])
+            # inside a scan nothing can be merged across the loop; unrolled, XLA could fold the recomputation back
+            # into the forward (common-subexpression elimination) and keep every activation after all
+            apply = jax.checkpoint(apply, prevent_cse=not self.scan, policy=REMAT_POLICIES[self.remat])
         if not self.scan:
             outputs = []
             for i in range(self.depth):
