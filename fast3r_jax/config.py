@@ -464,7 +464,9 @@ class TrainConfig:
     val_batches: int = 2  # 0 disables validation
     ckpt_every: int = 100
     keep: int = 3  # checkpoints kept
-    time_limit_s: float | None = None  # stop (with a checkpoint) once this much wall time has passed
+    # stop (with a checkpoint) once this much wall time has passed since the state was ready (compilation included);
+    # with several processes checked at log steps
+    time_limit_s: float | None = None
     # rendered data: compile the step for every bucket and resolution at the start, concurrently (the run then waits
     # for the slowest compilation instead of their sum); False compiles each shape when a batch first needs it
     compile_ahead: bool = True

@@ -109,6 +109,15 @@ def host_copy(tree: Any) -> Any:
     return treedef.unflatten([np.asarray(x) for x in jax.device_get(leaves)])  # one batched transfer
 
 
+def any_process(flags: np.ndarray) -> np.ndarray:
+    """The elementwise OR of boolean `flags` over all processes (a collective: every process calls it); in one process,
+    the flags themselves."""
+    flags = np.asarray(flags, bool)
+    if jax.process_count() == 1:
+        return flags
+    return np.asarray(multihost_utils.process_allgather(flags)).any(axis=0)
+
+
 def is_lead() -> bool:
     """True in the process that writes logs and outputs (process 0)."""
     return jax.process_index() == 0

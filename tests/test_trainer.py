@@ -105,10 +105,11 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
         train(cfg)
 
 
-def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
+def test_killed_and_stopped_runs_resume_with_the_same_loss_curve(tmp_path):
     """SIGKILL a training process mid-run; the resumed run starts after its last checkpoint (it logs steps
     checkpoint + 1 .. 60 and nothing before) with the losses of an uninterrupted run, step for step. The command's
-    compilation cache, filled by the first run, serves every program of the later ones."""
+    compilation cache, filled by the first run, serves every program of the later ones. Then SIGTERM another run:
+    it checkpoints the step it reached and resumes from there."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user would run it
     cache = tmp_path / "xla"
     common = [sys.executable, str(ROOT / "train.py"), *QUICK, "--set", "steps=60", "--set", "ckpt_every=10",
@@ -141,11 +142,40 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
     for step in resumed:
         assert resumed[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
 
+    # SIGTERM (a scheduler's preemption, `timeout`): the run saves the step it is on, with no periodic checkpoint due,
+    # says so and exits 143; the same command resumes from exactly that step
+    run_c = common + ["--set", f"workdir={tmp_path / 'c'}", "--set", "ckpt_every=1000"]
+    proc = subprocess.Popen(run_c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "c" / "metrics.jsonl"
+    while time.time() < deadline + 300 and proc.poll() is None:
+        if metrics.exists() and len(_losses(tmp_path / "c")) >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    stopped_at = max(_losses(tmp_path / "c"))
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert f"stopped by SIGTERM at step {stopped_at} of 60" in stderr
+    assert [p.name for p in (tmp_path / "c" / "checkpoints").iterdir() if p.name.isdigit()] == [str(stopped_at)]
+    assert 5 <= stopped_at < 60
+    logged = metrics.stat().st_size
+    subprocess.run(run_c, check=True, env=env, capture_output=True)
+    resumed = _losses(tmp_path / "c", skip=logged)
+    assert sorted(resumed) == list(range(stopped_at + 1, 61))
+    for step in resumed:
+        assert resumed[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
+
 
 def test_overrides_and_bad_values():
     cfg = override(TrainConfig(), "optimizer.lr", "3e-4")
     assert cfg.optimizer.lr == 3e-4
     assert override(cfg, "workdir", "runs/x").workdir == "runs/x"
+    for text, flag in (("true", True), ("True", True), ("false", False), ("FALSE", False)):
+        assert override(cfg, "model.remat", text).model.remat is flag
+    assert override(cfg, "workdir", "true").workdir == "true"  # a text field keeps the text
+    with pytest.raises(ValueError, match="model.remat: expected a boolean"):
+        override(cfg, "model.remat", "yes")
     with pytest.raises(ValueError, match="unknown config field"):
         override(cfg, "optimizer.learning_rate", "1")
     with pytest.raises(ValueError, match="layout"):

@@ -20,6 +20,7 @@ from typing import Sequence
 from fast3r_jax.errors import InputError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_SIGTERM = 128 + 15  # a run stopped by SIGTERM after saving what it had: as shells report that signal
 
 COMMANDS = {  # name: (module, one-line help)
     "reconstruct": ("fast3r_jax.cli.reconstruct", "point cloud and cameras from images or videos"),

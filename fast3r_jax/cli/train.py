@@ -13,7 +13,7 @@ import argparse
 import pathlib
 
 from fast3r_jax import compilation_cache, distributed
-from fast3r_jax.cli import EXIT_FAILURE, error
+from fast3r_jax.cli import EXIT_FAILURE, EXIT_SIGTERM, error, note
 from fast3r_jax.config import TrainConfig, load_config_file
 from fast3r_jax.errors import InputError
 
@@ -44,7 +44,7 @@ def load(spec: str, overrides: list[str]) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fast3r_jax.train.loop import NonFiniteLossError, train  # noqa: PLC0415
+    from fast3r_jax.train.loop import NonFiniteLossError, TrainingInterrupted, train  # noqa: PLC0415
 
     distributed.initialize_from_args(args)
     cfg = load(args.config, args.set)
@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:  # the run failed; its last good checkpoint stays
         error(str(err))
         return EXIT_FAILURE
+    except TrainingInterrupted as err:  # not finished, but nothing lost: exits as a process ended by SIGTERM
+        note(str(err))
+        return EXIT_SIGTERM
     if distributed.is_lead():
         print(" ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
         print(f"run written to {pathlib.Path(cfg.workdir).absolute()}")

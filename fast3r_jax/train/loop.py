@@ -17,6 +17,8 @@ import functools
 import json
 import os
 import pathlib
+import signal
+import threading
 import time
 import typing
 from typing import Any, TypeVar
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from fast3r_jax.checkpoint import load_config, load_pretrained, save_pretrained
 from fast3r_jax.config import Fast3RConfig, TrainConfig, check_value, from_dict
+from fast3r_jax import distributed
 from fast3r_jax.data import packed
 from fast3r_jax.data.mixture import parse_mixture
 from fast3r_jax.errors import InputError
@@ -47,9 +50,48 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or gradient became NaN/inf; the step was not applied."""
 
 
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM stopped the run before its last step, after a checkpoint: the same config resumes it."""
+
+
+class _SigtermFlag:
+    """While entered (in the main thread), SIGTERM, which schedulers send before preempting a job and `timeout`
+    sends at its limit, only sets `received`: the loop then stops after its current step with a checkpoint instead
+    of losing everything since the last one."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def _set(self, signum, frame):
+        self.received = True
+
+    def __enter__(self) -> _SigtermFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._set)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _stop_requested(cfg: TrainConfig, done: int, started: float, sigterm: _SigtermFlag) -> tuple[bool, bool]:
+    """(out of time, SIGTERM received) after step `done`, the same in every process: with several processes they
+    are agreed on at log steps only (one small collective each), since a process that saved and stopped alone would
+    leave the others waiting in the next step's collectives."""
+    flags = [cfg.time_limit_s is not None and time.perf_counter() - started > cfg.time_limit_s, sigterm.received]
+    if jax.process_count() > 1:
+        if done % cfg.log_every and done != cfg.steps:
+            return False, False
+        flags = distributed.any_process(np.array(flags)).tolist()
+    return bool(flags[0]), bool(flags[1])
+
+
 def override(cfg: T, dotted: str, text: str) -> T:
     """Returns cfg with the field at `dotted` (e.g. 'optimizer.lr') set from a command-line value: a Python literal
-    checked against the field's type (fast3r_jax.config.check_value), or, for a text field, the bare text (a path).
+    checked against the field's type (fast3r_jax.config.check_value; true/false in any case for a boolean), or, for a
+    text field, the bare text (a path).
     InputError names the field: `steps=2.5`, `steps=abc`, `optimizer.lr=abc` and unknown fields are refused."""
     return _override(cfg, dotted.split("."), text, dotted)
 
@@ -65,10 +107,14 @@ def _override(cfg: T, names: list[str], text: str, dotted: str) -> T:
             raise InputError(f"--set {dotted}: {head} is a {type(inner).__name__}, it has no field {rest[0]!r}")
         return dataclasses.replace(cfg, **{head: _override(inner, rest, text, dotted)})
     hint = typing.get_type_hints(type(cfg))[head]
-    try:
-        value: Any = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        value = text  # a bare string, e.g. a path
+    value: Any
+    if text.lower() in ("true", "false"):  # booleans as the configs' JSON and the error messages spell them
+        value = text.lower() == "true"
+    else:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            value = text  # a bare string, e.g. a path
     try:
         value = check_value(value, hint, "--set", dotted)
     except InputError:
@@ -237,7 +283,9 @@ def _validate(cfg, eval_step, state, mesh, writer, step) -> dict[str, float]:
 
 
 def train(cfg: TrainConfig) -> dict[str, float]:
-    """Runs (or resumes) training to cfg.steps. Returns the last logged metrics."""
+    """Runs (or resumes) training to cfg.steps, or until cfg.time_limit_s. Returns the last logged metrics.
+
+    SIGTERM ends the run after the current step with a checkpoint, then raises TrainingInterrupted."""
     workdir = pathlib.Path(cfg.workdir).absolute()
     try:
         mesh = make_mesh(cfg.mesh_data, cfg.mesh_tensor)
@@ -255,7 +303,9 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, enable_async_checkpointing=True)
     writer = SummaryWriter(workdir / "tb") if lead else None
     last: dict[str, float] = {}
-    with ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=("state", "data")) as mgr:
+    interrupted_at = None
+    with _SigtermFlag() as sigterm, ocp.CheckpointManager(workdir / "checkpoints", options=options,
+                                                          item_names=("state", "data")) as mgr:
         state, start = _restore_or_init(cfg, tx, shardings, mgr, iterator)
         if writer is not None and start == 0:
             writer.text("config", "```\n" + cfg.to_json() + "\n```")
@@ -296,17 +346,22 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                 last |= val
                 if writer is not None:
                     writer.scalars(val, done)
-            out_of_time = cfg.time_limit_s is not None and time.perf_counter() - started > cfg.time_limit_s
-            if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time:
+            out_of_time, signalled = _stop_requested(cfg, done, started, sigterm)
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time or signalled:
                 mgr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                        data=ocp.args.JsonSave(iterator.get_state())))
-            if out_of_time:
-                progress.write(f"time limit of {cfg.time_limit_s} s reached at step {done}; checkpoint saved")
+            if (out_of_time or signalled) and done < cfg.steps:
+                reason = "SIGTERM received" if signalled else f"time limit of {cfg.time_limit_s} s reached"
+                progress.write(f"{reason} at step {done}; checkpoint saved")
+                interrupted_at = done if signalled else None
                 break
         mgr.wait_until_finished()
     iterator.close()
     if writer is not None:
         writer.close()
+    if interrupted_at is not None:
+        raise TrainingInterrupted(f"stopped by SIGTERM at step {interrupted_at} of {cfg.steps}; the checkpoint of "
+                                  f"that step is in {workdir / 'checkpoints'} and the same command resumes the run")
     return last
 
 
