@@ -26,7 +26,9 @@ at lr 2e-4, 3,000 at 1.2e-4, 2,570 of 3,500 at 1e-4, 2,600 at 1e-4 and 8,259 of 
 `--set time_limit_s` or at its last step); 17,009 of 18,000 steps at lr 1e-4 with the 192-view bucket added (three
 calls); then this config, 16,000 steps at lr 1e-4 with drawn spans, in three calls of the same command on one
 machine: stopped by its time limit (470 s) at steps 3,351 and 12,850 and resumed, the last call reaching step
-16,000. `time_limit_s` ends a run early with a checkpoint and the same command resumes it. Do not set
+16,000. `time_limit_s` ends a run early with a checkpoint and the same command resumes it; so does SIGTERM (e.g.
+from `timeout`), after the current step, which also covers a call whose compilation alone takes most of its time
+(272 s on a fresh H200 machine with no compilation cache, above). Do not set
 --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s.
 
 From the repository root:
