@@ -22,7 +22,7 @@ export_s is the time it adds after the cameras, so the stages add up to the wall
 Cameras come from one of two solvers: 'pnp' (upstream's: focal of view 0 by Weiszfeld, then RANSAC-PnP per view,
 on the host) or 'procrustes' (per-view focal from the local pointmap and the similarity aligning it onto the
 global pointmap, on the device). Predicted cameras live in the frame of view 0. When the input images sit next to
-a ground-truth `cameras.json` (the format of `fast3r_jax.data.synthetic.write_example_scene`), pose errors are
+a ground-truth `cameras.json` (the format written here, as `fast3r_jax.data.synthetic.write_example_scene` does), pose errors are
 reported after a similarity alignment of the predicted cameras onto the ground truth.
 """
 
@@ -347,7 +347,7 @@ def image_names(views: Sequence[Mapping]) -> list[str]:
 def ground_truth_poses(views: Sequence[Mapping], notify: Callable[[str], None] = log.warning
                        ) -> tuple[list[int], np.ndarray] | None:
     """(indices of the views that have one, their ground-truth c2w (K, 4, 4)) from a `cameras.json` next to the
-    images (the write_example_scene format), or None when fewer than two views have one."""
+    images (the format written here), or None when fewer than two views have one."""
     known: dict[str, np.ndarray] = {}
     folders = {os.path.dirname(os.path.realpath(v["path"])) for v in views if v.get("path")}
     for folder in sorted(folders):

@@ -510,7 +510,7 @@ def test_malformed_ground_truth_is_noted_and_ignored(tmp_path, capsys, checkpoin
     images = tmp_path / "images"
     shutil.copytree(scene, images)
     cameras = json.loads((images / "cameras.json").read_text())
-    (images / "cameras.json").write_text(json.dumps(dict(cameras, images=5)))
+    (images / "cameras.json").write_text(json.dumps(dict(cameras, cameras=5)))
     code, stdout, stderr = _run(capsys, "reconstruct", images, "--checkpoint", checkpoint, "--out", tmp_path / "out",
                                 "--size", 64, "--outputs", "cameras")
     assert code == 0, stderr

@@ -7,6 +7,7 @@ import PIL.Image
 import pytest
 
 from fast3r_jax.data import geometry_np, synthetic
+from fast3r_jax.geometry import cameras as cameras_lib
 
 RES = (64, 48)  # (W, H)
 
@@ -315,8 +316,13 @@ def test_write_and_read_example_scene(tmp_path):
         np.testing.assert_array_equal(np.asarray(PIL.Image.open(camera["file"])), view["img"])
         np.testing.assert_array_equal(camera["K"], view["camera_intrinsics"])
         np.testing.assert_array_equal(camera["c2w"], view["camera_pose"])
+    # the file reconstruct writes: its sizes, and known intrinsics for --intrinsics
     meta = json.loads((tmp_path / "cameras.json").read_text())
-    assert (meta["width"], meta["height"]) == (40, 32)
+    assert [(c["name"], c["width"], c["height"]) for c in meta["cameras"]] == [
+        (f"view_00{i}.png", 40, 32) for i in range(3)]
+    known = cameras_lib.read_intrinsics(tmp_path / "cameras.json", {f"view_00{i}.png": (40, 32) for i in range(3)})
+    for i, view in enumerate(views):
+        np.testing.assert_allclose(known[f"view_00{i}.png"], view["camera_intrinsics"], rtol=1e-7)
 
 
 def test_read_example_cameras_rejects_bad_folders(tmp_path):
@@ -326,9 +332,20 @@ def test_read_example_cameras_rejects_bad_folders(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         synthetic.read_example_cameras(tmp_path)
-    entry = dict(file="a.png", K=[[1, 0, 0], [0, 1, 0]], c2w=np.eye(4).tolist())
-    path.write_text(json.dumps(dict(format=synthetic.CAMERAS_FORMAT, images=[entry])))
-    with pytest.raises(ValueError, match="entry 0 is malformed"):
+    entry = dict(name="a.png", width=4, height=4, intrinsics=[[1, 0, 0], [0, 1, 0]], c2w=np.eye(4).tolist())
+    path.write_text(json.dumps(dict(cameras=[entry])))
+    with pytest.raises(ValueError, match=r"cameras\[0\]: field 'intrinsics' or 'width'/'height' is not valid"):
+        synthetic.read_example_cameras(tmp_path)
+    entry |= dict(intrinsics=np.eye(3).tolist(), c2w=np.eye(3).tolist())
+    path.write_text(json.dumps(dict(cameras=[entry])))
+    with pytest.raises(ValueError, match=r"cameras\[0\]: field 'c2w' is not valid"):
+        synthetic.read_example_cameras(tmp_path)
+    del entry["c2w"]
+    path.write_text(json.dumps(dict(cameras=[entry])))
+    with pytest.raises(ValueError, match=r"cameras\[0\]: field 'c2w' is missing"):  # ground truth needs the poses
+        synthetic.read_example_cameras(tmp_path)
+    path.write_text(json.dumps(dict(cameras=[])))
+    with pytest.raises(ValueError, match="lists no cameras"):
         synthetic.read_example_cameras(tmp_path)
 
 

@@ -14,7 +14,6 @@ The point selection is plain numpy (`confidence_cutoffs`, `select_points`, `poin
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import tempfile
 import threading
@@ -87,12 +86,12 @@ def load_scene(folder: str | pathlib.Path) -> Scene:
     """Reads cameras.json and pointmaps.npz (or points.ply when there is no pointmaps.npz) of a reconstruction."""
     folder = pathlib.Path(folder)
     try:
-        cams = json.loads((folder / "cameras.json").read_text())["cameras"]
+        cams = export.read_cameras_json(folder / "cameras.json")
         names = [c["name"] for c in cams]
         c2w = np.asarray([c["c2w"] for c in cams], np.float64)
         intrinsics = np.asarray([c["intrinsics"] for c in cams], np.float64)
         sizes = np.asarray([(c["width"], c["height"]) for c in cams], np.int64)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise ViewerError(f"{folder / 'cameras.json'}: cannot read cameras ({err}); is {folder} a folder written "
                           "by fast3r-jax reconstruct?") from err
     npz = folder / "pointmaps.npz"

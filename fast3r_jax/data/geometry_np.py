@@ -13,11 +13,11 @@ from fast3r_jax.geometry.transforms import inverse_rigid
 
 
 def check_intrinsics(K: np.ndarray) -> None:
-    """Raises ValueError unless K is a (3, 3) zero-skew pinhole matrix with positive focals."""
+    """Raises ValueError unless K is a finite (3, 3) zero-skew pinhole matrix with positive focals."""
     K = np.asarray(K)
     if K.shape != (3, 3):
         raise ValueError(f"K must have shape (3, 3), got {K.shape}")
-    if K[0, 1] != 0 or np.any(K[2] != (0, 0, 1)):
+    if not np.isfinite(K).all() or K[0, 1] != 0 or K[1, 0] != 0 or np.any(K[2] != (0, 0, 1)):
         raise ValueError(f"K must be a zero-skew pinhole matrix [[fx,0,cx],[0,fy,cy],[0,0,1]], got {K.tolist()}")
     if not (K[0, 0] > 0 and K[1, 1] > 0):
         raise ValueError(f"K must have positive focals, got fx={K[0, 0]}, fy={K[1, 1]}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import colorsys
 import dataclasses
-import json
 import numbers
 import operator
 import os
@@ -26,10 +25,10 @@ import numpy as np
 import PIL.Image
 
 from fast3r_jax.data import geometry_np
+from fast3r_jax.io import export
 
 DATASET_NAME = "synthetic"
 CAMERAS_FILE = "cameras.json"
-CAMERAS_FORMAT = "fast3r_jax.synthetic.cameras/1"
 
 NOISE_GRID = 32  # value-noise lattice size; the noise repeats every 32 lattice cells
 SOLID_KINDS = ("box", "sphere", "cylinder")
@@ -604,30 +603,20 @@ def write_example_scene(
 ) -> list[dict[str, Any]]:
     """Renders one scene (split "example") into `folder` as view_000.png, ... and cameras.json.
 
-    cameras.json holds {"format": CAMERAS_FORMAT, "convention": <text>, "width": W, "height": H,
-    "images": [{"file": "view_000.png", "K": 3x3 list, "c2w": 4x4 list}, ...]} with the
-    ground-truth intrinsics (pixels) and OpenCV camera-to-world poses (metres), in view order.
+    cameras.json is the file `fast3r-jax reconstruct` writes (io.export.write_cameras_json), here with the
+    ground-truth intrinsics (pixels) and OpenCV camera-to-world poses (metres), in view order; it serves as the
+    ground truth of the pose errors and as known intrinsics (`--intrinsics`).
 
     Returns:
         The rendered views (sample format), e.g. to compare a reconstruction with depth.
     """
     views = SyntheticScenes(1, num_views, resolution, seed=seed, split="example")[0]
     os.makedirs(folder, exist_ok=True)
-    images = []
-    for view in views:
-        name = f"view_{int(view['instance']):03d}.png"
+    names = [f"view_{int(view['instance']):03d}.png" for view in views]
+    for name, view in zip(names, views):
         PIL.Image.fromarray(view["img"]).save(os.path.join(folder, name))
-        images.append(dict(file=name, K=view["camera_intrinsics"].tolist(), c2w=view["camera_pose"].tolist()))
-    cameras = dict(
-        format=CAMERAS_FORMAT,
-        convention="OpenCV camera (x right, y down, z forward); c2w maps camera to world coordinates (metres); "
-        "K in pixels with pixel (x, y) centred at integer coordinates (x, y)",
-        width=resolution[0],
-        height=resolution[1],
-        images=images,
-    )
-    with open(os.path.join(folder, CAMERAS_FILE), "w") as f:
-        json.dump(cameras, f, indent=1)
+    export.write_cameras_json(os.path.join(folder, CAMERAS_FILE), np.stack([v["camera_pose"] for v in views]),
+                              np.stack([v["camera_intrinsics"] for v in views]), [resolution] * len(views), names)
     return views
 
 
@@ -636,23 +625,8 @@ def read_example_cameras(folder: str | os.PathLike) -> list[dict[str, Any]]:
     path = os.path.join(folder, CAMERAS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {CAMERAS_FILE} in {folder}")
-    with open(path) as f:
-        try:
-            cameras = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(cameras, dict) or cameras.get("format") != CAMERAS_FORMAT:
-        raise ValueError(f"{path} is not a {CAMERAS_FORMAT} file")
-    out = []
-    for i, entry in enumerate(cameras.get("images", [])):
-        try:
-            K = np.array(entry["K"], np.float32)
-            c2w = np.array(entry["c2w"], np.float32)
-            geometry_np.check_intrinsics(K)
-            geometry_np.check_pose(c2w)
-            out.append(dict(file=os.path.join(folder, entry["file"]), K=K, c2w=c2w))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: image entry {i} is malformed: {e}") from None
-    if not out:
-        raise ValueError(f"{path} lists no images")
-    return out
+    cameras = export.read_cameras_json(path)
+    if not cameras:
+        raise ValueError(f"{path} lists no cameras")
+    return [dict(file=os.path.join(folder, c["name"]), K=c["intrinsics"].astype(np.float32),
+                 c2w=c["c2w"].astype(np.float32)) for c in cameras]

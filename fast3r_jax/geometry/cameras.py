@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
@@ -42,6 +41,7 @@ from fast3r_jax.geometry.transforms import (
     rigid_from_rotation_translation,
     similarity_matrix,
 )
+from fast3r_jax.io import export
 
 POSE_SOLVERS = ("pnp", "procrustes")
 # PnP's focal without known intrinsics: view 0's for every view (upstream's: one camera), or each view's own
@@ -599,30 +599,6 @@ def _read_colmap_images(path: pathlib.Path) -> dict[str, int]:
     return names
 
 
-def _read_cameras_json(path: pathlib.Path) -> dict[str, tuple[tuple[int, int], np.ndarray]]:
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(doc, dict) or not isinstance(doc.get("cameras"), list):
-        raise ValueError(f"{path}: field 'cameras' (a list) is missing")
-    cameras = {}
-    for i, entry in enumerate(doc["cameras"]):
-        where = f"{path}: cameras[{i}]"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected an object")
-        for field in ("name", "width", "height", "intrinsics"):
-            if field not in entry:
-                raise ValueError(f"{where}: field '{field}' is missing")
-        try:
-            K = check_intrinsics(np.asarray(entry["intrinsics"], np.float64)[None], 1)[0]
-            size = (int(entry["width"]), int(entry["height"]))
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{where}: field 'intrinsics' or 'width'/'height' is not valid: {err}") from err
-        cameras[os.path.basename(str(entry["name"]))] = size, K
-    return cameras
-
-
 def read_intrinsics(path: str | os.PathLike, image_sizes: Mapping[str, tuple[int, int]],
                     notify: Callable[[str], None] = log.warning) -> dict[str, np.ndarray]:
     """Known intrinsics of the input images at their original resolution, from a file the user gives.
@@ -653,7 +629,8 @@ def read_intrinsics(path: str | os.PathLike, image_sizes: Mapping[str, tuple[int
     if not path.is_file():
         raise ValueError(f"{path}: intrinsics file not found")
     if path.suffix == ".json":
-        by_name = _read_cameras_json(path)
+        by_name = {os.path.basename(c["name"]): ((c["width"], c["height"]), c["intrinsics"])
+                   for c in export.read_cameras_json(path, require_c2w=False)}
     else:
         if path.suffix not in (".txt", ".bin"):
             raise ValueError(f"{path}: expected a COLMAP cameras.txt / cameras.bin or a cameras.json")

@@ -4,7 +4,8 @@ All writers take plain numpy arrays and produce standard files that other tools 
 
 * ``write_ply``: binary little-endian PLY point cloud (x, y, z float32; red, green, blue uint8).
 * ``write_colmap``: COLMAP model, binary (``cameras.bin``, ``images.bin``, ``points3D.bin``) or text, with tracks.
-* ``write_cameras_json``: every camera in one small JSON file (schema in its docstring).
+* ``write_cameras_json``: every camera in one small JSON file (schema in its docstring); ``read_cameras_json``
+  reads it back (reconstructions, the example scene's ground truth, known intrinsics).
 * ``write_glb``: binary glTF 2.0 scene with the point cloud and the camera frustums.
 * ``write_depth_png`` / ``write_confidence_png``: per-view maps as 16-bit / 8-bit grayscale PNGs; ``write_npy``.
 * ``write_pointmaps``: every view's global and local pointmaps, confidences and colours in one ``.npz``.
@@ -37,6 +38,7 @@ from PIL import Image, PngImagePlugin
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from fast3r_jax.data import geometry_np
 from fast3r_jax.geometry.transforms import inverse_rigid
 from fast3r_jax.io.files import atomic_file
 
@@ -497,6 +499,44 @@ def write_cameras_json(path: PathLike, c2w, intrinsics, image_sizes, image_names
     with atomic_file(path, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
+
+
+def read_cameras_json(path: PathLike, require_c2w: bool = True) -> list[dict]:
+    """Reads a `write_cameras_json` file: per camera, in file order, {"name": str, "width": int, "height": int,
+    "intrinsics": (3, 3) float64, "c2w": (4, 4) float64, or None when absent and not `require_c2w`}.
+
+    Raises ValueError naming the file, the camera and the field that is missing or not valid.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(doc, dict) or not isinstance(doc.get("cameras"), list):
+        raise ValueError(f"{path}: field 'cameras' (a list) is missing")
+    cameras = []
+    for i, entry in enumerate(doc["cameras"]):
+        where = f"{path}: cameras[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected an object")
+        for field in ("name", "width", "height", "intrinsics", *(("c2w",) if require_c2w else ())):
+            if field not in entry:
+                raise ValueError(f"{where}: field '{field}' is missing")
+        try:
+            K = np.asarray(entry["intrinsics"], np.float64)
+            geometry_np.check_intrinsics(K)
+            size = (int(entry["width"]), int(entry["height"]))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{where}: field 'intrinsics' or 'width'/'height' is not valid: {err}") from err
+        c2w = None
+        if "c2w" in entry:
+            try:
+                c2w = np.asarray(entry["c2w"], np.float64)
+                geometry_np.check_pose(c2w)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{where}: field 'c2w' is not valid: {err}") from err
+        cameras.append({"name": str(entry["name"]), "width": size[0], "height": size[1], "intrinsics": K, "c2w": c2w})
+    return cameras
 
 
 def _glb_bytes(primitives: list[dict], buffers: list[tuple[np.ndarray, str, int, bool, int | None]]) -> bytes:
