@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py --config large --views 8 20 48 --size 512x384 --remat none full --levers \
         --max-views --torch-reference .torchref --json train_step.json
+    python benchmarks/train_step.py --config large --views 8 20 48 --layers unrolled scanned --remat none full
 
 (a checkout of facebookresearch/fast3r at .torchref; without --torch-reference only our side runs.) Plumbing check on
 a CPU: --config tiny --views 2 4 --size 64x48 --repeats 1 --levers --lever-views 2 --max-views
@@ -17,7 +18,7 @@ its training criterion ConfLossMultiviewV2(Regr3DMultiviewV4(L21, avg_dis), alph
 torch.optim.AdamW as its config sets it (lr 1e-4, betas (0.9, 0.95), weight decay 0.05), forward and criterion
 under bf16 autocast; the step is forward, criterion, backward, optimizer step (torch_reference.train_step).
 
-Programs. Every measured program (each (N, remat) of the sweep, each lever) is traced in turn and compiled
+Programs. Every measured program (each (layers, remat, N) of the sweep, each lever) is traced in turn and compiled
 concurrently (--compile-threads), then all are timed one after another, each from the same freshly initialised training
 state (so no program times weights that earlier programs' steps moved, or diverged); compile times therefore overlap
 and the compile phase's wall time is reported too.
@@ -30,10 +31,11 @@ compiled or when run) is recorded as out of memory and the state is re-created. 
 FLOPs (fast3r_jax.model.flops: forward + 2x backward; recomputation under remat is not counted); MFU against the
 device's datasheet bf16 peak.
 
---levers adds, at --lever-views N (20), the options toward a higher MFU next to the sweep's rows at that N: each
-remat policy not in the sweep, --lever-batch samples per step (2) without remat, the no-remat program with its
-layer stacks unrolled (Fast3RConfig.scan_layers=False), and the sweep's no-remat program compiled with the XLA
-options of --xla-options (default: the latency-hiding scheduler; per program, through
+--layers sweeps the layer stacks as one lax.scan ('scanned') and unrolled (Fast3RConfig.scan_layers=False); the
+levers and --max-views use the first given. --levers adds, at --lever-views N (20), the options toward a higher MFU
+next to the sweep's rows at that N: each remat policy not in the sweep, --lever-batch samples per step (2) without
+remat, the no-remat program unrolled (when the sweep has no unrolled rows), and the no-remat program compiled with the
+XLA options of --xla-options (default: the latency-hiding scheduler; per program, through
 `Lowered.compile(compiler_options=...)`, so no second process is needed).
 
 --max-views predicts the largest view count that trains with --max-views-remat (full) from the two largest sweep rows
@@ -94,6 +96,7 @@ from fast3r_jax.train import step as training  # noqa: E402
 from fast3r_jax.train.optimizer import learning_rate, make_optimizer  # noqa: E402
 
 REMAT_CHOICES = ("none", *REMAT_POLICIES)
+LAYERS = ("scanned", "unrolled")  # Fast3RConfig.scan_layers True / False
 GIB = 2**30
 
 
@@ -272,8 +275,10 @@ def measure(bench: Bench, programs: list[Program], repeats: int) -> list[dict[st
 
 def max_views(bench: Bench, rows: list[dict], args, limit_bytes: int | None) -> dict[str, Any]:
     """The largest view count that trains with --max-views-remat: predicted from memory, checked by running."""
+    scan = args.layers[0] == "scanned"
     fits = sorted((r for r in rows if r["group"] == "sweep" and r["remat"] == args.max_views_remat
-                   and not r["out_of_memory"] and r["program_bytes"]), key=lambda r: r["views"])
+                   and r["scan_layers"] == scan and not r["out_of_memory"] and r["program_bytes"]),
+                  key=lambda r: r["views"])
     if len(fits) < 2 or limit_bytes is None:
         return {"predicted": None, "reason": "needs two sweep rows with program memory and a device memory limit"}
     (n0, b0), (n1, b1) = ((r["views"], r["program_bytes"]) for r in fits[-2:])
@@ -282,12 +287,12 @@ def max_views(bench: Bench, rows: list[dict], args, limit_bytes: int | None) -> 
         return {"predicted": None, "reason": f"program memory does not grow with N ({b0} -> {b1} bytes)"}
     step = args.max_views_step
     predicted = min(int((n1 + (limit_bytes - b1) / per_view) // step * step), args.max_views_limit)
-    result: dict[str, Any] = {"remat": args.max_views_remat, "predicted": predicted, "bytes_per_view": per_view,
+    result: dict[str, Any] = {"remat": args.max_views_remat, "layers": args.layers[0], "predicted": predicted, "bytes_per_view": per_view,
                                   "limit_bytes": limit_bytes, "largest": n1, "verified": False, "tried": {}}
     if predicted <= n1 or not args.max_views_tries:
         return result
     probes = [predicted + k * step for k in range(args.max_views_tries)]
-    programs = [Program(n, args.max_views_remat, args.batch, group="max_views") for n in probes]
+    programs = [Program(n, args.max_views_remat, args.batch, group="max_views", scan_layers=scan) for n in probes]
     for row in measure(bench, programs, repeats=0):
         result["tried"][row["views"]] = not row["out_of_memory"]
         if row["out_of_memory"]:
@@ -343,7 +348,8 @@ def markdown(rows: list[dict], upstream: dict | None, search: dict | None, env: 
         lines += ["", f"Largest view count: not predicted ({search['reason']})"]
     elif search:
         status = "verified" if search["verified"] else f"tried {search['tried']}"
-        lines += ["", (f"Largest view count that trains (remat {search['remat']}): {search['largest']} "
+        lines += ["", (f"Largest view count that trains (remat {search['remat']}, layers {search['layers']}): "
+                       f"{search['largest']} "
                        f"(predicted {search['predicted']} from {search['bytes_per_view'] / GIB:.2f} GiB per view "
                        f"and a {search['limit_bytes'] / GIB:.1f} GiB limit; {status})")]
     if upstream:
@@ -356,7 +362,7 @@ def markdown(rows: list[dict], upstream: dict | None, search: dict | None, env: 
                 continue
             ours = None if r["out_of_memory"] else r["step_s"]
             ratio = ours / b["step_s"] if ours and b.get("step_s") else None
-            lines.append(f"| {r['views']} | {r['remat']} | {_fmt(ours, '.3f') if ours else 'OOM'} | "
+            lines.append(f"| {r['views']} | {_remat(r)} | {_fmt(ours, '.3f') if ours else 'OOM'} | "
                          f"{'OOM' if b.get('oom') else _fmt(b.get('step_s'), '.3f')} | {_fmt(ratio, '.2f')} | "
                          f"{_fmt(r.get('images_per_s'), '.1f')} | {_fmt(b.get('images_per_s'), '.1f')} | "
                          f"{_gib(r['program_bytes'])} | {_gib(b.get('peak_bytes'))} |")
@@ -375,6 +381,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="samples per step")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     parser.add_argument("--remat", nargs="+", default=["none", "full"], choices=REMAT_CHOICES)
+    parser.add_argument("--layers", nargs="+", default=["scanned"], choices=LAYERS,
+                        help="layer stacks as one lax.scan, or unrolled (Fast3RConfig.scan_layers), in the sweep; "
+                             "the levers and --max-views use the first")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--levers", action="store_true", help="also time the MFU levers at --lever-views")
     parser.add_argument("--lever-views", type=int, default=20)
@@ -426,16 +435,19 @@ def main() -> None:
     print(json.dumps(env), flush=True)
 
     bench = Bench(base, height, width, args.dtype, args.compile_threads, args.profile)
-    programs = [Program(n, remat, args.batch) for remat in args.remat for n in args.views]
+    scan = args.layers[0] == "scanned"  # of the levers and the largest-view search
+    programs = [Program(n, remat, args.batch, scan_layers=layers == "scanned")
+                for layers in args.layers for remat in args.remat for n in args.views]
     if args.levers:
         n = args.lever_views
         options = tuple((k, _option_value(v)) for k, v in (o.split("=", 1) for o in args.xla_options))
-        programs += [Program(n, remat, args.batch, group="lever") for remat in REMAT_CHOICES
+        programs += [Program(n, remat, args.batch, group="lever", scan_layers=scan) for remat in REMAT_CHOICES
                      if remat not in args.remat or n not in args.views]
-        programs += [Program(n, "none", args.lever_batch, group="lever")]
-        programs += [Program(n, "none", args.batch, group="lever", scan_layers=False)]
+        programs += [Program(n, "none", args.lever_batch, group="lever", scan_layers=scan)]
+        if "unrolled" not in args.layers:
+            programs += [Program(n, "none", args.batch, group="lever", scan_layers=False)]
         if options:
-            programs += [Program(n, "none", args.batch, options, group="lever")]
+            programs += [Program(n, "none", args.batch, options, group="lever", scan_layers=scan)]
     rows = measure(bench, programs, args.repeats)
     stats = device.memory_stats() or {}
     limit = int(args.memory_limit_gib * GIB) if args.memory_limit_gib else stats.get("bytes_limit")
