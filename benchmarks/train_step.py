@@ -287,8 +287,9 @@ def max_views(bench: Bench, rows: list[dict], args, limit_bytes: int | None) -> 
         return {"predicted": None, "reason": f"program memory does not grow with N ({b0} -> {b1} bytes)"}
     step = args.max_views_step
     predicted = min(int((n1 + (limit_bytes - b1) / per_view) // step * step), args.max_views_limit)
-    result: dict[str, Any] = {"remat": args.max_views_remat, "layers": args.layers[0], "predicted": predicted, "bytes_per_view": per_view,
-                                  "limit_bytes": limit_bytes, "largest": n1, "verified": False, "tried": {}}
+    result: dict[str, Any] = {"remat": args.max_views_remat, "layers": args.layers[0], "predicted": predicted,
+                              "bytes_per_view": per_view, "limit_bytes": limit_bytes, "largest": n1, "verified": False,
+                              "tried": {}}
     if predicted <= n1 or not args.max_views_tries:
         return result
     probes = [predicted + k * step for k in range(args.max_views_tries)]
