@@ -28,9 +28,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
+from fast3r_jax import distributed
 from fast3r_jax.checkpoint import load_config, load_pretrained, save_pretrained
 from fast3r_jax.config import Fast3RConfig, TrainConfig, check_value, from_dict
-from fast3r_jax import distributed
 from fast3r_jax.data import packed
 from fast3r_jax.data.mixture import parse_mixture
 from fast3r_jax.errors import InputError
