@@ -22,8 +22,8 @@ export_s is the time it adds after the cameras, so the stages add up to the wall
 Cameras come from one of two solvers: 'pnp' (upstream's: focal of view 0 by Weiszfeld, then RANSAC-PnP per view,
 on the host) or 'procrustes' (per-view focal from the local pointmap and the similarity aligning it onto the
 global pointmap, on the device). Predicted cameras live in the frame of view 0. When the input images sit next to
-a ground-truth `cameras.json` (the format written here, as `fast3r_jax.data.synthetic.write_example_scene` does), pose errors are
-reported after a similarity alignment of the predicted cameras onto the ground truth.
+a ground-truth `cameras.json` (the format written here, as `fast3r_jax.data.synthetic.write_example_scene` does),
+pose errors are reported after a similarity alignment of the predicted cameras onto the ground truth.
 """
 
 from __future__ import annotations

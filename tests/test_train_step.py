@@ -73,5 +73,6 @@ def test_unrolled_layers_leave_loss_and_gradients_unchanged(float32_step, remat)
     assert loss == pytest.approx(ref_loss, rel=UNROLL_LOSS_RTOL)
     ours, refs = (jax.tree.leaves(optax.tree_utils.tree_get(s.opt_state, "mu")) for s in (new, ref))
     errors = [np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30) for a, b in zip(ours, refs, strict=True)]
-    print(f"unrolled (remat {remat}): loss error {abs(loss / ref_loss - 1):.1e}, gradient error per leaf: max {max(errors):.1e}")
+    print(f"unrolled (remat {remat}): loss error {abs(loss / ref_loss - 1):.1e}, "
+          f"gradient error per leaf: max {max(errors):.1e}")
     assert np.isfinite(errors).all() and max(errors) <= UNROLL_RTOL
