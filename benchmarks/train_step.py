@@ -33,10 +33,13 @@ device's datasheet bf16 peak.
 
 --layers sweeps the layer stacks as one lax.scan ('scanned') and unrolled (Fast3RConfig.scan_layers=False); the
 levers and --max-views use the first given. --levers adds, at --lever-views N (20), the options toward a higher MFU
-next to the sweep's rows at that N: each remat policy not in the sweep, --lever-batch samples per step (2) without
-remat, the no-remat program unrolled (when the sweep has no unrolled rows), and the no-remat program compiled with the
-XLA options of --xla-options (default: the latency-hiding scheduler; per program, through
-`Lowered.compile(compiler_options=...)`, so no second process is needed).
+next to the sweep's rows at that N, all of them or the kinds named: 'remat' (each remat policy not in the sweep),
+'batch' (--lever-batch samples per step, 2, without remat), 'layers' (the no-remat program unrolled, when the sweep
+has no unrolled rows) and 'xla' (the no-remat program compiled with each set of --xla-options, default the
+latency-hiding scheduler; per program, through `Lowered.compile(compiler_options=...)`, so no second process is
+needed; an option this XLA does not know is refused before anything large is compiled). For example
+`--layers unrolled --remat none --views 20 --levers xla --xla-options xla_gpu_enable_latency_hiding_scheduler=true
+--xla-options xla_gpu_enable_cublaslt=true` times the unrolled step plain and with each option.
 
 --max-views predicts the largest view count that trains with --max-views-remat (full) from the two largest sweep rows
 of that setting (program memory is linear in N) and the allocator's limit (95% of the device unless
@@ -98,6 +101,7 @@ from fast3r_jax.train.optimizer import learning_rate, make_optimizer  # noqa: E4
 REMAT_CHOICES = ("none", *REMAT_POLICIES)
 LAYERS = ("scanned", "unrolled")  # Fast3RConfig.scan_layers True / False
 GIB = 2**30
+LEVERS = ("remat", "batch", "layers", "xla")  # --levers kinds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,11 +390,13 @@ def main() -> None:
                         help="layer stacks as one lax.scan, or unrolled (Fast3RConfig.scan_layers), in the sweep; "
                              "the levers and --max-views use the first")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--levers", action="store_true", help="also time the MFU levers at --lever-views")
+    parser.add_argument("--levers", nargs="*", default=None, choices=LEVERS, metavar="KIND",
+                        help=f"also time the MFU levers at --lever-views: all, or those named ({', '.join(LEVERS)})")
     parser.add_argument("--lever-views", type=int, default=20)
     parser.add_argument("--lever-batch", type=int, default=2, help="samples per step of the batch lever")
-    parser.add_argument("--xla-options", nargs="*", default=["xla_gpu_enable_latency_hiding_scheduler=true"],
-                        help="KEY=VALUE XLA options of the XLA lever")
+    parser.add_argument("--xla-options", nargs="+", action="append", default=None, metavar="KEY=VALUE",
+                        help="XLA options of one program of the xla lever; repeat for more programs "
+                             "(default: the latency-hiding scheduler)")
     parser.add_argument("--max-views", action="store_true", help="find the largest view count that trains")
     parser.add_argument("--max-views-remat", default="full", choices=REMAT_CHOICES)
     parser.add_argument("--max-views-step", type=int, default=4, help="granularity of that search")
@@ -414,8 +420,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.torch_reference and not (args.torch_reference / "fast3r" / "models" / "fast3r.py").is_file():
         parser.error(f"--torch-reference: {args.torch_reference} is not a checkout of facebookresearch/fast3r")
-    if any("=" not in o for o in args.xla_options):
+    if args.levers == []:  # --levers alone: every kind
+        args.levers = list(LEVERS)
+    option_sets = args.xla_options or [["xla_gpu_enable_latency_hiding_scheduler=true"]]
+    if any("=" not in o for options in option_sets for o in options):
         parser.error("--xla-options: expected KEY=VALUE")
+    option_sets = [tuple((k, _option_value(v)) for k, v in (o.split("=", 1) for o in options))
+                   for options in option_sets]
     if args.max_views_tries < 0:
         parser.error("--max-views-tries must be >= 0")
 
@@ -434,21 +445,28 @@ def main() -> None:
            "dtype": args.dtype, "attention": base.attention, "xla_flags": os.environ.get("XLA_FLAGS", ""),
            "mem_fraction": os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]}
     print(json.dumps(env), flush=True)
+    if args.levers and "xla" in args.levers:
+        for options in option_sets:  # an unknown option fails here, not after minutes of compiling the others
+            try:
+                jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options=dict(options))
+            except jax.errors.JaxRuntimeError as err:
+                parser.error(f"--xla-options {' '.join(f'{k}={v}' for k, v in options)}: {str(err).splitlines()[0]}")
 
     bench = Bench(base, height, width, args.dtype, args.compile_threads, args.profile)
     scan = args.layers[0] == "scanned"  # of the levers and the largest-view search
     programs = [Program(n, remat, args.batch, scan_layers=layers == "scanned")
                 for layers in args.layers for remat in args.remat for n in args.views]
-    if args.levers:
-        n = args.lever_views
-        options = tuple((k, _option_value(v)) for k, v in (o.split("=", 1) for o in args.xla_options))
+    levers, n = args.levers or [], args.lever_views
+    if "remat" in levers:
         programs += [Program(n, remat, args.batch, group="lever", scan_layers=scan) for remat in REMAT_CHOICES
                      if remat not in args.remat or n not in args.views]
+    if "batch" in levers:
         programs += [Program(n, "none", args.lever_batch, group="lever", scan_layers=scan)]
-        if "unrolled" not in args.layers:
-            programs += [Program(n, "none", args.batch, group="lever", scan_layers=False)]
-        if options:
-            programs += [Program(n, "none", args.batch, options, group="lever", scan_layers=scan)]
+    if "layers" in levers and "unrolled" not in args.layers:
+        programs += [Program(n, "none", args.batch, group="lever", scan_layers=False)]
+    if "xla" in levers:
+        programs += [Program(n, "none", args.batch, options, group="lever", scan_layers=scan)
+                     for options in option_sets]
     rows = measure(bench, programs, args.repeats)
     stats = device.memory_stats() or {}
     limit = int(args.memory_limit_gib * GIB) if args.memory_limit_gib else stats.get("bytes_limit")

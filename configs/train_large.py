@@ -9,8 +9,9 @@ The encoder and global head start from DUSt3R as upstream does: convert DUSt3R f
 --set init=ckpt/dust3r_init.
 
 The layer stacks run unrolled and without remat: at 20 views of 512x384 on an H200 (jax 0.11.2, 2026-12-04) a step
-takes 0.387 s and 42.3 GiB of program memory that way, against 0.427-0.431 s and 61.4 GiB scanned, 0.469-0.478 s and
-22.2 GiB scanned with remat (benchmarks/train_step.py). On devices with less memory, or for more views, add
+takes 0.375-0.379 s (MFU 0.404-0.408; upstream's takes 1.014 s on the same GPU) and 42.2 GiB of program memory
+that way, against 0.427-0.431 s and 61.4 GiB scanned, 0.469-0.478 s and 22.2 GiB scanned with remat
+(benchmarks/train_step.py). On devices with less memory, or for more views, add
 --set model.remat=true.
 """
 
