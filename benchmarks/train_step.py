@@ -420,8 +420,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.torch_reference and not (args.torch_reference / "fast3r" / "models" / "fast3r.py").is_file():
         parser.error(f"--torch-reference: {args.torch_reference} is not a checkout of facebookresearch/fast3r")
-    if args.levers == []:  # --levers alone: every kind
-        args.levers = list(LEVERS)
+    levers = list(LEVERS) if args.levers == [] else args.levers or []  # --levers alone: every kind
     option_sets = args.xla_options or [["xla_gpu_enable_latency_hiding_scheduler=true"]]
     if any("=" not in o for options in option_sets for o in options):
         parser.error("--xla-options: expected KEY=VALUE")
@@ -445,7 +444,7 @@ def main() -> None:
            "dtype": args.dtype, "attention": base.attention, "xla_flags": os.environ.get("XLA_FLAGS", ""),
            "mem_fraction": os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]}
     print(json.dumps(env), flush=True)
-    if args.levers and "xla" in args.levers:
+    if "xla" in levers:
         for options in option_sets:  # an unknown option fails here, not after minutes of compiling the others
             try:
                 jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options=dict(options))
@@ -456,7 +455,7 @@ def main() -> None:
     scan = args.layers[0] == "scanned"  # of the levers and the largest-view search
     programs = [Program(n, remat, args.batch, scan_layers=layers == "scanned")
                 for layers in args.layers for remat in args.remat for n in args.views]
-    levers, n = args.levers or [], args.lever_views
+    n = args.lever_views
     if "remat" in levers:
         programs += [Program(n, remat, args.batch, group="lever", scan_layers=scan) for remat in REMAT_CHOICES
                      if remat not in args.remat or n not in args.views]
