@@ -451,6 +451,9 @@ class TrainConfig:
     optimizer: OptimizerConfig = OptimizerConfig(lr=3e-4, warmup_steps=20, total_steps=300, grad_clip_norm=1.0)
     data: DataConfig = DataConfig()
     init: str | None = None  # converted checkpoint folder to start from (fine-tuning); None: random init
+    # init may hold a shallower model (encoder and fusion depths dividing the run's, all else equal): it is grown to
+    # the run's depths with identity blocks, the same function (fast3r_jax.model.params.deepen)
+    deepen_init: bool = False
     steps: int = 300
     dtype: str = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
     layout: str = "zero2"  # replicated | zero2 | fsdp (see fast3r_jax.sharding)

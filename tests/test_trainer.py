@@ -1,6 +1,7 @@
 """The training run: falling loss, TensorBoard, checkpoints, kill-and-resume, bad input, gradient goldens."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -18,10 +19,11 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from fast3r_jax import config as config_lib
 from fast3r_jax import load_pretrained
+from fast3r_jax.checkpoint import save_pretrained
 from fast3r_jax.config import TrainConfig
 from fast3r_jax.convert.table import params_from_torch, params_to_torch
 from fast3r_jax.model.fast3r import View
-from fast3r_jax.model.params import build_model
+from fast3r_jax.model.params import build_model, init_params
 from fast3r_jax.train.loop import NonFiniteLossError, export_params, override, train
 from fast3r_jax.train.losses import multiview_loss
 from tests.helpers.parity import golden_views
@@ -88,6 +90,27 @@ def test_run_writes_tensorboard_checkpoints_and_exports(tmp_path):
         np.testing.assert_array_equal(value, saved[name], err_msg=name)
     with pytest.raises(ValueError, match="different config"):
         train(override(cfg, "optimizer.lr", "0.5"))
+
+
+def test_a_run_starts_from_a_deepened_init_at_the_same_loss(tmp_path):
+    """deepen_init grows a shallower init checkpoint with identity blocks: the first step's loss (computed before
+    any update) is the shallow model's; without the flag, or at depths that are not whole multiples, it refuses."""
+    model = SMALL.replace(encoder=dataclasses.replace(SMALL.encoder, depth=1),
+                          fusion=dataclasses.replace(SMALL.fusion, depth=4))
+    init = save_pretrained(tmp_path / "init", model, init_params(model, 3))
+    shallow = _quick_config(tmp_path / "shallow", steps=1, init=f"'{init}'", val_batches="0")
+    shallow = dataclasses.replace(shallow, model=model)
+    train(shallow)
+    deep = dataclasses.replace(shallow, workdir=str(tmp_path / "deep"), deepen_init=True,
+                               model=model.replace(encoder=dataclasses.replace(model.encoder, depth=2)))
+    train(deep)
+    np.testing.assert_allclose(_losses(tmp_path / "deep")[1], _losses(tmp_path / "shallow")[1], rtol=1e-5)
+    assert load_pretrained(export_params(tmp_path / "deep", tmp_path / "exported"))[0].encoder.depth == 2
+    with pytest.raises(ValueError, match="different model config"):
+        train(dataclasses.replace(deep, deepen_init=False, workdir=str(tmp_path / "refused")))
+    with pytest.raises(ValueError, match=r"deepen_init: init checkpoint .*fusion.depth: 6 is not a whole multiple"):
+        train(dataclasses.replace(deep, workdir=str(tmp_path / "refused"),
+                                  model=deep.model.replace(fusion=dataclasses.replace(model.fusion, depth=6))))
 
 
 def test_loss_falls_on_synthetic_scenes(tmp_path):

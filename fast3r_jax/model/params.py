@@ -7,6 +7,7 @@ transformer blocks are stacked on a leading layer axis.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -106,3 +107,48 @@ def build_model(cfg: Fast3RConfig, params: Mapping, dtype=jnp.float32) -> Fast3R
     state.replace_by_pure_dict(jax.tree.map(jnp.asarray, dict(params)))
     nnx.update(model, state)
     return model
+
+
+
+# Sublayers whose output is added to a block's residual stream: zero, they make the block the identity.
+_RESIDUAL_OUTPUTS = ("attn.proj.", "mlp.fc2.")
+
+
+def check_deeper(cfg: Fast3RConfig, deeper: Fast3RConfig) -> None:
+    """InputError naming the field unless `deeper` is `cfg` with encoder and fusion depths multiplied by whole
+    numbers (what `deepen` grows)."""
+    for stack in ("encoder", "fusion"):
+        old, new = getattr(cfg, stack).depth, getattr(deeper, stack).depth
+        if new < old or new % old:
+            raise InputError(f"{stack}.depth: {new} is not a whole multiple of the checkpoint's {old}")
+    same_depths = deeper.replace(encoder=dataclasses.replace(deeper.encoder, depth=cfg.encoder.depth),
+                                 fusion=dataclasses.replace(deeper.fusion, depth=cfg.fusion.depth))
+    if same_depths != cfg:
+        raise InputError("only encoder.depth and fusion.depth may differ from the checkpoint's model config")
+
+
+def deepen(params: Mapping, cfg: Fast3RConfig, deeper: Fast3RConfig, seed: int = 0) -> dict:
+    """`params` of `cfg` as parameters of `deeper`, a config that differs only in encoder and fusion depths, each a
+    whole multiple k of cfg's: the same function with more blocks to train (growing a trained model).
+
+    Each of cfg's blocks is preceded by k - 1 new ones whose residual outputs (attention projection, MLP output)
+    are zero, so that they pass their input through; their other weights are freshly initialised (`seed`) and
+    learn once those outputs move off zero. With the old block last in each group of k, the fusion output after
+    old block i is found at new indices k(i+1) .. k(i+1)+k-1, which hold every DPT hook of `deeper` (floor(k D a/4)
+    lies in k floor(D a/4) + [0, k-1] for a = 2, 3): the heads read what they read before. InputError naming the
+    field when `deeper` is not such a config (`check_deeper`)."""
+    check_deeper(cfg, deeper)
+    check_params(params, cfg)
+    old = flat_params(params)
+
+    def leaf(path, fresh: jax.Array) -> np.ndarray:
+        key = ".".join(str(p.key) for p in path)
+        if ".blocks.layers." not in key:
+            return np.asarray(old[key])
+        stack, sub = key.split(".blocks.layers.")
+        k = getattr(deeper, stack).depth // getattr(cfg, stack).depth
+        out = np.zeros_like(fresh) if sub.startswith(_RESIDUAL_OUTPUTS) else np.array(fresh)
+        out[k - 1::k] = old[key]  # (depth, ...): the old blocks last in each group of k
+        return out
+
+    return jax.tree_util.tree_map_with_path(leaf, init_params(deeper, seed))

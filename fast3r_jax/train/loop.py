@@ -37,7 +37,7 @@ from fast3r_jax.errors import InputError
 from fast3r_jax.io.files import atomic_file
 from fast3r_jax.model.fast3r import DTYPES
 from fast3r_jax.model.flops import peak_flops, train_step_flops
-from fast3r_jax.model.params import init_params
+from fast3r_jax.model.params import check_deeper, deepen, init_params
 from fast3r_jax.sharding import make_mesh
 from fast3r_jax.train import step as training
 from fast3r_jax.train.optimizer import learning_rate, make_optimizer
@@ -192,7 +192,9 @@ def _restore_or_init(cfg: TrainConfig, tx, shardings, mgr: ocp.CheckpointManager
         iterator.set_state(restored["data"])
         return restored["state"], step
     if cfg.init:
-        _, params = load_pretrained(cfg.init)  # its config was checked by _check_start
+        init_cfg, params = load_pretrained(cfg.init)  # its config was checked by _check_start
+        if init_cfg != cfg.model:
+            params = deepen(params, init_cfg, cfg.model, cfg.seed)
     else:
         params = functools.partial(init_params, cfg.model, cfg.seed)
     return training.create_state(params, tx, cfg.seed, shardings), 0
@@ -244,7 +246,12 @@ def _check_start(workdir: pathlib.Path, cfg: TrainConfig, mesh_size: int) -> Non
         raise InputError(f"{workdir} already holds the checkpoint of step {latest}, at or past steps={cfg.steps}: "
                          "nothing to train; pass a larger --set steps=N to continue the run")
     if latest is None and cfg.init and load_config(cfg.init) != cfg.model:
-        raise InputError(f"init checkpoint {cfg.init} has a different model config than the run")
+        if not cfg.deepen_init:
+            raise InputError(f"init checkpoint {cfg.init} has a different model config than the run")
+        try:
+            check_deeper(load_config(cfg.init), cfg.model)
+        except InputError as err:
+            raise InputError(f"deepen_init: init checkpoint {cfg.init}: {err}") from None
 
 
 def _write_config(workdir: pathlib.Path, cfg: TrainConfig) -> None:
