@@ -109,7 +109,6 @@ def build_model(cfg: Fast3RConfig, params: Mapping, dtype=jnp.float32) -> Fast3R
     return model
 
 
-
 # Sublayers whose output is added to a block's residual stream: zero, they make the block the identity.
 _RESIDUAL_OUTPUTS = ("attn.proj.", "mlp.fc2.")
 
