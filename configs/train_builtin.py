@@ -15,7 +15,7 @@ wide ones are trained on. Image ids are random per sample and step (upstream's).
 at the start, concurrently (TrainConfig.compile_ahead).
 
 It continues from the shipped weights (init), so each shipped run builds on all the runs before it. The shipped
-weights come from ten runs in a row, each initialised from the one before. The first nine trained the model at
+weights come from nine runs in a row, each initialised from the one before. The first eight trained the model at
 encoder 4 / fusion 6 blocks (10.6 MB), on one H200 (jax 0.11.2): 6,000 steps at lr 2e-4 (2026-12-02); on
 2026-12-03, with four buckets (no 192 views), 3,038 of 6,000 steps at lr 2e-4, 3,000 at 1.2e-4, 2,570 of 3,500 at
 1e-4, 2,600 at 1e-4 and 8,259 of 10,000 at 1e-4 (each stopped by `--set time_limit_s` or at its last step); 17,009
