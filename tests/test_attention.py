@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fast3r_jax.model.attention import XLA_CHUNK, AttentionImpl
 from fast3r_jax.sharding import resolve_attention
 
 
@@ -32,6 +33,27 @@ def test_xla_path_matches_float64_reference():
     ref = _naive(q, k, v, 0.3)
     assert out.shape == (2, 37, 4, 16) and out.dtype == jnp.float32
     assert np.abs(np.asarray(out) - ref).max() / np.abs(ref).max() < 1e-5
+
+
+def test_xla_blockwise_past_max_logits_matches_reference_and_gradient():
+    """Past `max_logits` the xla kernel runs flash attention in XLA (query x key blocks of XLA_CHUNK, the last
+    padded): the float64 reference's output to 1e-5 and the explicit path's gradient, with no (N, N) logits."""
+    length = XLA_CHUNK + 76  # two blocks, the second padded
+    q, k, v = _qkv(7, (1, length, 2, 16))
+    blockwise, explicit = AttentionImpl("xla", max_logits=0), AttentionImpl("xla")
+    with jax.default_matmul_precision("highest"):
+        out = blockwise(q, k, v, scale=0.25)
+        weights = jax.random.normal(jax.random.key(8), q.shape)
+        grads = [jax.grad(lambda q, k, v: (impl(q, k, v, scale=0.25) * weights).sum(), argnums=(0, 1, 2))(q, k, v)
+                 for impl in (blockwise, explicit)]
+    ref = _naive(q, k, v, 0.25)
+    assert out.shape == q.shape and out.dtype == jnp.float32
+    assert np.abs(np.asarray(out) - ref).max() / np.abs(ref).max() < 1e-5
+    for got, want in zip(*grads):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+    jaxpr = str(jax.make_jaxpr(lambda q, k, v: blockwise(q, k, v, scale=0.25))(q, k, v))
+    assert f"{length},{length}]" not in jaxpr and f"{XLA_CHUNK},{XLA_CHUNK}]" in jaxpr
+    assert f"{length},{length}]" in str(jax.make_jaxpr(lambda q, k, v: explicit(q, k, v, scale=0.25))(q, k, v))
 
 
 def test_dispatch_on_cpu():

@@ -21,10 +21,11 @@ that is up to 0.03 off at |lse| ~ 10 (block weights up to 3% off), so the block'
 LSE is 8x finer (q, k, v are assumed inside float16's range, +-65504). Measured on an H100 (8 blocks of 6144 keys,
 16 heads): merged blocks in float16 are as close to float32 attention as one bf16 cuDNN call over all keys (max
 rel. error 7.2e-3 both), bf16 blocks 9.7e-3.
-Elsewhere (float32, CPU, TPU) blocks run the XLA kernel `attend`: einsums over query and key chunks with float32
-statistics (flash attention in XLA; memory B * H * chunk^2 floats per step; 7x slower than the cuDNN blocks on
-the H100), which also serves allgather off GPU; allgather on GPU runs cuDNN on the gathered real keys and needs
-no LSE. Splash attention is not a kernel here (a model set to it runs `attend`; see `ShardedEngine.layout`).
+Elsewhere (float32, CPU, TPU) blocks run the XLA kernel `attend` (fast3r_jax.model.attention): einsums over
+query and key chunks with float32 statistics (flash attention in XLA; memory B * H * chunk^2 floats per step; 7x
+slower than the cuDNN blocks on the H100), which also serves allgather off GPU; allgather on GPU runs cuDNN on the
+gathered real keys and needs no LSE. Splash attention is not a kernel here (a model set to it runs `attend`; see
+`ShardedEngine.layout`).
 
 Padding views are masked as keys, so outputs are exact; their queries are computed and dropped. cuDNN masks
 them through an extra head channel (q: 1, a padded key: _PAD_KEY, a real key: 0), which leaves real logits
@@ -49,13 +50,12 @@ from fast3r_jax import distributed
 from fast3r_jax import sharding as sharding_lib
 from fast3r_jax.config import Fast3RConfig
 from fast3r_jax.inference.engine import Engine, chunk_views, encode_chunk, progress_bar
+from fast3r_jax.model.attention import XLA_CHUNK, Stats, attend, finish_stats, merge_stats
 from fast3r_jax.model.fast3r import OUTPUT_KEYS
 
 METHODS = ("allgather", "ring")
 KERNELS = ("cudnn", "xla")  # local attention kernels (module docstring); splash is not one (ShardedEngine.layout)
-MASK = -1e30  # finite "-inf": a fully masked chunk gets weights exp(0) that the first valid chunk's max zeroes
 _PAD_KEY = -3e4  # mask channel of a padded key for cuDNN (float16-safe); its logit is _PAD_KEY * scale
-Stats = tuple[jax.Array, jax.Array, jax.Array]  # unnormalised out (B, Q, H, D), row max, row sum (B, H, Q); f32
 
 
 def _shard_map(fn, mesh: Mesh, in_specs, out_specs):
@@ -69,67 +69,9 @@ def _shard_map(fn, mesh: Mesh, in_specs, out_specs):
 # ----------------------------------------------------------------------------
 
 
-def _rows(x: jax.Array) -> jax.Array:
-    """(B, H, Q) row statistic -> (B, Q, H, 1), to scale outputs."""
-    return jnp.swapaxes(x, 1, 2)[..., None]
-
-
-def _chunk_stats(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, scale: float) -> Stats:
-    """Statistics of queries q (B, Q, H, D) over keys k, v (B, K, H, D) of which `valid` (K,) count."""
-    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale  # (B, H, Q, K)
-    s = jnp.where(valid, s, MASK)
-    m = s.max(axis=-1)  # (B, H, Q)
-    p = jnp.exp(s - m[..., None])
-    out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out, m, p.sum(axis=-1)
-
-
-def _merge(a: Stats, b: Stats) -> Stats:
-    """Statistics over the union of two key sets."""
-    (out_a, m_a, l_a), (out_b, m_b, l_b) = a, b
-    m = jnp.maximum(m_a, m_b)
-    c_a, c_b = jnp.exp(m_a - m), jnp.exp(m_b - m)  # (B, H, Q)
-    return out_a * _rows(c_a) + out_b * _rows(c_b), m, l_a * c_a + l_b * c_b
-
-
-def _finish(stats: Stats, dtype) -> jax.Array:
-    out, _, total = stats
-    return (out / _rows(total)).astype(dtype)  # (B, Q, H, D)
-
-
-def _pad_tokens(x: jax.Array, multiple: int, value=0) -> jax.Array:
-    """Pads axis 1 to a multiple of `multiple`."""
-    pad = [(0, 0)] * x.ndim
-    pad[1] = (0, -x.shape[1] % multiple)
-    return jnp.pad(x, pad, constant_values=value)
-
-
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *, scale: float, chunk: int) -> Stats:
-    """Online-softmax statistics of q (B, Q, H, D) over the `valid` (K,) keys of k, v (B, K, H, D), computed in
-    chunks of at most `chunk` queries x keys, so that memory stays B * H * chunk^2."""
-    batch, num_q, heads, _ = q.shape
-    q_chunk, k_chunk = min(chunk, num_q), min(chunk, k.shape[1])
-    q = _pad_tokens(q, q_chunk)
-    k, v, valid = _pad_tokens(k, k_chunk), _pad_tokens(v, k_chunk), _pad_tokens(valid[None], k_chunk, False)[0]
-
-    def chunks(x: jax.Array, size: int) -> jax.Array:  # (B, n, ...) -> (n / size, B, size, ...)
-        return jnp.moveaxis(x.reshape(x.shape[0], -1, size, *x.shape[2:]), 1, 0)
-
-    keys = (chunks(k, k_chunk), chunks(v, k_chunk), valid.reshape(-1, k_chunk))
-
-    def query_chunk(qc: jax.Array) -> Stats:  # (B, q_chunk, H, D)
-        init = (jnp.zeros(qc.shape, jnp.float32), jnp.full((batch, heads, q_chunk), MASK, jnp.float32),
-                jnp.zeros((batch, heads, q_chunk), jnp.float32))
-        return jax.lax.scan(lambda st, kv: (_merge(st, _chunk_stats(qc, *kv, scale)), None), init, keys)[0]
-
-    out, m, total = jax.lax.map(query_chunk, chunks(q, q_chunk))  # (n, B, q_chunk, H, D), 2 x (n, B, H, q_chunk)
-    stat = lambda x: jnp.moveaxis(x, 0, 2).reshape(batch, heads, -1)[..., :num_q]  # noqa: E731
-    return jnp.moveaxis(out, 0, 1).reshape(batch, -1, *out.shape[3:])[:, :num_q], stat(m), stat(total)
-
-
 def _cudnn_stats(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None, scale: float) -> Stats:
     """Statistics of q (B, Q, H, D) over the `valid` (K,) keys of k, v (B, K, H, D) (None: all) from cuDNN in
-    float16, as (out, lse, 1): `_merge` then weighs blocks by exp(lse)."""
+    float16, as (out, lse, 1): `merge_stats` then weighs blocks by exp(lse)."""
     dim = q.shape[-1]
     q, k, v = (x.astype(jnp.float16) for x in (q, k, v))
     if valid is not None:
@@ -331,7 +273,7 @@ class SequenceParallel:
             real = np.flatnonzero(valid)
             return jax.nn.dot_product_attention(q, jnp.take(k, real, axis=1), jnp.take(v, real, axis=1),
                                                 scale=scale, implementation="cudnn")
-        return _finish(attend(q, k, v, jnp.asarray(valid), scale=scale, chunk=self.chunk), q.dtype)
+        return finish_stats(attend(q, k, v, jnp.asarray(valid), scale=scale, chunk=self.chunk), q.dtype)
 
     def _ring(self, q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Array:
         axes, shards = _mesh_axes("tokens"), self.shards
@@ -342,9 +284,9 @@ class SequenceParallel:
         for step in range(shards):
             incoming = jax.lax.ppermute(kv, axes, send) if step < shards - 1 else None
             block = self._block(q, kv[0], kv[1], valid[(me - step) % shards], scale)
-            stats = block if stats is None else _merge(stats, block)
+            stats = block if stats is None else merge_stats(stats, block)
             kv = incoming
-        return _finish(stats, q.dtype)
+        return finish_stats(stats, q.dtype)
 
     def _block(self, q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, scale: float) -> Stats:
         if self.kernel == "cudnn":  # the mask channel only where some view is padding
@@ -419,7 +361,7 @@ class ShardedEngine(Engine):
 
     def __init__(self, config: Fast3RConfig, params: Mapping, mesh: Mesh, dtype: str = "bfloat16",
                  encoder_chunk: int = 16, head_chunk: int = 8, *, seq_attention: str = "allgather",
-                 seq_chunk: int = 1024):
+                 seq_chunk: int = XLA_CHUNK):
         super().__init__(config, params, dtype, encoder_chunk, head_chunk)
         if seq_attention not in METHODS:
             raise ValueError(f"seq_attention must be one of {METHODS}, got {seq_attention!r}")
