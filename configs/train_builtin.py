@@ -26,7 +26,8 @@ this config on one H100 (jax 0.11.2, 2026-12-05), in two calls of the same comma
 five shapes took about 270 s, the run stopped at its time limit (490 s) at step 3,317 and the second call resumed
 it and finished in 355 s of steps; 3,000-4,200 images/s (12-23 steps/s) once compiled. Before it, a
 16,000-step attempt with the same model and data, on the same machine when fresh, had not finished compiling after
-555 s and was stopped before its first step (a SIGTERM waits for the compilation to end). On an H200 the
+555 s and was stopped before its first step (a SIGTERM waits for the compilation to end); on 2026-12-06 another
+fresh H100 took about 680 s from the command's start to its first step, then ran 19 steps/s. On an H200 the
 4/6-block model compiled in 272 s (about 420 s when each shape was compiled as the batches first met it, 33-44 s
 when loaded from the persistent compilation cache, `--compilation-cache`, on by default, kept under runs/ where the
 machine keeps that folder between calls). `time_limit_s` ends a run early with a checkpoint and the same command
