@@ -56,6 +56,7 @@ def model() -> config.Fast3RConfig:
         encoder=config.EncoderConfig(embed_dim=192, num_heads=3, depth=8),
         fusion=config.FusionConfig(embed_dim=192, num_heads=3, depth=12),
         head=config.HeadConfig(feature_dim=64, last_dim=32, layer_dims=(32, 64, 128, 128)),
+        image_size=128,  # the long side of its training images: reconstruct's default --size
     )
 
 

@@ -11,5 +11,6 @@ from fast3r_jax.config import TrainConfig
 
 
 def get_config() -> TrainConfig:
-    model = config.tiny().replace(head=config.HeadConfig(feature_dim=64, last_dim=32, layer_dims=(24, 48, 96, 192)))
+    model = config.tiny().replace(head=config.HeadConfig(feature_dim=64, last_dim=32, layer_dims=(24, 48, 96, 192)),
+                                  image_size=64)  # the long side of its 64x48 training images
     return TrainConfig(model=model)

@@ -187,6 +187,9 @@ class Fast3RConfig:
     # training step at 20 views took 0.387 s instead of 0.43 s and 42 instead of 61 GiB on an H200, at twice the compile
     # time (README, Training); inference keeps the scan, whose unrolled speed is not measured
     scan_layers: bool = True
+    # long side of the images the model was trained at (upstream's img_size): the default input size of
+    # `fast3r-jax reconstruct` and the demo, where the model does best
+    image_size: int = 512
 
     def __post_init__(self):
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
@@ -201,6 +204,9 @@ class Fast3RConfig:
             raise InputError("encoder head_dim must be a multiple of 4 for 2D RoPE")
         if self.fusion.depth < 4:
             raise InputError(f"fusion depth must be >= 4 for the DPT hooks, got {self.fusion.depth}")
+        if self.image_size < self.encoder.patch_size or self.image_size % self.encoder.patch_size:
+            raise InputError(f"image_size must be a positive multiple of the patch size {self.encoder.patch_size}, "
+                             f"got {self.image_size}")
 
     @property
     def hooks(self) -> tuple[int, int, int, int]:
@@ -210,6 +216,11 @@ class Fast3RConfig:
 
     def replace(self, **kwargs) -> "Fast3RConfig":
         return dataclasses.replace(self, **kwargs)
+
+    def architecture(self) -> "Fast3RConfig":
+        """This config with the settings that leave the parameters as they are (how it runs, the size it was trained
+        at: RUNTIME_FIELDS) at their defaults: configs of equal architecture share parameters (fine-tuning)."""
+        return self.replace(**{name: FIELD_DEFAULTS[name] for name in RUNTIME_FIELDS})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -225,6 +236,10 @@ class Fast3RConfig:
     @classmethod
     def from_json(cls, text: str, source: str = "config.json") -> "Fast3RConfig":
         return cls.from_dict(_parse_json(text, source), source)
+
+
+RUNTIME_FIELDS = ("attention", "remat", "remat_policy", "scan_layers", "image_size")
+FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Fast3RConfig)}
 
 
 def large() -> Fast3RConfig:
@@ -246,7 +261,7 @@ PRESETS: dict[str, Callable[[], Fast3RConfig]] = {"large": large, "tiny": tiny}
 # Upstream's config.json.
 # ----------------------------------------------------------------------------
 
-_ENCODER_IGNORED = {"encoder_type", "img_size", "patch_embed_cls", "attn_implementation", "pos_embed"}
+_ENCODER_IGNORED = {"encoder_type", "patch_embed_cls", "attn_implementation", "pos_embed"}
 _FUSION_IGNORED = {"decoder_type", "enc_embed_dim", "attn_implementation", "drop", "attn_drop"}
 _HEAD_IGNORED = {"head_type", "output_mode", "patch_size"}
 _SECTIONS = ("encoder_args", "decoder_args", "head_args")
@@ -292,7 +307,7 @@ def from_upstream(d: Any, source: str = "upstream config") -> Fast3RConfig:
     _expect(head, source, "head_args", "head_type", "dpt")
     _expect(head, source, "head_args", "output_mode", "pts3d")
 
-    enc_known = _ENCODER_IGNORED | {"patch_size", "embed_dim", "num_heads", "depth", "mlp_ratio"}
+    enc_known = _ENCODER_IGNORED | {"img_size", "patch_size", "embed_dim", "num_heads", "depth", "mlp_ratio"}
     dec_known = _FUSION_IGNORED | {"random_image_idx_embedding", "embed_dim", "num_heads", "depth", "mlp_ratio",
                                    "qkv_bias", "attn_bias_for_inference_enabled"}
     head_known = _HEAD_IGNORED | {"landscape_only", "depth_mode", "conf_mode", "with_local_head"}
@@ -322,6 +337,8 @@ def from_upstream(d: Any, source: str = "upstream config") -> Fast3RConfig:
         raise InputError(f"{source}: head_args.depth_mode is missing")
     mode = tuple[str, float, float]
     depth_mode = _mode(get(head, "head_args", "depth_mode", mode), source, "depth_mode", ("exp", "linear", "square"))
+    image_size = get(enc, "encoder_args", "img_size", int | tuple[int, int], 512)  # 512 or (height, width)
+    image_size = max(image_size) if isinstance(image_size, tuple) else image_size
     conf_mode = _mode(get(head, "head_args", "conf_mode", mode), source, "conf_mode", ("exp", "sigmoid"))
 
     try:
@@ -349,6 +366,7 @@ def from_upstream(d: Any, source: str = "upstream config") -> Fast3RConfig:
                 landscape_only=get(head, "head_args", "landscape_only", bool, True),
                 with_local_head=True,
             ),
+            image_size=image_size,
         )
     except InputError as err:
         raise InputError(f"{source}: {err}") from None

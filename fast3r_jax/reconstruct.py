@@ -61,7 +61,6 @@ from fast3r_jax.io.files import atomic_folder, check_output_folder
 from fast3r_jax.model.fast3r import DTYPES
 
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).parent / "assets" / "builtin"  # trained by configs/train_builtin.py
-BUILTIN_IMAGE_SIZE = 128  # long side of the images the built-in model was trained on (128x96)
 UPSTREAM_IMAGE_SIZE = 512  # long side of the released upstream model's inputs
 BAD_IMAGE_POLICIES = ("fail", "skip")
 DEFAULT_VIDEO_FPS = 1.0
@@ -91,8 +90,8 @@ class ReconstructError(InputError):
 class ReconstructConfig:
     """Settings of one reconstruction (the command's flags).
 
-    size: see `check_size`; None uses the resolution of the checkpoint's training (BUILTIN_IMAGE_SIZE for the
-    built-in checkpoint, UPSTREAM_IMAGE_SIZE otherwise). dtype: None uses the Reconstructor's. image_ids: 'random'
+    size: see `check_size`; None uses the resolution of the checkpoint's training (its config's image_size: 128
+    for the built-in model, 512 for the official one). dtype: None uses the Reconstructor's. image_ids: 'random'
     (upstream's draw, seeded by `seed`), 'sequential', or None to follow the checkpoint's config. on_bad_image:
     'fail' or 'skip'. outputs: which files to write (OUTPUTS). max_glb_points / max_colmap_points: point budgets of
     the GLB and the COLMAP model (the most confident points); max_preview_points: points rendered in the preview.
@@ -166,8 +165,7 @@ class ReconstructConfig:
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[pathlib.Path, bool]:
-    """(checkpoint folder, whether it is the built-in model DEFAULT_CHECKPOINT: used when none is given, or named; its
-    images default to the size it was trained at).
+    """(checkpoint folder, whether it is the built-in model DEFAULT_CHECKPOINT: used when none is given, or named).
 
     Checks that the folder holds a readable config, so that a wrong path fails before any image is loaded.
     """
@@ -670,9 +668,9 @@ class Reconstructor:
         check_output_folder(out, overwrite=config.overwrite, inputs=input_paths)
         if not self._checkpoint_given:
             notify(f"no --checkpoint given: using the built-in default checkpoint {self.checkpoint}")
-        size = check_size(config.size or (BUILTIN_IMAGE_SIZE if self.default_checkpoint else UPSTREAM_IMAGE_SIZE))
         dtype = config.dtype or self.dtype
         self.params(dtype)
+        size = check_size(config.size or self.model_config.image_size)
         timings = {"checkpoint_s": self.load_s}
         _CompileClock.read()
 

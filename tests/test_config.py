@@ -18,6 +18,17 @@ def test_other_upstream_config_is_built_from_its_args():
     assert (cfg.encoder.embed_dim, cfg.encoder.num_heads, cfg.encoder.depth) == (128, 4, 3)
     assert (cfg.fusion.embed_dim, cfg.fusion.num_heads, cfg.fusion.depth) == (96, 6, 12)
     assert cfg.hooks == (0, 6, 9, 12)
+    assert cfg.image_size == 512  # upstream's img_size: the size the model was trained at
+
+
+@pytest.mark.parametrize("img_size,expected", [(224, 224), ([384, 512], 512), (None, 512)])
+def test_upstream_img_size_is_the_default_input_size(img_size, expected):
+    d = upstream_config()
+    if img_size is None:
+        del d["encoder_args"]["img_size"]
+    else:
+        d["encoder_args"]["img_size"] = img_size
+    assert config_from_upstream(d).image_size == expected
 
 
 def test_json_roundtrip_keeps_infinite_modes():
@@ -35,6 +46,8 @@ def test_json_roundtrip_keeps_infinite_modes():
     ("head_args", "depth_mode", ["exp", 0.0, 10.0], "bounded"),
     ("encoder_args", "new_knob", 3, "new_knob"),
     ("decoder_args", "enc_embed_dim", 768, "enc_embed_dim"),
+    ("encoder_args", "img_size", 200, "image_size must be a positive multiple of the patch size 16"),
+    ("encoder_args", "img_size", "512", "img_size"),
 ])
 def test_unsupported_upstream_settings_raise(section, key, value, match):
     d = upstream_config()
@@ -52,6 +65,9 @@ def test_invalid_configs_raise():
         config_lib.Fast3RConfig(encoder=config_lib.EncoderConfig(embed_dim=100, num_heads=3))
     with pytest.raises(ValueError, match="unknown"):
         config_lib.Fast3RConfig.from_dict({"encoder": {"embed_dim": 96, "bogus": 1}})
+    for size in (0, 100):
+        with pytest.raises(ValueError, match=f"image_size must be a positive multiple of the patch size 16, got {size}"):
+            config_lib.tiny().replace(image_size=size)
 
 
 def test_experiment_config_files_load(tmp_path):

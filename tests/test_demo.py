@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 import socket
 import time
 import urllib.request
@@ -67,6 +68,15 @@ def test_reconstruct_endpoint_returns_a_glb_with_points_and_the_downloads(served
     client.predict(image_files=[handle_file(p) for p in VIEWS[1:]], video=None, api_name="/reconstruct")
     assert time.perf_counter() - start < 60  # the model stays loaded
     assert not results[0].exists() and len(list(app.root.iterdir())) == 1  # the expired result was deleted
+
+
+def test_default_size_is_the_checkpoints_training_size(served, tmp_path):
+    assert served[0].default_size == 128  # the built-in model's config.json: image_size
+    copy = tmp_path / "ckpt"
+    shutil.copytree(served[0].checkpoint, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps(config | {"image_size": 64}))
+    assert demo.Demo(str(copy)).default_size == 64
 
 
 def test_too_many_views_get_a_clear_message(served):

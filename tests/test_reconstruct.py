@@ -145,7 +145,8 @@ def test_default_checkpoint_procrustes_and_overwrite(tmp_path, capsys, monkeypat
     assert code == 2 and "no --checkpoint given and the built-in default checkpoint is not installed" in stderr
     assert not out.exists()
 
-    monkeypatch.setattr(reconstruct, "DEFAULT_CHECKPOINT", checkpoint)
+    builtin = _with_image_size(checkpoint, tmp_path / "builtin", 128)  # as the shipped model's config.json says
+    monkeypatch.setattr(reconstruct, "DEFAULT_CHECKPOINT", builtin)
     out.mkdir()
     (out / "stale.txt").write_text("old run")
     code, _, stderr = _run(capsys, "reconstruct", scene, "--out", out, "--overwrite")
@@ -155,18 +156,31 @@ def test_default_checkpoint_procrustes_and_overwrite(tmp_path, capsys, monkeypat
     code, stdout, stderr = _run(capsys, "reconstruct", scene, "--out", out, "--overwrite", "--pose-solver",
                                 "procrustes", "--image-ids", "sequential", "--max-views", 3)
     assert code == 0, stderr
-    assert f"using the built-in default checkpoint {checkpoint}" in stderr
+    assert f"using the built-in default checkpoint {builtin}" in stderr
     assert "pose errors vs ground truth (3 views, procrustes)" in stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["default_checkpoint"] and summary["image_ids"] == [0, 1, 2]
-    assert summary["size"] == reconstruct.BUILTIN_IMAGE_SIZE  # the built-in model's training resolution
+    assert summary["size"] == 128  # the built-in model's training resolution (its config's image_size)
     assert json.loads((out / "cameras.json").read_text())["cameras"][0]["width"] == 128
     assert summary["images"] == ["view_000.png", "view_002.png", "view_003.png"]  # spread over the 4 inputs
     assert not (out / "stale.txt").exists() and (out / "points.ply").is_file()
-    # the built-in folder named explicitly is still the built-in model (its 128-pixel default size); a copy is not
-    assert reconstruct.resolve_checkpoint(str(checkpoint)) == (checkpoint, True)
-    shutil.copytree(checkpoint, tmp_path / "copy")
-    assert reconstruct.resolve_checkpoint(tmp_path / "copy") == (tmp_path / "copy", False)
+    # the built-in folder named explicitly is still the built-in model; a copy is not
+    assert reconstruct.resolve_checkpoint(str(builtin)) == (builtin, True)
+    copy = _with_image_size(builtin, tmp_path / "copy", 64)
+    assert reconstruct.resolve_checkpoint(copy) == (copy, False)
+    # any checkpoint's images default to the size in its config (image_size), built-in or not
+    code, _, stderr = _run(capsys, "reconstruct", scene, "--out", tmp_path / "out64", "--checkpoint", copy,
+                           "--max-views", 2, "--outputs", "cameras")
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "out64" / "summary.json").read_text())["size"] == 64
+
+
+def _with_image_size(src: pathlib.Path, dst: pathlib.Path, size: int) -> pathlib.Path:
+    """A copy of checkpoint folder `src` whose config says it was trained at `size` pixels (long side)."""
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps(cfg | {"image_size": size}))
+    return dst
 
 
 # ----------------------------------------------------------------------------------------------- errors

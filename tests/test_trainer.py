@@ -64,9 +64,11 @@ def _by_path(tree) -> dict[str, np.ndarray]:
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def test_run_writes_tensorboard_checkpoints_and_exports(tmp_path):
+def test_run_writes_tensorboard_checkpoints_and_exports(tmp_path, capfd):
     cfg = _quick_config(tmp_path / "run")
     metrics = train(cfg)
+    # SMALL says 512 pixels (image_size, reconstruct's default --size) and is trained at 32x32: the run says so
+    assert "model.image_size is 512 but the training images' long sides are [32]" in capfd.readouterr().err
     assert np.isfinite(metrics["loss"]) and "val/loss" in metrics and metrics["images_per_s"] > 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 6
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
@@ -97,7 +99,8 @@ def test_a_run_starts_from_a_deepened_init_at_the_same_loss(tmp_path):
     any update) is the shallow model's; without the flag, or at depths that are not whole multiples, it refuses."""
     model = SMALL.replace(encoder=dataclasses.replace(SMALL.encoder, depth=1),
                           fusion=dataclasses.replace(SMALL.fusion, depth=4))
-    init = save_pretrained(tmp_path / "init", model, init_params(model, 3))
+    # an init trained at another size, run another way: the same architecture, so the same parameters
+    init = save_pretrained(tmp_path / "init", model.replace(image_size=64, remat=True), init_params(model, 3))
     shallow = _quick_config(tmp_path / "shallow", steps=1, init=f"'{init}'", val_batches="0")
     shallow = dataclasses.replace(shallow, model=model)
     train(shallow)
@@ -113,10 +116,11 @@ def test_a_run_starts_from_a_deepened_init_at_the_same_loss(tmp_path):
                                   model=deep.model.replace(fusion=dataclasses.replace(model.fusion, depth=6))))
 
 
-def test_loss_falls_on_synthetic_scenes(tmp_path):
+def test_loss_falls_on_synthetic_scenes(tmp_path, capfd):
     cfg = _quick_config(tmp_path / "run", steps=40)
-    cfg = override(override(cfg, "val_batches", "0"), "ckpt_every", "40")
+    cfg = override(override(override(cfg, "val_batches", "0"), "ckpt_every", "40"), "model.image_size", "32")
     train(cfg)
+    assert "model.image_size" not in capfd.readouterr().err  # trained at the size its config says
     losses = _losses(tmp_path / "run")
     assert np.mean([losses[s] for s in range(31, 41)]) < 0.8 * np.mean([losses[s] for s in range(1, 6)])
 

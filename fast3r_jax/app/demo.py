@@ -25,6 +25,7 @@ import threading
 import time
 
 from fast3r_jax import reconstruct as reconstruct_lib
+from fast3r_jax.checkpoint import load_config
 from fast3r_jax.io import images
 
 DEFAULT_MAX_VIEWS = 32
@@ -42,8 +43,7 @@ class Demo:
                  max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> None:
         _no_telemetry()
         self.checkpoint, self.is_default = reconstruct_lib.resolve_checkpoint(checkpoint)
-        self.default_size = (reconstruct_lib.BUILTIN_IMAGE_SIZE if self.is_default else
-                             reconstruct_lib.UPSTREAM_IMAGE_SIZE)
+        self.default_size = load_config(self.checkpoint).image_size  # the size the model was trained at
         self.max_views = max_views
         self.max_upload_mb = max_upload_mb
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="fast3r-demo-"))
@@ -119,7 +119,8 @@ class Demo:
                     with gr.Row():
                         frame_mode = gr.Radio(FRAME_MODES, value="count", label="Sample video frames by")
                         frames = gr.Number(16, label="Frames (count) or frames per second (fps)", minimum=0.01)
-                    size = gr.Dropdown(list(SIZES), value=self.default_size, label="Image size (long side)")
+                    size = gr.Dropdown(sorted({*SIZES, self.default_size}), value=self.default_size,
+                                       label="Image size (long side)")
                     pose_solver = gr.Radio(list(reconstruct_lib.POSE_SOLVERS), value="pnp", label="Pose solver")
                     dtype = gr.Radio(["float32", "bfloat16"], value=reconstruct_lib.default_dtype(), label="dtype")
                     button = gr.Button("Reconstruct", variant="primary")

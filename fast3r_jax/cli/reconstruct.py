@@ -46,8 +46,8 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
                         "built-in checkpoint")
     r.add_argument("--size", type=int, default=None,
                    help="long side of the resized images, cropped to multiples of 16 (512 for upstream's model), or "
-                        "224 for a 224x224 centre crop (default: 128 with the built-in checkpoint, given or not, "
-                        "else 512)")
+                        "224 for a 224x224 centre crop (default: the size the checkpoint was trained at, its "
+                        "config's image_size: 128 for the built-in model)")
     r.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                    help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     r.add_argument("--max-views", type=positive_int, default=None,

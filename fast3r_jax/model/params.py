@@ -122,7 +122,7 @@ def check_deeper(cfg: Fast3RConfig, deeper: Fast3RConfig) -> None:
             raise InputError(f"{stack}.depth: {new} is not a whole multiple of the checkpoint's {old}")
     same_depths = deeper.replace(encoder=dataclasses.replace(deeper.encoder, depth=cfg.encoder.depth),
                                  fusion=dataclasses.replace(deeper.fusion, depth=cfg.fusion.depth))
-    if same_depths != cfg:
+    if same_depths.architecture() != cfg.architecture():
         raise InputError("only encoder.depth and fusion.depth may differ from the checkpoint's model config")
 
 

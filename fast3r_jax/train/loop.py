@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import signal
+import sys
 import threading
 import time
 import typing
@@ -193,7 +194,7 @@ def _restore_or_init(cfg: TrainConfig, tx, shardings, mgr: ocp.CheckpointManager
         return restored["state"], step
     if cfg.init:
         init_cfg, params = load_pretrained(cfg.init)  # its config was checked by _check_start
-        if init_cfg != cfg.model:
+        if init_cfg.architecture() != cfg.model.architecture():
             params = deepen(params, init_cfg, cfg.model, cfg.seed)
     else:
         params = functools.partial(init_params, cfg.model, cfg.seed)
@@ -245,7 +246,7 @@ def _check_start(workdir: pathlib.Path, cfg: TrainConfig, mesh_size: int) -> Non
     if latest is not None and latest >= cfg.steps:
         raise InputError(f"{workdir} already holds the checkpoint of step {latest}, at or past steps={cfg.steps}: "
                          "nothing to train; pass a larger --set steps=N to continue the run")
-    if latest is None and cfg.init and load_config(cfg.init) != cfg.model:
+    if latest is None and cfg.init and load_config(cfg.init).architecture() != cfg.model.architecture():
         if not cfg.deepen_init:
             raise InputError(f"init checkpoint {cfg.init} has a different model config than the run")
         try:
@@ -289,6 +290,12 @@ def _validate(cfg, eval_step, state, mesh, writer, step) -> dict[str, float]:
     return {f"val/{k}": v / max(count, 1) for k, v in totals.items()}
 
 
+def _long_sides(cfg: TrainConfig) -> set[int]:
+    """Long sides of the training images' resolutions (empty where the sources keep their own)."""
+    resolutions = cfg.data.rendered.resolutions if cfg.data.rendered is not None else cfg.data.resolutions
+    return {max(w, h) for w, h in resolutions or ()}
+
+
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Runs (or resumes) training to cfg.steps, or until cfg.time_limit_s. Returns the last logged metrics.
 
@@ -301,6 +308,10 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     _check_start(workdir, cfg, mesh.shape["data"])
     _write_config(workdir, cfg)
     lead = jax.process_index() == 0
+    sides = _long_sides(cfg)
+    if lead and sides and cfg.model.image_size not in sides:
+        print(f"warning: model.image_size is {cfg.model.image_size} but the training images' long sides are "
+              f"{sorted(sides)}: reconstruct uses image_size as its default --size", file=sys.stderr, flush=True)
     tx = make_optimizer(cfg.optimizer)
     dtype = DTYPES[cfg.dtype]
     step_fn, shardings = training.make_train_step(cfg.model, tx, mesh, cfg.layout, dtype=dtype, alpha=cfg.alpha,
