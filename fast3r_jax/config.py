@@ -468,7 +468,9 @@ class TrainConfig:
     model: Fast3RConfig = tiny()
     optimizer: OptimizerConfig = OptimizerConfig(lr=3e-4, warmup_steps=20, total_steps=300, grad_clip_norm=1.0)
     data: DataConfig = DataConfig()
-    init: str | None = None  # converted checkpoint folder to start from (fine-tuning); None: random init
+    # converted checkpoint folder to start from (fine-tuning); None: random init. Its model must have the run's
+    # architecture (Fast3RConfig.architecture: RUNTIME_FIELDS such as image_size and remat may differ)
+    init: str | None = None
     # init may hold a shallower model (encoder and fusion depths dividing the run's, all else equal): it is grown to
     # the run's depths with identity blocks, the same function (fast3r_jax.model.params.deepen)
     deepen_init: bool = False
