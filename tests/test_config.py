@@ -4,6 +4,8 @@ import pytest
 
 from fast3r_jax import config as config_lib
 from fast3r_jax import config_from_upstream
+from fast3r_jax.checkpoint import load_config
+from fast3r_jax.reconstruct import DEFAULT_CHECKPOINT
 from tests.helpers.upstream_configs import LARGE, TINY, upstream_config
 
 
@@ -66,8 +68,17 @@ def test_invalid_configs_raise():
     with pytest.raises(ValueError, match="unknown"):
         config_lib.Fast3RConfig.from_dict({"encoder": {"embed_dim": 96, "bogus": 1}})
     for size in (0, 100):
-        with pytest.raises(ValueError, match=f"image_size must be a positive multiple of the patch size 16, got {size}"):
+        with pytest.raises(ValueError, match=f"image_size must be a positive multiple of the patch size 16, "
+                                             f"got {size}"):
             config_lib.tiny().replace(image_size=size)
+
+
+def test_builtin_recipe_is_the_shipped_models_config():
+    """configs/train_builtin.py trains (and continues from) exactly the model shipped as the built-in default."""
+    root = pathlib.Path(__file__).parents[1]
+    recipe = config_lib.load_config_file(str(root / "configs/train_builtin.py"))
+    assert recipe.model == load_config(DEFAULT_CHECKPOINT) and recipe.model.image_size == 128
+    assert (root / recipe.init).resolve() == DEFAULT_CHECKPOINT.resolve()
 
 
 def test_experiment_config_files_load(tmp_path):
