@@ -337,9 +337,9 @@ def from_upstream(d: Any, source: str = "upstream config") -> Fast3RConfig:
         raise InputError(f"{source}: head_args.depth_mode is missing")
     mode = tuple[str, float, float]
     depth_mode = _mode(get(head, "head_args", "depth_mode", mode), source, "depth_mode", ("exp", "linear", "square"))
+    conf_mode = _mode(get(head, "head_args", "conf_mode", mode), source, "conf_mode", ("exp", "sigmoid"))
     image_size = get(enc, "encoder_args", "img_size", int | tuple[int, int], 512)  # 512 or (height, width)
     image_size = max(image_size) if isinstance(image_size, tuple) else image_size
-    conf_mode = _mode(get(head, "head_args", "conf_mode", mode), source, "conf_mode", ("exp", "sigmoid"))
 
     try:
         return Fast3RConfig(
