@@ -3,7 +3,6 @@
 import glob
 import json
 import os
-import shutil
 import socket
 import time
 import urllib.request
@@ -15,6 +14,7 @@ from gradio_client import Client, handle_file
 
 from fast3r_jax import cli
 from fast3r_jax.app import demo
+from tests.helpers.small_model import with_image_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIEWS = sorted(glob.glob(os.path.join(ROOT, "examples", "synthetic_room", "*.png")))[:4]
@@ -72,10 +72,7 @@ def test_reconstruct_endpoint_returns_a_glb_with_points_and_the_downloads(served
 
 def test_default_size_is_the_checkpoints_training_size(served, tmp_path):
     assert served[0].default_size == 128  # the built-in model's config.json: image_size
-    copy = tmp_path / "ckpt"
-    shutil.copytree(served[0].checkpoint, copy)
-    config = json.loads((copy / "config.json").read_text())
-    (copy / "config.json").write_text(json.dumps(config | {"image_size": 64}))
+    copy = with_image_size(served[0].checkpoint, tmp_path / "ckpt", 64)
     assert demo.Demo(str(copy)).default_size == 64
 
 

@@ -28,7 +28,7 @@ from fast3r_jax.geometry.metrics import align_cameras, pose_errors
 from fast3r_jax.inference.engine import Engine
 from fast3r_jax.io.files import MARKER
 from fast3r_jax.io.images import Geometry
-from tests.helpers.small_model import small_config, small_params
+from tests.helpers.small_model import small_config, small_params, with_image_size
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_VIEWS = 4
@@ -145,7 +145,7 @@ def test_default_checkpoint_procrustes_and_overwrite(tmp_path, capsys, monkeypat
     assert code == 2 and "no --checkpoint given and the built-in default checkpoint is not installed" in stderr
     assert not out.exists()
 
-    builtin = _with_image_size(checkpoint, tmp_path / "builtin", 128)  # as the shipped model's config.json says
+    builtin = with_image_size(checkpoint, tmp_path / "builtin", 128)  # as the shipped model's config.json says
     monkeypatch.setattr(reconstruct, "DEFAULT_CHECKPOINT", builtin)
     out.mkdir()
     (out / "stale.txt").write_text("old run")
@@ -166,21 +166,13 @@ def test_default_checkpoint_procrustes_and_overwrite(tmp_path, capsys, monkeypat
     assert not (out / "stale.txt").exists() and (out / "points.ply").is_file()
     # the built-in folder named explicitly is still the built-in model; a copy is not
     assert reconstruct.resolve_checkpoint(str(builtin)) == (builtin, True)
-    copy = _with_image_size(builtin, tmp_path / "copy", 64)
+    copy = with_image_size(builtin, tmp_path / "copy", 64)
     assert reconstruct.resolve_checkpoint(copy) == (copy, False)
     # any checkpoint's images default to the size in its config (image_size), built-in or not
     code, _, stderr = _run(capsys, "reconstruct", scene, "--out", tmp_path / "out64", "--checkpoint", copy,
                            "--max-views", 2, "--outputs", "cameras")
     assert code == 0, stderr
     assert json.loads((tmp_path / "out64" / "summary.json").read_text())["size"] == 64
-
-
-def _with_image_size(src: pathlib.Path, dst: pathlib.Path, size: int) -> pathlib.Path:
-    """A copy of checkpoint folder `src` whose config says it was trained at `size` pixels (long side)."""
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    (dst / "config.json").write_text(json.dumps(cfg | {"image_size": size}))
-    return dst
 
 
 # ----------------------------------------------------------------------------------------------- errors

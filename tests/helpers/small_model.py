@@ -1,5 +1,5 @@
-"""A tiny Fast3R with narrow DPT heads and deterministic random weights, quick to compile on CPU, and a random
-training batch for it.
+"""A tiny Fast3R with narrow DPT heads and deterministic random weights, quick to compile on CPU, a random
+training batch for it, and copies of a checkpoint folder that claim another training size.
 
 The weights follow the reference goldens' drawing rule (fast3r_jax.convert.reference), so activations have
 sensible scales.
@@ -8,6 +8,9 @@ sensible scales.
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
+import shutil
 
 import numpy as np
 
@@ -41,3 +44,11 @@ def random_batch(batch: int = 8, views: int = 2, height: int = 32, width: int = 
                         valid_mask=rng.uniform(size=(batch, height, width)) > 0.1,
                         camera_pose=np.tile(pose, (batch, 1, 1))))
     return out
+
+
+def with_image_size(src: pathlib.Path, dst: pathlib.Path, size: int) -> pathlib.Path:
+    """A copy of checkpoint folder `src` whose config says it was trained at `size` pixels (long side)."""
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps(cfg | {"image_size": size}))
+    return dst
