@@ -30,16 +30,16 @@ before its first step (a SIGTERM waits for the compilation to end); on 2026-12-0
 680 s from the command's start to its first step, then ran 19 steps/s. On an H200 the 4/6-block model compiled in 272 s
 (about 420 s when each shape was compiled as the batches first met it, 33-44 s when loaded from the persistent
 compilation cache, `--compilation-cache`, on by default, kept under runs/ where the machine keeps that folder
-between calls). The tenth run was this config at 10,000 steps (lr 5e-5 since) from the ninth's weights (the
-image_size field was added to its config.json afterwards) on a fresh H100 (jax 0.11.2, 2026-12-06), started detached
-so that it went on across calls on one machine (`--set time_limit_s=3000`): about 360 s from the command's start to
-the first step, then 10,000 steps in 602 s (16.6 steps/s, 3,100-4,000 images/s); the training loss, averaged over
-500 steps, went from -0.025 to -0.050. The eleventh continued it for 2,628 steps at lr 3e-5 on an H100 (2026-12-06),
-stopped before the end of its schedule, so not annealed. The twelfth, whose weights ship, is this config as
-committed (14,000 steps) from the eleventh's weights, on a fresh H100 (jax 0.11.2, 2026-12-06), started the same
-way: about 290 s from the command's start to the first step, then 14,000 steps in 753 s (18.6 steps/s, 3,200-4,200
-images/s); the training loss, averaged over 500 steps, went from -0.042 to -0.061. `time_limit_s` ends a run early with a checkpoint and the same
-command resumes it; so does SIGTERM (e.g. from `timeout`), after the current step. Do not set
+between calls). The tenth run was this config at 10,000 steps (lr 5e-5 since) from the ninth's weights (the image_size
+field was added to its config.json afterwards) on a fresh H100 (jax 0.11.2, 2026-12-06), started detached so that it
+went on across calls on one machine (`--set time_limit_s=3000`): about 360 s from the command's start to the first
+step, then 10,000 steps in 602 s (16.6 steps/s, 3,100-4,000 images/s); the training loss, averaged over 500 steps,
+went from -0.025 to -0.050. The eleventh continued it for 2,628 steps at lr 3e-5 on an H100 (2026-12-06), stopped
+before the end of its schedule, so not annealed. The twelfth, whose weights ship, is this config as committed (14,000
+steps) from the eleventh's weights, on a fresh H100 (jax 0.11.2, 2026-12-06), started the same way: about 290 s from
+the command's start to the first step, then 14,000 steps in 753 s (18.6 steps/s, 3,200-4,200 images/s); the training
+loss, averaged over 500 steps, went from -0.042 to -0.061. `time_limit_s` ends a run early with a checkpoint and the
+same command resumes it; so does SIGTERM (e.g. from `timeout`), after the current step. Do not set
 --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s.
 
 From the repository root:
