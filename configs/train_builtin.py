@@ -14,37 +14,15 @@ wide ones are trained on. Image ids are random per sample and step (upstream's).
 100 warm-up steps, cosine decay to 1e-6 at STEPS, gradients clipped at 1. The step is compiled for all five shapes
 at the start, concurrently (TrainConfig.compile_ahead).
 
-It continues from the shipped weights (init), so each shipped run builds on all the runs before it. The shipped
-weights come from thirteen runs in a row, each initialised from the one before. The first eight trained the model at
-encoder 4 / fusion 6 blocks (10.6 MB), on one H200 (jax 0.11.2): 6,000 steps at lr 2e-4 (2026-12-02); on 2026-12-03,
-with four buckets (no 192 views), 3,038 of 6,000 steps at lr 2e-4, 3,000 at 1.2e-4, 2,570 of 3,500 at 1e-4, 2,600 at
-1e-4 and 8,259 of 10,000 at 1e-4 (each stopped by `--set time_limit_s` or at its last step); 17,009 of 18,000 steps
-at lr 1e-4 with the 192-view bucket added; then 16,000 steps at lr 1e-4 with spans drawn from 0.1 to 1, in three
-calls. Then that model was grown to the depths above (`--set deepen_init=True`: each old block preceded by a new
-identity block, the same function, fast3r_jax.model.params.deepen) and trained 10,000 steps with this config (at lr
-1e-4) on one H100 (jax 0.11.2, 2026-12-05), in two calls of the same command on one machine: compiling the five
-shapes took about 270 s, the run stopped at its time limit (490 s) at step 3,317 and the second call resumed it and
-finished in 355 s of steps; 3,000-4,200 images/s (12-23 steps/s) once compiled. Before it, a 16,000-step attempt with
-the same model and data, on the same machine when fresh, had not finished compiling after 555 s and was stopped
-before its first step (a SIGTERM waits for the compilation to end); on 2026-12-06 another fresh H100 took about 680 s
-from the command's start to its first step, then ran 19 steps/s. On an H200 the 4/6-block model compiled in 272 s
-(about 420 s when each shape was compiled as the batches first met it, 33-44 s when loaded from the persistent
-compilation cache, `--compilation-cache`, on by default, kept under runs/ where the machine keeps that folder between
-calls). The tenth run was this config at 10,000 steps (lr 5e-5 since) from the ninth's weights (the image_size field
-was added to its config.json afterwards) on a fresh H100 (jax 0.11.2, 2026-12-06), started detached so that it went
-on across calls on one machine (`--set time_limit_s=3000`): about 360 s from the command's start to the first step,
-then 10,000 steps in 602 s (16.6 steps/s, 3,100-4,000 images/s); the training loss, averaged over 500 steps, went
-from -0.025 to -0.050. The eleventh continued it for 2,628 steps at lr 3e-5 on an H100 (2026-12-06), stopped before
-the end of its schedule, so not annealed. The twelfth was this config at 14,000 steps from the eleventh's weights, on
-a fresh H100 (jax 0.11.2, 2026-12-06), started the same way: about 290 s from the command's start to the first step,
-then 14,000 steps in 753 s (18.6 steps/s, 3,200-4,200 images/s); the training loss, averaged over 500 steps, went
-from -0.042 to -0.061. The thirteenth, whose weights ship, is this config as committed (16,000 steps) from the
-twelfth's weights, on a fresh H100 (jax 0.11.2, 2026-12-06), started the same way with `--set time_limit_s=1300`:
-about 570 s from the start of compilation to the first step, then about 730 s of steps (20 steps/s, about
-3,800 images/s), stopped by its time limit at step 14,970, where the cosine had brought the lr down to 1.5e-6 (1e-6
-at its end); the training loss, averaged over 500 steps, went from -0.054 to -0.074. `time_limit_s` ends a run early
-with a checkpoint and the same command resumes it; so does SIGTERM (e.g. from `timeout`), after the current step. Do
-not set --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s.
+It continues from the shipped weights (init), so each shipped run builds on all the runs before it: README's "The
+built-in model" lists the thirteen runs behind the shipped weights, with their devices, times and losses. The last,
+whose weights ship, is this config as committed, from the twelfth's weights, on a fresh H100 (jax 0.11.2,
+2026-12-06), stopped by `--set time_limit_s=1300` at step 14,970 of 16,000 with the lr at 1.5e-6. Compiling the five
+step shapes took 270-680 s on fresh H100s (33-44 s when loaded from the persistent compilation cache,
+`--compilation-cache`, on by default, kept under runs/): size `steps` to your time on one machine, so that the run
+ends annealed. `time_limit_s` ends a run early with a checkpoint and the same command resumes it; so does SIGTERM
+(e.g. from `timeout`), after the current step. Do not set --xla_gpu_autotune_level=0 to save compile time: steps
+then take 2.7 s.
 
 From the repository root:
 
