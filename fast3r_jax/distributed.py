@@ -17,6 +17,7 @@ flag: several tasks that each trained alone would write into one run folder.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 from typing import Any
 
@@ -29,6 +30,9 @@ from fast3r_jax.errors import InputError
 
 # Environment variables that give the task count of a multi-process launch, by launcher.
 _TASK_COUNT_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+# How long a process waits at a barrier for the others: the slowest compilation of a large program, with room.
+BARRIER_TIMEOUT_S = 1800.0
+_barriers = itertools.count()  # every process calls `barrier` in the same order: the count makes each use unique
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +120,22 @@ def any_process(flags: np.ndarray) -> np.ndarray:
     if jax.process_count() == 1:
         return flags
     return np.asarray(multihost_utils.process_allgather(flags)).any(axis=0)
+
+
+def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+    """Waits until every process has reached this barrier (every process calls it, in the same order), through the
+    coordination service rather than a device collective; a no-op with one process.
+
+    Why: the first collective over a group of devices sets up its communicator, which on CPU (gloo) waits only 30 s
+    for every process to join (later collectives over those devices wait as long as it takes). So a program is
+    compiled in every process, then the processes meet here, then it runs: one that compiles more slowly does not
+    reach the program's collectives that much later than the others.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src.distributed import global_state  # noqa: PLC0415  (the client that jax.distributed started)
+
+    global_state.client.wait_at_barrier(f"fast3r_jax/{name}/{next(_barriers)}", round(timeout_s * 1000))
 
 
 def is_lead() -> bool:

@@ -17,6 +17,13 @@ TRAIN = [str(ROOT / "train.py"), "--set", "data.batch_size=4", "--set", "val_bat
          "--set", "data.resolutions=((32, 32),)", "--set", "dtype='float32'", "--set", "ckpt_every=2"]
 
 
+def _late(program: str) -> list[str]:
+    """The start of an argv that has process 1 end its compilation of `program` 40 s after process 0, as on a loaded
+    machine: gloo's set-up of the first collective over a group of devices waits 30 s for every process
+    (fast3r_jax.distributed.barrier)."""
+    return [str(ROOT / "tests" / "helpers" / "late_compile.py"), program, "40"]
+
+
 def _losses(workdir: pathlib.Path) -> dict[int, float]:
     out = {}
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
@@ -26,12 +33,12 @@ def _losses(workdir: pathlib.Path) -> dict[int, float]:
 
 
 def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
-    """2 processes x 2 devices train 4 steps: steps 1-2 have the losses of a fresh 1-process x 4-device run (the same
-    mesh); 1 process x 4 devices resumes their step-2 checkpoint and logs only steps 3 and 4, with the losses of the
-    2 processes (same state, same global batches)."""
+    """2 processes x 2 devices train 4 steps, process 1 done compiling the step 40 s after process 0: steps 1-2 have
+    the losses of a fresh 1-process x 4-device run (the same mesh); 1 process x 4 devices resumes their step-2
+    checkpoint and logs only steps 3 and 4, with the losses of the 2 processes (same state, same global batches)."""
     two = tmp_path / "two"
-    outputs = launch([*TRAIN, "--set", "steps=4", "--set", "keep=2", "--set", f"workdir={two}"], processes=2,
-                     devices=2)
+    outputs = launch([*_late("jit(step)"), *TRAIN, "--set", "steps=4", "--set", "keep=2", "--set",
+                      f"workdir={two}"], processes=2, devices=2)
     assert "run written to" in outputs[0] and "run written to" not in outputs[1]  # process 0 reports and logs
     assert sorted(int(p.name) for p in (two / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
     assert len(list((two / "tb").iterdir())) == 1
@@ -73,12 +80,13 @@ def _cameras(folder: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_two_processes_reconstruct_as_one(tmp_path):
-    """`fast3r-jax reconstruct` as 2 processes x 2 devices (sharded engine over the global mesh) writes the cameras
-    and points of a one-device run; only process 0 writes and reports."""
+    """`fast3r-jax reconstruct` as 2 processes x 2 devices (sharded engine over the global mesh), process 1 done
+    compiling the fusion 40 s after process 0, writes the cameras and points of a one-device run; only process 0
+    writes and reports."""
     common = ["-m", "fast3r_jax.cli", "reconstruct", str(ROOT / "examples" / "synthetic_room"), "--dtype", "float32",
               "--pose-solver", "procrustes"]
     launch([*common, "--out", str(tmp_path / "one")], processes=1, devices=1)
-    outputs = launch([*common, "--out", str(tmp_path / "two")], processes=2, devices=2)
+    outputs = launch([*_late("jit(_fuse)"), *common, "--out", str(tmp_path / "two")], processes=2, devices=2)
     assert "reconstructed 8 views" in outputs[0] and "reconstructed" not in outputs[1]
     (c2w_one, k_one), (c2w_two, k_two) = _cameras(tmp_path / "one"), _cameras(tmp_path / "two")
     np.testing.assert_allclose(c2w_two, c2w_one, atol=1e-4)

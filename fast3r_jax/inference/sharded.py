@@ -341,6 +341,12 @@ def _per_row(out: dict[str, jax.Array]) -> dict[int, dict[str, jax.Array]]:
     return rows
 
 
+def _abstract(tree):
+    """The jax.ShapeDtypeStruct of each array of a program's out_info, with its sharding and without its memory
+    layout, as the arrays that the program returns are passed on."""
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=s.sharding), tree)
+
+
 def place_state(state: nnx.State, mesh: Mesh) -> nnx.State:
     """Model state laid out for sharded inference (`sharding.inference_param_specs`). The values go through the host:
     every process holds the whole state, and a global array is assembled from host values, not device buffers."""
@@ -384,6 +390,27 @@ class ShardedEngine(Engine):
         kernel = "cudnn" if self.attention.kernel == "cudnn" else "xla"
         return SequenceParallel(self.mesh, self.seq_attention, kernel, self.seq_chunk, made)
 
+    def _compile(self, layout: SequenceParallel, groups: Mapping[tuple, list[int]],
+                 prepared: Sequence[tuple[np.ndarray, tuple[int, int]]], embedding_ids: jax.Array) -> None:
+        """Compiles every program of a call (each encoder and head chunk size of each group, the fusion) from
+        abstract inputs, running none, then meets the other processes at a barrier (distributed.barrier: the
+        fusion's first collectives wait only so long for every process)."""
+        spec = functools.partial(jax.ShapeDtypeStruct, sharding=views_sharding(self.mesh))
+        true_shape = lambda size: spec((size * layout.devices, 2), np.int32)  # noqa: E731  (as `shapes` puts it)
+        enc_chunks = []
+        for ((_, orientation), members), group in zip(groups.items(), layout.groups):
+            img = prepared[members[0]][0]  # (3, h, w)
+            tokens = {size: _abstract(encode_chunk.lower(
+                self._graphdef, self._state, spec((size * layout.devices, *img.shape), img.dtype), true_shape(size),
+                orientation, self.attention).compile().out_info) for size in set(group.enc_chunks)}
+            enc_chunks.append([tokens[size] for size in group.enc_chunks])
+        fused = _fuse.lower(self._graphdef, self._state, enc_chunks, embedding_ids, layout).compile().out_info
+        for ((hw, orientation), _), group, group_hooks in zip(groups.items(), layout.groups, fused):
+            for size, hooks in dict(zip(group.head_chunks, group_hooks)).items():
+                _decode.lower(self._graphdef, self._state, _abstract(hooks), true_shape(size), hw, orientation,
+                              self.mesh).compile()
+        distributed.barrier("sharded inference compiled")
+
     def __call__(self, views: Sequence[Mapping], image_ids=None, *, seed: int = 0,
                  progress: bool | None = False) -> list[dict[str, jax.Array]]:
         """As `Engine.__call__`."""
@@ -399,8 +426,14 @@ class ShardedEngine(Engine):
         def shapes(index: list[int]) -> jax.Array:
             return put(np.asarray([prepared[i][1] for i in index], np.int32))  # (C, 2)
 
+        view_ids = np.zeros(len(layout.views()), ids.dtype)  # padding views take id 0
+        for k, (g, p) in enumerate(layout.views()):
+            if p < layout.groups[g].count:
+                view_ids[k] = ids[members[g][p]]
+        embedding_ids = jnp.asarray(layout.embedding_ids(view_ids))
         outputs: list = [None] * len(views)
         with bar, jax.default_matmul_precision(self._precision):
+            self._compile(layout, groups, prepared, embedding_ids)
             enc_chunks = []
             for g, ((_, orientation), group) in enumerate(zip(groups, layout.groups)):
                 enc_chunks.append([])
@@ -410,12 +443,7 @@ class ShardedEngine(Engine):
                     enc_chunks[-1].append(sync(encode_chunk(self._graphdef, self._state, img, shapes(index),
                                                             orientation, self.attention)))
                     bar.update()
-            view_ids = np.zeros(len(layout.views()), ids.dtype)  # padding views take id 0
-            for k, (g, p) in enumerate(layout.views()):
-                if p < layout.groups[g].count:
-                    view_ids[k] = ids[members[g][p]]
-            fused = sync(_fuse(self._graphdef, self._state, enc_chunks, jnp.asarray(layout.embedding_ids(view_ids)),
-                               layout))
+            fused = sync(_fuse(self._graphdef, self._state, enc_chunks, embedding_ids, layout))
             bar.update()
             del enc_chunks  # free the encoder tokens before the heads run
             for g, ((hw, orientation), group, group_hooks) in enumerate(zip(groups, layout.groups, fused)):

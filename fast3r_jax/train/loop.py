@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import pathlib
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 import typing
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 import jax
 import numpy as np
@@ -296,6 +297,25 @@ def _long_sides(cfg: TrainConfig) -> set[int]:
     return {max(w, h) for w, h in resolutions or ()}
 
 
+def _compile_ahead(cfg: TrainConfig, step_fn, state: training.TrainState, iterator, lead: bool) -> Iterator:
+    """Compiles the step before any process runs it (for every batch shape of rendered data with cfg.compile_ahead;
+    with several processes, for the first batch at least), then meets the other processes at a barrier
+    (distributed.barrier). Returns the batches to train on: the first batch, where it was taken from `iterator` for
+    this, then the rest of `iterator` (whose state stays the one a checkpoint saves)."""
+    batches, shapes = iterator, []
+    if cfg.compile_ahead and cfg.data.rendered is not None:
+        shapes = iterator.step_shapes()
+    if jax.process_count() > 1:
+        first = next(iterator)
+        batches, shapes = itertools.chain([first], iterator), shapes or [first]
+    if shapes:
+        seconds = training.precompile(step_fn, state, shapes, os.cpu_count() or 1)
+        if lead:
+            print(f"compiled the step for {len(shapes)} batch shapes in {seconds:.1f} s", flush=True)
+    distributed.barrier("train step compiled")
+    return batches
+
+
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Runs (or resumes) training to cfg.steps, or until cfg.time_limit_s. Returns the last logged metrics.
 
@@ -328,16 +348,12 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         if writer is not None and start == 0:
             writer.text("config", "```\n" + cfg.to_json() + "\n```")
         started = time.perf_counter()
-        if cfg.compile_ahead and cfg.data.rendered is not None:
-            shapes = iterator.step_shapes()
-            seconds = training.precompile(step_fn, state, shapes, os.cpu_count() or 1)
-            if lead:
-                print(f"compiled the step for {len(shapes)} batch shapes in {seconds:.1f} s", flush=True)
+        batches = _compile_ahead(cfg, step_fn, state, iterator, lead)
         pending: list[tuple[int, Any]] = []
         tick = time.perf_counter()
         progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not lead, desc="train")
         for step in progress:
-            batch, orient = next(iterator)
+            batch, orient = next(batches)
             state, metrics = step_fn(state, batch, orient)
             pending.append((step + 1, metrics))
             done = step + 1

@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 
 def free_port() -> int:
@@ -23,25 +25,39 @@ def cpu_env(devices: int) -> dict[str, str]:
     return env
 
 
-def launch(argv: list[str], processes: int, devices: int, timeout: float = 600) -> list[str]:
+def launch(argv: list[str], processes: int, devices: int, timeout: float = 900) -> list[str]:
     """Runs `python argv...` as `processes` processes of one job (each with `devices` CPU devices); returns each
-    process's combined output. Fails with every process's output when one exits non-zero."""
+    process's combined output. Fails with every process's output when one exits non-zero, or when they have not all
+    exited `timeout` seconds after the start (they are then killed)."""
     extra = [[]]
     if processes > 1:
         address = f"localhost:{free_port()}"
         extra = [["--coordinator-address", address, "--num-processes", str(processes), "--process-id", str(i)]
                  for i in range(processes)]
-    procs = [subprocess.Popen([sys.executable, *argv, *e], env=cpu_env(devices), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for e in extra]
-    outputs = []
+    logs = [tempfile.TemporaryFile("w+", errors="replace") for _ in extra]  # files: no process waits on a full pipe
+    env = cpu_env(devices) | {"PYTHONUNBUFFERED": "1"}  # a killed process's output so far is in its file
+    procs = [subprocess.Popen([sys.executable, *argv, *e], env=env, stdout=log, stderr=subprocess.STDOUT)
+             for e, log in zip(extra, logs)]
+    deadline = time.monotonic() + timeout
     try:
         for proc in procs:
-            outputs.append(proc.communicate(timeout=timeout)[0])
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
     finally:
+        running = [i for i, proc in enumerate(procs) if proc.poll() is None]
         for proc in procs:
             proc.kill()
-    failed = [i for i, proc in enumerate(procs) if proc.returncode != 0]
-    if failed:
-        raise AssertionError("\n".join(f"--- process {i} (exit {procs[i].returncode}):\n{outputs[i][-4000:]}"
-                                       for i in failed))
+            proc.wait()
+    outputs = []
+    for log in logs:
+        with log:
+            log.seek(0)
+            outputs.append(log.read())
+    if any(proc.returncode for proc in procs):  # killed ones too
+        status = [f"running after {timeout:g} s, killed" if i in running else f"exit {proc.returncode}"
+                  for i, proc in enumerate(procs)]
+        summary = f"processes {running} still running after {timeout:g} s\n" if running else ""
+        raise AssertionError(summary + "\n".join(f"--- process {i} ({status[i]}):\n{outputs[i][-4000:]}"
+                                                 for i in range(len(procs))))
     return outputs
