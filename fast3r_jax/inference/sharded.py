@@ -392,9 +392,9 @@ class ShardedEngine(Engine):
 
     def _compile(self, layout: SequenceParallel, groups: Mapping[tuple, list[int]],
                  prepared: Sequence[tuple[np.ndarray, tuple[int, int]]], embedding_ids: jax.Array) -> None:
-        """Compiles every program of a call (each encoder and head chunk size of each group, the fusion) from
-        abstract inputs, running none, then meets the other processes at a barrier (distributed.barrier: the
-        fusion's first collectives wait only so long for every process)."""
+        """With several processes: compiles every program of a call (each encoder and head chunk size of each group,
+        the fusion) from abstract inputs, running none, then meets the other processes at a barrier
+        (distributed.barrier: the fusion's first collectives wait only so long for every process)."""
         spec = functools.partial(jax.ShapeDtypeStruct, sharding=views_sharding(self.mesh))
         true_shape = lambda size: spec((size * layout.devices, 2), np.int32)  # noqa: E731  (as `shapes` puts it)
         enc_chunks = []
@@ -433,7 +433,8 @@ class ShardedEngine(Engine):
         embedding_ids = jnp.asarray(layout.embedding_ids(view_ids))
         outputs: list = [None] * len(views)
         with bar, jax.default_matmul_precision(self._precision):
-            self._compile(layout, groups, prepared, embedding_ids)
+            if jax.process_count() > 1:  # one process has no one to wait for
+                self._compile(layout, groups, prepared, embedding_ids)
             enc_chunks = []
             for g, ((_, orientation), group) in enumerate(zip(groups, layout.groups)):
                 enc_chunks.append([])
