@@ -305,9 +305,9 @@ def _compile_ahead(cfg: TrainConfig, step_fn, state: training.TrainState, iterat
     batches, shapes = iterator, []
     if cfg.compile_ahead and cfg.data.rendered is not None:
         shapes = iterator.step_shapes()
-    if jax.process_count() > 1:
+    if jax.process_count() > 1 and not shapes:
         first = next(iterator)
-        batches, shapes = itertools.chain([first], iterator), shapes or [first]
+        batches, shapes = itertools.chain([first], iterator), [first]
     if shapes:
         seconds = training.precompile(step_fn, state, shapes, os.cpu_count() or 1)
         if lead:
