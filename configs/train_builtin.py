@@ -15,7 +15,7 @@ wide ones are trained on. Image ids are random per sample and step (upstream's).
 at the start, concurrently (TrainConfig.compile_ahead).
 
 It continues from the shipped weights (init), so each shipped run builds on all the runs before it: README's "The
-built-in model" lists the fourteen runs behind the shipped weights, with their devices, times and losses. The last,
+built-in model" lists the fifteen runs behind the shipped weights, with their devices, times and losses. The last,
 whose weights ship, is this config as committed. Compiling the five step shapes took 270-680 s on fresh H100s
 (33-44 s when loaded from the persistent compilation cache, `--compilation-cache`, on by default, kept under runs/):
 size `steps` to your time on one machine, so that the run ends annealed. `time_limit_s` ends a run early with a
@@ -36,7 +36,7 @@ held-out scenes against random weights; that folder then replaces fast3r_jax/ass
 from fast3r_jax import config
 from fast3r_jax.config import DataConfig, OptimizerConfig, TrainConfig
 
-STEPS = 16_000
+STEPS = 14_000
 
 
 def model() -> config.Fast3RConfig:
