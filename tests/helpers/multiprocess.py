@@ -17,11 +17,11 @@ def free_port() -> int:
 
 
 def cpu_env(devices: int) -> dict[str, str]:
-    """The environment of one process with `devices` host CPU devices."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                        "--xla_cpu_enable_concurrency_optimized_scheduler=false")
-    env["JAX_PLATFORMS"] = "cpu"
+    """The environment of one process with `devices` host CPU devices (the session's other XLA flags kept)."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count=")]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
     return env
 
 
