@@ -15,11 +15,11 @@ wide ones are trained on. Image ids are random per sample and step (upstream's).
 at the start, concurrently (TrainConfig.compile_ahead).
 
 It continues from the shipped weights (init), so each shipped run builds on all the runs before it: README's "The
-built-in model" lists the fifteen runs behind the shipped weights, with their devices, times and losses. The last,
-whose weights ship, is this config as committed. Compiling the five step shapes took 270-680 s on fresh H100s
-(33-44 s when loaded from the persistent compilation cache, `--compilation-cache`, on by default, kept under runs/):
-size `steps` to your time on one machine, so that the run ends annealed. `time_limit_s` ends a run early with a
-checkpoint and the same command resumes it; so does SIGTERM (e.g. from `timeout`), after the current step. Do not set
+built-in model" lists the runs behind the shipped weights, with their devices, times and losses. The last, whose
+weights ship, is this config as committed. Compiling the five step shapes took 270-680 s on fresh H100s (33-44 s when
+loaded from the persistent compilation cache, `--compilation-cache`, on by default, kept under runs/): size `steps`
+to your time on one machine, so that the run ends annealed. `time_limit_s` ends a run early with a checkpoint and the
+same command resumes it; so does SIGTERM (e.g. from `timeout`), after the current step. Do not set
 --xla_gpu_autotune_level=0 to save compile time: steps then take 2.7 s.
 
 From the repository root:
