@@ -480,6 +480,8 @@ class TrainConfig:
     mesh_data: int = -1  # data-axis size (-1: all devices not used by the tensor axis)
     mesh_tensor: int = 1  # tensor-parallel degree
     alpha: float = 0.2  # confidence-loss regulariser
+    # weight of the camera term of the loss (train.losses.camera_pose_losses); 0 is upstream's criterion
+    pose_weight: float = 0.0
     seed: int = 0
     workdir: str = "runs/tiny_synthetic"
     log_every: int = 10
@@ -503,6 +505,9 @@ class TrainConfig:
             raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.layout not in LAYOUTS:
             raise InputError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        weight = self.pose_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+            raise InputError(f"pose_weight must be a finite number >= 0, got {self.pose_weight!r}")
         if self.steps < 1 or self.log_every < 1 or self.ckpt_every < 1 or self.val_every < 1:
             raise InputError("steps, log_every, ckpt_every and val_every must be positive")
 

@@ -71,6 +71,9 @@ def test_invalid_configs_raise():
         with pytest.raises(ValueError, match=f"image_size must be a positive multiple of the patch size 16, "
                                              f"got {size}"):
             config_lib.tiny().replace(image_size=size)
+    for weight in (-0.5, float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match="pose_weight must be a finite number >= 0"):
+            config_lib.TrainConfig(pose_weight=weight)
 
 
 def test_builtin_recipe_is_the_shipped_models_config():

@@ -289,3 +289,106 @@ def test_bad_inputs_raise(views):
                                     preds[2]])
     with pytest.raises(ValueError, match="alpha must be > 0"):
         losses.multiview_loss(gts, preds, alpha=0.0)
+
+
+def _perfect(gts, preds):
+    """preds with the ground-truth global (anchor frame) and local (camera frame) pointmaps."""
+    anchor = geometry.inverse_rigid(gts[0]["camera_pose"])
+    return [dict(pred, pts3d_in_other_view=geometry.apply_transform(anchor, gt["pts3d"]),
+                 pts3d_local=geometry.apply_transform(geometry.inverse_rigid(gt["camera_pose"]), gt["pts3d"]))
+            for gt, pred in zip(gts, preds)]
+
+
+def test_camera_term_is_zero_for_exact_pointmaps(views):
+    gts, preds = views
+    base, base_details = multiview_loss(gts, _perfect(gts, preds))
+    loss, details = jax.jit(losses.multiview_loss, static_argnames=("alpha", "pose_weight"))(
+        gts, _perfect(gts, preds), pose_weight=3.0)
+    for i in range(NUM_VIEWS):
+        np.testing.assert_allclose(float(details[f"pose_loss/{i:02d}"]), 0, atol=2e-3)
+    np.testing.assert_allclose(float(loss), float(base), atol=6e-3)
+    assert not any(k.startswith("pose_loss") for k in base_details)  # pose_weight 0: upstream's criterion
+
+
+def test_camera_term_measures_a_rotated_view(views):
+    """Turning view 1's global points about the anchor origin by an angle turns its camera by that angle about the
+    origin: rotation error 2 sqrt(2) sin(angle / 2), centre error |R c - c| for its normalised true centre c."""
+    gts, preds = views
+    perfect = _perfect(gts, preds)
+    angle = np.deg2rad(20.0)
+    turn = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    perfect[1]["pts3d_in_other_view"] = (np.asarray(perfect[1]["pts3d_in_other_view"], np.float64) @ turn.T
+                                         ).astype(np.float32)
+    errors = np.asarray(losses.camera_pose_losses(gts, perfect)[1])  # (B,)
+    # the true normalised camera centre of view 1 in the anchor frame (the factor: mean distance of the valid
+    # anchor-frame points of all views; rotation about the origin leaves it unchanged)
+    anchor = np.linalg.inv(gts[0]["camera_pose"].astype(np.float64))  # (B, 4, 4)
+    dists, counts = 0.0, 0
+    for gt in gts:
+        pts = np.einsum("bij,bhwj->bhwi", anchor[:, :3, :3], gt["pts3d"].astype(np.float64)) + anchor[:, None, None, :3, 3]
+        dists = dists + np.where(gt["valid_mask"], np.linalg.norm(pts, axis=-1), 0).sum((1, 2))
+        counts = counts + gt["valid_mask"].sum((1, 2))
+    centre = (anchor @ gts[1]["camera_pose"].astype(np.float64))[:, :3, 3] / (dists / counts)[:, None]  # (B, 3)
+    expected = 2 * np.sqrt(2) * np.sin(angle / 2) + np.linalg.norm(centre @ turn.T - centre, axis=-1)
+    np.testing.assert_allclose(errors, expected, rtol=2e-3, atol=2e-3)
+    assert np.all(np.asarray(losses.camera_pose_losses(gts, perfect)[2]) < 2e-3)  # the other views are untouched
+
+
+def test_camera_term_gradient_is_finite(views):
+    gts, preds = views
+    grads = jax.jit(jax.grad(lambda g, p: losses.multiview_loss(g, p, pose_weight=1.0)[0], argnums=1))(gts, preds)
+    plain = pred_grads(gts, preds)
+    for grad, base in zip(grads, plain):
+        for key in ("pts3d_in_other_view", "pts3d_local"):
+            assert np.all(np.isfinite(grad[key]))
+            assert not np.allclose(grad[key], base[key])  # the camera term reaches both heads
+
+
+def test_camera_term_bad_settings(views):
+    gts, preds = views
+    with pytest.raises(ValueError, match="pose_weight must be >= 0"):
+        losses.multiview_loss(gts, preds, pose_weight=-1.0)
+    global_only = [{k: p[k] for k in ("pts3d_in_other_view", "conf")} for p in preds]
+    with pytest.raises(ValueError, match="needs the local head"):
+        losses.camera_pose_losses(gts, global_only)
+
+
+def _umeyama_pose(src, dst):
+    """numpy reference: rotation and translation of the least-squares similarity dst ~ s R src + t."""
+    src_c, dst_c = src - src.mean(0), dst - dst.mean(0)
+    u, sing, vt = np.linalg.svd(dst_c.T @ src_c / len(src))
+    flip = np.diag([1, 1, np.sign(np.linalg.det(u @ vt))])
+    rot = u @ flip @ vt
+    scale = np.trace(np.diag(sing) @ flip) / np.mean(np.sum(src_c ** 2, -1))
+    return rot, dst.mean(0) - scale * rot @ src.mean(0)
+
+
+def test_camera_term_matches_a_numpy_reference_with_mixed_shapes(views):
+    """Two samples, views of different image sizes (fitted in separate batched calls), against a per-sample,
+    per-view numpy reference."""
+    gts, preds = views
+    rng = np.random.default_rng(1)
+    gts = [{k: np.concatenate([v, v]) for k, v in gt.items()} for gt in gts]
+    preds = [{k: np.concatenate([v, v + rng.normal(0, 0.3, v.shape).astype(v.dtype)]) for k, v in p.items()}
+             for p in preds]  # sample 1: noisier predictions
+    for d in (gts[2], preds[2]):  # view 2 cropped to 40 x 56
+        for key, value in list(d.items()):
+            if key != "camera_pose":
+                d[key] = value[:, 4:44, 4:60]
+    errors = np.stack([np.asarray(e) for e in losses.camera_pose_losses(gts, preds)])  # (V, B)
+
+    to = lambda m, p: p @ m[:3, :3].T + m[:3, 3]  # noqa: E731
+    norm = lambda maps: [m / np.mean(np.linalg.norm(np.concatenate(maps), axis=-1)) for m in maps]  # noqa: E731
+    for b in range(2):
+        anchor = np.linalg.inv(gts[0]["camera_pose"][b].astype(np.float64))
+        valid = [gt["valid_mask"][b] for gt in gts]
+        gt_global = norm([to(anchor, gt["pts3d"][b].astype(np.float64))[v] for gt, v in zip(gts, valid)])
+        pr_global = norm([p["pts3d_in_other_view"][b].astype(np.float64)[v] for p, v in zip(preds, valid)])
+        for i, (gt, p, v) in enumerate(zip(gts, preds, valid)):
+            gt_local = norm([to(np.linalg.inv(gt["camera_pose"][b].astype(np.float64)), gt["pts3d"][b])[v]])[0]
+            pr_local = norm([p["pts3d_local"][b].astype(np.float64)[v]])[0]
+            pr_rot, pr_t = _umeyama_pose(pr_local, pr_global[i])
+            gt_rot, gt_t = _umeyama_pose(gt_local, gt_global[i])
+            expected = np.linalg.norm(pr_rot - gt_rot) + np.linalg.norm(pr_t - gt_t)
+            np.testing.assert_allclose(errors[i, b], expected, rtol=1e-4, err_msg=f"sample {b} view {i}")
+    assert not np.allclose(errors[:, 0], errors[:, 1])

@@ -126,6 +126,16 @@ def test_loss_falls_on_synthetic_scenes(tmp_path, capfd):
     assert np.mean([losses[s] for s in range(31, 41)]) < 0.8 * np.mean([losses[s] for s in range(1, 6)])
 
 
+def test_camera_term_reaches_the_logged_loss(tmp_path):
+    """pose_weight > 0 adds its weight times the mean per-view camera error to the mean of the confidence terms."""
+    cfg = _quick_config(tmp_path / "run", steps=2, val_batches="0", ckpt_every="2", pose_weight="0.5")
+    metrics = train(cfg)
+    conf = [v for k, v in metrics.items() if k.startswith("conf_loss_")]
+    pose = [metrics[f"pose_loss/{i:02d}"] for i in range(2)]
+    assert len(conf) == 4 and all(p > 0 for p in pose)
+    np.testing.assert_allclose(metrics["loss"], np.mean(conf) + 0.5 * np.mean(pose), rtol=1e-5)
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     """A run whose loss is not finite (here from an init checkpoint of NaN weights) stops at that step and says so.
     It has the config of the first test, whose compiled step it reuses from the session's compilation cache."""

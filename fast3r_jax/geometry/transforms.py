@@ -8,6 +8,8 @@ which is the rounding of the reference evaluation that the pose-metric goldens c
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,6 +138,50 @@ def apply_transform(T: jax.Array, pts: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+class SimilarityMoments(NamedTuple):
+    """The weighted statistics a least-squares similarity needs: means (..., 3), the cross-covariance of dst and
+    src (..., 3, 3) and the variance of src (...)."""
+
+    src_mean: jax.Array
+    dst_mean: jax.Array
+    cov: jax.Array
+    src_var: jax.Array
+
+
+def similarity_moments(src: jax.Array, dst: jax.Array, weights: jax.Array | None = None) -> SimilarityMoments:
+    """`fit_similarity`'s statistics of (N, 3) correspondences under (N,) weights (see there): the pass over the
+    points, kept apart from the solve so that many fits can share one batched `similarity_from_moments`."""
+    src, dst = jnp.asarray(src), jnp.asarray(dst)
+    if src.ndim != 2 or src.shape[1] != 3 or src.shape[0] == 0 or dst.shape != src.shape:
+        raise ValueError(
+            f"src and dst must both have shape (N, 3) with N > 0, got {tuple(src.shape)} and {tuple(dst.shape)}")
+    weights = jnp.ones(src.shape[0], src.dtype) if weights is None else jnp.asarray(weights, src.dtype)
+    if weights.shape != src.shape[:1]:
+        raise ValueError(f"weights must have shape ({src.shape[0]},), got {tuple(weights.shape)}")
+    keep = (weights > 0)[:, None]
+    src = jnp.where(keep, src, 0.0)
+    dst = jnp.where(keep, dst, 0.0)
+    w = weights / jnp.sum(weights)  # (N,)
+    src_mean = jnp.einsum("n,ni->i", w, src, precision=_EXACT)  # (3,)
+    dst_mean = jnp.einsum("n,ni->i", w, dst, precision=_EXACT)  # (3,)
+    src_c, dst_c = src - src_mean, dst - dst_mean  # (N, 3)
+    cov = jnp.einsum("n,ni,nj->ij", w, dst_c, src_c, precision=_EXACT)  # (3, 3)
+    src_var = jnp.sum(w * jnp.sum(src_c * src_c, axis=-1))
+    return SimilarityMoments(src_mean, dst_mean, cov, src_var)
+
+
+def similarity_from_moments(moments: SimilarityMoments) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(scale (...), rotation (..., 3, 3), translation (..., 3)) of the best similarity, for any leading axes."""
+    u, sing, vt = jnp.linalg.svd(moments.cov)
+    sign = jnp.where(jnp.linalg.det(u) * jnp.linalg.det(vt) < 0, -1.0, 1.0).astype(moments.cov.dtype)  # (...)
+    flip = jnp.stack([jnp.ones_like(sign), jnp.ones_like(sign), sign], axis=-1)  # (..., 3)
+    rot = jnp.matmul(u * flip[..., None, :], vt, precision=_EXACT)  # (..., 3, 3)
+    scale = jnp.sum(sing * flip, axis=-1) / moments.src_var
+    trans = moments.dst_mean - scale[..., None] * jnp.einsum("...ij,...j->...i", rot, moments.src_mean,
+                                                             precision=_EXACT)
+    return scale, rot, trans
+
+
 @jax.jit
 def fit_similarity(src: jax.Array, dst: jax.Array,
                    weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -153,29 +199,7 @@ def fit_similarity(src: jax.Array, dst: jax.Array,
     Returns:
         (scale (), rotation (3, 3), translation (3,)).
     """
-    src, dst = jnp.asarray(src), jnp.asarray(dst)
-    if src.ndim != 2 or src.shape[1] != 3 or src.shape[0] == 0 or dst.shape != src.shape:
-        raise ValueError(
-            f"src and dst must both have shape (N, 3) with N > 0, got {tuple(src.shape)} and {tuple(dst.shape)}")
-    weights = jnp.ones(src.shape[0], src.dtype) if weights is None else jnp.asarray(weights, src.dtype)
-    if weights.shape != src.shape[:1]:
-        raise ValueError(f"weights must have shape ({src.shape[0]},), got {tuple(weights.shape)}")
-    keep = (weights > 0)[:, None]
-    src = jnp.where(keep, src, 0.0)
-    dst = jnp.where(keep, dst, 0.0)
-    w = weights / jnp.sum(weights)  # (N,)
-    src_mean = jnp.einsum("n,ni->i", w, src, precision=_EXACT)  # (3,)
-    dst_mean = jnp.einsum("n,ni->i", w, dst, precision=_EXACT)  # (3,)
-    src_c, dst_c = src - src_mean, dst - dst_mean  # (N, 3)
-    cov = jnp.einsum("n,ni,nj->ij", w, dst_c, src_c, precision=_EXACT)  # (3, 3)
-    u, sing, vt = jnp.linalg.svd(cov)
-    sign = jnp.where(jnp.linalg.det(u) * jnp.linalg.det(vt) < 0, -1.0, 1.0).astype(cov.dtype)
-    flip = jnp.stack([jnp.ones_like(sign), jnp.ones_like(sign), sign])  # (3,)
-    rot = jnp.matmul(u * flip, vt, precision=_EXACT)  # (3, 3)
-    src_var = jnp.sum(w * jnp.sum(src_c * src_c, axis=-1))
-    scale = jnp.sum(sing * flip) / src_var
-    trans = dst_mean - scale * jnp.matmul(rot, src_mean, precision=_EXACT)  # (3,)
-    return scale, rot, trans
+    return similarity_from_moments(similarity_moments(src, dst, weights))
 
 
 def similarity_matrix(scale: jax.Array, rot: jax.Array, trans: jax.Array) -> jax.Array:

@@ -335,8 +335,9 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     tx = make_optimizer(cfg.optimizer)
     dtype = DTYPES[cfg.dtype]
     step_fn, shardings = training.make_train_step(cfg.model, tx, mesh, cfg.layout, dtype=dtype, alpha=cfg.alpha,
+                                                  pose_weight=cfg.pose_weight,
                                                   schedule=learning_rate(cfg.optimizer))
-    eval_step = training.make_eval_step(cfg.model, mesh, dtype=dtype, alpha=cfg.alpha)
+    eval_step = training.make_eval_step(cfg.model, mesh, dtype=dtype, alpha=cfg.alpha, pose_weight=cfg.pose_weight)
     iterator = _batches(cfg, mesh)
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, enable_async_checkpointing=True)
     writer = SummaryWriter(workdir / "tb") if lead else None

@@ -10,6 +10,12 @@ Each per-pixel distance map is then weighted by the predicted confidence
 (`dist * conf - alpha * log(conf)`) and averaged over the valid pixels of the whole batch;
 the total loss is the mean of these per-view confidence losses.
 
+An optional camera term (`pose_weight` > 0, not upstream's: 0 by default) adds, per view, the error of the camera
+pose that the predicted local and global pointmaps imply (the similarity fitted from one onto the other, as
+`geometry.cameras.procrustes_poses` estimates cameras at inference) against the same fit on the ground truth: the
+chordal rotation distance plus the camera-centre distance in the normalised global frame. The pointmap terms weigh
+every pixel alike, so a small rigid misplacement of a whole view costs them little; this term weighs it directly.
+
 Views are lists of dicts so that views may have different image sizes. Invalid pixels are
 handled with masks only, so every function is jit-able and gives zero gradient there.
 NaN handling follows the reference implementation: a NaN at an invalid pixel is ignored;
@@ -23,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from fast3r_jax.geometry import transforms as geometry
+from fast3r_jax.geometry.transforms import similarity_from_moments, similarity_moments
 
 View = Mapping[str, jax.Array]
 
@@ -105,10 +112,10 @@ def _masked_points(pts: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.where(valid[..., None], jnp.asarray(pts, jnp.float32), 0.0)
 
 
-def regression_losses(
+def normalised_pointmaps(
     gts: Sequence[View], preds: Sequence[View]
-) -> tuple[list[jax.Array], list[jax.Array]]:
-    """Per-pixel L21 distances between normalised predicted and GT pointmaps.
+) -> tuple[list[jax.Array], list[tuple[jax.Array, jax.Array]], list[tuple[jax.Array, jax.Array]]]:
+    """The pointmaps the criterion compares, normalised, with invalid pixels set to 0.
 
     Args:
         gts: per view dicts with `pts3d` (B, H, W, 3) world points, `valid_mask` (B, H, W)
@@ -117,8 +124,9 @@ def regression_losses(
             and optionally `pts3d_local` (B, H, W, 3), `conf_local` (B, H, W).
 
     Returns:
-        (global, local): per view (B, H, W) distances, 0 at invalid pixels; `local` is empty
-        when the predictions have no `pts3d_local`.
+        (valid, global, local): per view the (B, H, W) bool mask, (prediction, GT) global maps in the
+        anchor frame (one factor per sample and source) and (prediction, GT) local maps in the view's
+        camera frame (one factor per view); `local` is empty when the predictions have no `pts3d_local`.
     """
     with_local = _check_views(gts, preds)
     valid = [jnp.asarray(gt["valid_mask"], bool) for gt in gts]
@@ -128,20 +136,73 @@ def regression_losses(
         _masked_points(geometry.apply_transform(world_to_anchor, gt["pts3d"]), v)
         for gt, v in zip(gts, valid)]
     pr_global = [_masked_points(p["pts3d_in_other_view"], v) for p, v in zip(preds, valid)]
-    global_dists = [
-        l21_distance(pr, gt) for pr, gt in zip(
-            normalize_pointmaps(pr_global, valid), normalize_pointmaps(gt_global, valid))]
+    global_maps = list(zip(normalize_pointmaps(pr_global, valid), normalize_pointmaps(gt_global, valid)))
     if not with_local:
-        return global_dists, []
+        return valid, global_maps, []
 
-    local_dists = []
+    local_maps = []
     for gt, pred, v in zip(gts, preds, valid):
         world_to_cam = geometry.inverse_rigid(jnp.asarray(gt["camera_pose"], jnp.float32))
         gt_local = _masked_points(geometry.apply_transform(world_to_cam, gt["pts3d"]), v)
         (gt_local,) = normalize_pointmaps([gt_local], [v])
         (pr_local,) = normalize_pointmaps([_masked_points(pred["pts3d_local"], v)], [v])
-        local_dists.append(l21_distance(pr_local, gt_local))
-    return global_dists, local_dists
+        local_maps.append((pr_local, gt_local))
+    return valid, global_maps, local_maps
+
+
+def _distances(maps: Sequence[tuple[jax.Array, jax.Array]]) -> list[jax.Array]:
+    return [l21_distance(pr, gt) for pr, gt in maps]
+
+
+def regression_losses(
+    gts: Sequence[View], preds: Sequence[View]
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """Per-pixel L21 distances between normalised predicted and GT pointmaps.
+
+    Args:
+        gts, preds: as in `normalised_pointmaps`.
+
+    Returns:
+        (global, local): per view (B, H, W) distances, 0 at invalid pixels; `local` is empty
+        when the predictions have no `pts3d_local`.
+    """
+    _, global_maps, local_maps = normalised_pointmaps(gts, preds)
+    return _distances(global_maps), _distances(local_maps)
+
+
+def camera_pose_losses(gts: Sequence[View], preds: Sequence[View]) -> list[jax.Array]:
+    """Per view (B,) error of the camera implied by the predicted pointmaps.
+
+    The similarity fitted from the normalised local pointmap onto the normalised global one over the valid pixels
+    is the view's camera in the anchor frame; the same fit on the ground-truth maps gives the true camera (its
+    centre in normalised units). Error: Frobenius norm of the rotation difference (2 sqrt(2) sin(angle / 2)) plus
+    the distance between the camera centres. A sample with fewer than 3 valid pixels in the view gets 0. Each view
+    contributes its fit's statistics; the fits of all views are solved in one batched call.
+
+    Args:
+        gts, preds: as in `normalised_pointmaps`; preds must carry the local head.
+    """
+    return _pose_errors(*normalised_pointmaps(gts, preds))
+
+
+def _pose_errors(valid: Sequence[jax.Array], global_maps: Sequence[tuple[jax.Array, jax.Array]],
+                 local_maps: Sequence[tuple[jax.Array, jax.Array]]) -> list[jax.Array]:
+    """`camera_pose_losses` from the output of `normalised_pointmaps`."""
+    if not local_maps:
+        raise ValueError("the camera term needs the local head's pts3d_local and conf_local")
+    fit = jax.vmap(similarity_moments)  # over the batch
+    flat = lambda x: x.reshape(x.shape[0], -1, *x.shape[3:])  # noqa: E731  (B, H * W, ...)
+    enough, moments = [], []  # per view (B,) and (predicted, GT) statistics
+    for v, (pr_global, gt_global), (pr_local, gt_local) in zip(valid, global_maps, local_maps):
+        enough.append(jnp.sum(v, axis=(1, 2)) >= 3)  # (B,)
+        weights = jnp.where(enough[-1][:, None], flat(v), True).astype(jnp.float32)  # (B, H * W)
+        moments.append((fit(flat(pr_local), flat(pr_global), weights), fit(flat(gt_local), flat(gt_global), weights)))
+    # one batched solve for all views, fields (V, B, ...)
+    (_, pr_rot, pr_trans), (_, gt_rot, gt_trans) = (
+        similarity_from_moments(jax.tree.map(lambda *f: jnp.stack(f), *[m[k] for m in moments])) for k in (0, 1))
+    num_views, batch = pr_rot.shape[:2]
+    rot_err = geometry.safe_norm((pr_rot - gt_rot).reshape(num_views, batch, 9))  # (V, B)
+    return list(jnp.where(jnp.stack(enough), rot_err + geometry.safe_norm(pr_trans - gt_trans), 0.0))
 
 
 def confidence_weighted_loss(
@@ -160,32 +221,40 @@ def confidence_weighted_loss(
 
 
 def multiview_loss(
-    gts: Sequence[View], preds: Sequence[View], alpha: float = 0.2
+    gts: Sequence[View], preds: Sequence[View], alpha: float = 0.2, pose_weight: float = 0.0
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Fast3R training loss: mean of the per-view global and local confidence losses.
+    """Fast3R training loss: mean of the per-view global and local confidence losses, plus `pose_weight` times the
+    mean camera error (`camera_pose_losses`) when pose_weight > 0.
 
     Args:
-        gts, preds: as in `regression_losses`.
+        gts, preds: as in `normalised_pointmaps`.
         alpha: log-confidence weight (a Python float > 0).
+        pose_weight: weight of the camera term (a Python float >= 0; 0, upstream's criterion, skips it).
 
     Returns:
         (loss, details): scalar loss and per-view scalars keyed
         `pts3d_loss_{global,local}/{i:02d}` (mean distance over valid pixels) and
-        `conf_loss_{global,local}/{i:02d}` (the terms averaged into `loss`). A view without
+        `conf_loss_{global,local}/{i:02d}` (the terms averaged into `loss`), and with the camera
+        term `pose_loss/{i:02d}` (its batch mean). A view without
         valid pixels gets 0 for all its entries (the reference logs NaN for its distance
         entry, and 0 for its confidence term as here) and still counts in the mean.
     """
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    global_dists, local_dists = regression_losses(gts, preds)
+    if not pose_weight >= 0:
+        raise ValueError(f"pose_weight must be >= 0, got {pose_weight}")
+    valid, global_maps, local_maps = normalised_pointmaps(gts, preds)
     details = {}
     conf_losses = []
-    for kind, dists, conf_key in (
-        ("global", global_dists, "conf"), ("local", local_dists, "conf_local")):
-        for i, dist in enumerate(dists):
-            valid = jnp.asarray(gts[i]["valid_mask"], bool)
-            details[f"pts3d_loss_{kind}/{i:02d}"] = _masked_mean(dist, valid)
-            conf_loss = confidence_weighted_loss(dist, preds[i][conf_key], valid, alpha)
+    for kind, maps, conf_key in (("global", global_maps, "conf"), ("local", local_maps, "conf_local")):
+        for i, dist in enumerate(_distances(maps)):
+            details[f"pts3d_loss_{kind}/{i:02d}"] = _masked_mean(dist, valid[i])
+            conf_loss = confidence_weighted_loss(dist, preds[i][conf_key], valid[i], alpha)
             details[f"conf_loss_{kind}/{i:02d}"] = conf_loss
             conf_losses.append(conf_loss)
-    return jnp.mean(jnp.stack(conf_losses)), details
+    loss = jnp.mean(jnp.stack(conf_losses))
+    if pose_weight > 0:
+        pose = [jnp.mean(err) for err in _pose_errors(valid, global_maps, local_maps)]
+        details |= {f"pose_loss/{i:02d}": err for i, err in enumerate(pose)}
+        loss = loss + pose_weight * jnp.mean(jnp.stack(pose))
+    return loss, details

@@ -85,10 +85,10 @@ def _predict(graphdef: nnx.GraphDef, params, batch, ids: jax.Array, orient: tupl
 
 
 def _loss(graphdef: nnx.GraphDef, params, batch, ids: jax.Array, orient: tuple[str, ...], alpha: float,
-          attention: AttentionImpl, train_attention_scale: bool = True):
+          pose_weight: float, attention: AttentionImpl, train_attention_scale: bool = True):
     preds = _predict(graphdef, params, batch, ids, orient, attention, train_attention_scale)
     gts = [{k: v[k] for k in TARGET_KEYS} for v in batch]
-    loss, details = multiview_loss(gts, preds, alpha=alpha)
+    loss, details = multiview_loss(gts, preds, alpha=alpha, pose_weight=pose_weight)
     return loss, (details, preds)
 
 
@@ -97,8 +97,11 @@ def graphdef_for(cfg: Fast3RConfig, dtype) -> nnx.GraphDef:
 
 
 def make_train_step(cfg: Fast3RConfig, tx: optax.GradientTransformation, mesh: Mesh, layout: str, *,
-                    dtype=jnp.bfloat16, alpha: float = 0.2, schedule: Callable | None = None):
+                    dtype=jnp.bfloat16, alpha: float = 0.2, pose_weight: float = 0.0,
+                    schedule: Callable | None = None):
     """Returns step(state, batch, orientations) -> (state, metrics), jitted for the mesh/layout.
+
+    alpha and pose_weight: the loss's (train.losses.multiview_loss).
 
     batch: list of V dicts of global arrays (batch axis first). A step whose loss or gradient is not finite leaves
     the state unchanged and reports metrics['finite'] = 0 (the caller stops with an error).
@@ -116,7 +119,7 @@ def make_train_step(cfg: Fast3RConfig, tx: optax.GradientTransformation, mesh: M
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         ids = sample_image_ids(key, batch_size, num_views, cfg.fusion.num_image_ids)
         (loss, (details, _)), grads = jax.value_and_grad(_loss, argnums=1, has_aux=True)(
-            graphdef, state.params, batch, ids, orient, alpha, attention)
+            graphdef, state.params, batch, ids, orient, alpha, pose_weight, attention)
         grads = jax.lax.with_sharding_constraint(grads, grad_sharding)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -147,7 +150,8 @@ def precompile(step_fn, state: TrainState, shapes: Sequence[tuple[Any, tuple[str
     return time.perf_counter() - start
 
 
-def make_eval_step(cfg: Fast3RConfig, mesh: Mesh, *, dtype=jnp.bfloat16, alpha: float = 0.2):
+def make_eval_step(cfg: Fast3RConfig, mesh: Mesh, *, dtype=jnp.bfloat16, alpha: float = 0.2,
+                   pose_weight: float = 0.0):
     """Returns eval(params, batch, orientations, key) -> (metrics, predictions) with upstream's inference scale."""
     graphdef = graphdef_for(cfg, dtype)
     attention = sharding_lib.resolve_attention(cfg.attention, dtype, mesh)
@@ -155,7 +159,7 @@ def make_eval_step(cfg: Fast3RConfig, mesh: Mesh, *, dtype=jnp.bfloat16, alpha: 
 
     def evaluate(params, batch, orient, key):
         ids = sample_image_ids(key, batch[0]["img"].shape[0], len(batch), cfg.fusion.num_image_ids)
-        loss, (details, preds) = _loss(graphdef, params, batch, ids, orient, alpha, attention,
+        loss, (details, preds) = _loss(graphdef, params, batch, ids, orient, alpha, pose_weight, attention,
                                        train_attention_scale=False)
         return dict(loss=loss, **details), preds
 
