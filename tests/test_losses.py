@@ -325,7 +325,8 @@ def test_camera_term_measures_a_rotated_view(views):
     anchor = np.linalg.inv(gts[0]["camera_pose"].astype(np.float64))  # (B, 4, 4)
     dists, counts = 0.0, 0
     for gt in gts:
-        pts = np.einsum("bij,bhwj->bhwi", anchor[:, :3, :3], gt["pts3d"].astype(np.float64)) + anchor[:, None, None, :3, 3]
+        pts = (np.einsum("bij,bhwj->bhwi", anchor[:, :3, :3], gt["pts3d"].astype(np.float64))
+               + anchor[:, None, None, :3, 3])
         dists = dists + np.where(gt["valid_mask"], np.linalg.norm(pts, axis=-1), 0).sum((1, 2))
         counts = counts + gt["valid_mask"].sum((1, 2))
     centre = (anchor @ gts[1]["camera_pose"].astype(np.float64))[:, :3, 3] / (dists / counts)[:, None]  # (B, 3)
@@ -364,8 +365,7 @@ def _umeyama_pose(src, dst):
 
 
 def test_camera_term_matches_a_numpy_reference_with_mixed_shapes(views):
-    """Two samples, views of different image sizes (fitted in separate batched calls), against a per-sample,
-    per-view numpy reference."""
+    """Two samples and views of different image sizes against a per-sample, per-view numpy reference."""
     gts, preds = views
     rng = np.random.default_rng(1)
     gts = [{k: np.concatenate([v, v]) for k, v in gt.items()} for gt in gts]
