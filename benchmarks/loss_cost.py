@@ -27,7 +27,7 @@ from fast3r_jax.train import losses
 
 
 def random_views(num_views: int, batch: int, height: int, width: int, seed: int = 0) -> tuple[list, list]:
-    """Targets (rigid camera poses, points in front of them) and predictions of `num_views` views."""
+    """Random targets (rigid camera poses, world points) and predictions of `num_views` views."""
     rng = np.random.default_rng(seed)
     gts, preds = [], []
     for _ in range(num_views):

@@ -12,8 +12,8 @@ the total loss is the mean of these per-view confidence losses.
 
 An optional camera term (`pose_weight` > 0, not upstream's: 0 by default) adds, per view, the error of the camera
 pose that the predicted local and global pointmaps imply (the similarity fitted from one onto the other, as
-`geometry.cameras.procrustes_poses` estimates cameras at inference) against the same fit on the ground truth: the
-chordal rotation distance plus the camera-centre distance in the normalised global frame. The pointmap terms weigh
+`geometry.cameras.procrustes_poses` estimates cameras at inference) against the true camera: the chordal rotation
+distance plus the camera-centre distance in the normalised global frame. The pointmap terms weigh
 every pixel alike, so a small rigid misplacement of a whole view costs them little; this term weighs it directly.
 
 Views are lists of dicts so that views may have different image sizes. Invalid pixels are
@@ -24,6 +24,7 @@ that view's distance, its confidence loss and the total loss NaN.
 """
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +65,12 @@ def normalize_pointmaps(
     Returns:
         The normalised views. A sample without any valid point keeps factor 1.
     """
+    factor = normalisation_factor(pts_list, valid_list)[:, None, None, None]  # (B, 1, 1, 1)
+    return [pts / factor for pts in pts_list]
+
+
+def normalisation_factor(pts_list: Sequence[jax.Array], valid_list: Sequence[jax.Array]) -> jax.Array:
+    """`normalize_pointmaps`'s divisor (B,): mean distance to the origin of the valid points of all views."""
     total = count = 0
     for pts, valid in zip(pts_list, valid_list, strict=True):
         dist = geometry.safe_norm(pts)  # (B, H, W)
@@ -71,8 +78,7 @@ def normalize_pointmaps(
         total = total + jnp.sum(jnp.where(use, dist, 0.0), axis=(1, 2))  # (B,)
         count = count + jnp.sum(use, axis=(1, 2))  # (B,)
     factor = jnp.where(count > 0, total / jnp.maximum(count, 1), 1.0)
-    factor = jnp.maximum(factor, _NORM_EPS)[:, None, None, None]  # (B, 1, 1, 1)
-    return [pts / factor for pts in pts_list]
+    return jnp.maximum(factor, _NORM_EPS)
 
 
 def _check_views(gts: Sequence[View], preds: Sequence[View]) -> bool:
@@ -112,21 +118,26 @@ def _masked_points(pts: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.where(valid[..., None], jnp.asarray(pts, jnp.float32), 0.0)
 
 
-def normalised_pointmaps(
-    gts: Sequence[View], preds: Sequence[View]
-) -> tuple[list[jax.Array], list[tuple[jax.Array, jax.Array]], list[tuple[jax.Array, jax.Array]]]:
-    """The pointmaps the criterion compares, normalised, with invalid pixels set to 0.
+class Normalised(NamedTuple):
+    """What the criterion compares, per view: the (B, H, W) bool mask `valid`; `global_maps`, (prediction, GT) in
+    the anchor frame (one factor per sample and source); `local_maps`, (prediction, GT) in the view's camera frame
+    (one factor per view; empty without the local head); `gt_cameras`, the true (B, 4, 4) camera-to-anchor poses
+    with their centres in the GT global maps' normalised units."""
+
+    valid: list[jax.Array]
+    global_maps: list[tuple[jax.Array, jax.Array]]
+    local_maps: list[tuple[jax.Array, jax.Array]]
+    gt_cameras: list[jax.Array]
+
+
+def normalised_pointmaps(gts: Sequence[View], preds: Sequence[View]) -> Normalised:
+    """The pointmaps the criterion compares, normalised, with invalid pixels set to 0 (see `Normalised`).
 
     Args:
         gts: per view dicts with `pts3d` (B, H, W, 3) world points, `valid_mask` (B, H, W)
             bool and `camera_pose` (B, 4, 4) rigid camera-to-world.
         preds: per view dicts with `pts3d_in_other_view` (B, H, W, 3), `conf` (B, H, W)
             and optionally `pts3d_local` (B, H, W, 3), `conf_local` (B, H, W).
-
-    Returns:
-        (valid, global, local): per view the (B, H, W) bool mask, (prediction, GT) global maps in the
-        anchor frame (one factor per sample and source) and (prediction, GT) local maps in the view's
-        camera frame (one factor per view); `local` is empty when the predictions have no `pts3d_local`.
     """
     with_local = _check_views(gts, preds)
     valid = [jnp.asarray(gt["valid_mask"], bool) for gt in gts]
@@ -136,9 +147,15 @@ def normalised_pointmaps(
         _masked_points(geometry.apply_transform(world_to_anchor, gt["pts3d"]), v)
         for gt, v in zip(gts, valid)]
     pr_global = [_masked_points(p["pts3d_in_other_view"], v) for p, v in zip(preds, valid)]
-    global_maps = list(zip(normalize_pointmaps(pr_global, valid), normalize_pointmaps(gt_global, valid)))
+    gt_factor = normalisation_factor(gt_global, valid)  # (B,)
+    gt_global = [g / gt_factor[:, None, None, None] for g in gt_global]
+    global_maps = list(zip(normalize_pointmaps(pr_global, valid), gt_global))
+    gt_cameras = []
+    for gt in gts:
+        camera = world_to_anchor @ jnp.asarray(gt["camera_pose"], jnp.float32)  # (B, 4, 4)
+        gt_cameras.append(camera.at[:, :3, 3].divide(gt_factor[:, None]))
     if not with_local:
-        return valid, global_maps, []
+        return Normalised(valid, global_maps, [], gt_cameras)
 
     local_maps = []
     for gt, pred, v in zip(gts, preds, valid):
@@ -147,7 +164,7 @@ def normalised_pointmaps(
         (gt_local,) = normalize_pointmaps([gt_local], [v])
         (pr_local,) = normalize_pointmaps([_masked_points(pred["pts3d_local"], v)], [v])
         local_maps.append((pr_local, gt_local))
-    return valid, global_maps, local_maps
+    return Normalised(valid, global_maps, local_maps, gt_cameras)
 
 
 def _distances(maps: Sequence[tuple[jax.Array, jax.Array]]) -> list[jax.Array]:
@@ -166,43 +183,41 @@ def regression_losses(
         (global, local): per view (B, H, W) distances, 0 at invalid pixels; `local` is empty
         when the predictions have no `pts3d_local`.
     """
-    _, global_maps, local_maps = normalised_pointmaps(gts, preds)
-    return _distances(global_maps), _distances(local_maps)
+    maps = normalised_pointmaps(gts, preds)
+    return _distances(maps.global_maps), _distances(maps.local_maps)
 
 
 def camera_pose_losses(gts: Sequence[View], preds: Sequence[View]) -> list[jax.Array]:
     """Per view (B,) error of the camera implied by the predicted pointmaps.
 
     The similarity fitted from the normalised local pointmap onto the normalised global one over the valid pixels
-    is the view's camera in the anchor frame; the same fit on the ground-truth maps gives the true camera (its
-    centre in normalised units). Error: Frobenius norm of the rotation difference (2 sqrt(2) sin(angle / 2)) plus
-    the distance between the camera centres. A sample with fewer than 3 valid pixels in the view gets 0. Each view
-    contributes its fit's statistics; the fits of all views are solved in one batched call.
+    is the view's camera in the anchor frame; the true camera is the ground truth's, its centre in the normalised
+    units of the ground-truth global maps. Error: Frobenius norm of the rotation difference (2 sqrt(2)
+    sin(angle / 2)) plus the distance between the camera centres. A sample with fewer than 3 valid pixels in the
+    view gets 0. Each view contributes its fit's statistics; the fits of all views are solved in one batched call.
 
     Args:
         gts, preds: as in `normalised_pointmaps`; preds must carry the local head.
     """
-    return _pose_errors(*normalised_pointmaps(gts, preds))
+    return _pose_errors(normalised_pointmaps(gts, preds))
 
 
-def _pose_errors(valid: Sequence[jax.Array], global_maps: Sequence[tuple[jax.Array, jax.Array]],
-                 local_maps: Sequence[tuple[jax.Array, jax.Array]]) -> list[jax.Array]:
+def _pose_errors(maps: Normalised) -> list[jax.Array]:
     """`camera_pose_losses` from the output of `normalised_pointmaps`."""
-    if not local_maps:
+    if not maps.local_maps:
         raise ValueError("the camera term needs the local head's pts3d_local and conf_local")
     fit = jax.vmap(similarity_moments)  # over the batch
     flat = lambda x: x.reshape(x.shape[0], -1, *x.shape[3:])  # noqa: E731  (B, H * W, ...)
-    enough, moments = [], []  # per view (B,) and (predicted, GT) statistics
-    for v, (pr_global, gt_global), (pr_local, gt_local) in zip(valid, global_maps, local_maps):
+    enough, moments = [], []  # per view (B,) and statistics with fields (B, ...)
+    for v, (pr_global, _), (pr_local, _) in zip(maps.valid, maps.global_maps, maps.local_maps):
         enough.append(jnp.sum(v, axis=(1, 2)) >= 3)  # (B,)
         weights = jnp.where(enough[-1][:, None], flat(v), True).astype(jnp.float32)  # (B, H * W)
-        moments.append((fit(flat(pr_local), flat(pr_global), weights), fit(flat(gt_local), flat(gt_global), weights)))
+        moments.append(fit(flat(pr_local), flat(pr_global), weights))
     # one batched solve for all views, fields (V, B, ...)
-    (_, pr_rot, pr_trans), (_, gt_rot, gt_trans) = (
-        similarity_from_moments(jax.tree.map(lambda *f: jnp.stack(f), *[m[k] for m in moments])) for k in (0, 1))
-    num_views, batch = pr_rot.shape[:2]
-    rot_err = geometry.safe_norm((pr_rot - gt_rot).reshape(num_views, batch, 9))  # (V, B)
-    return list(jnp.where(jnp.stack(enough), rot_err + geometry.safe_norm(pr_trans - gt_trans), 0.0))
+    _, rot, trans = similarity_from_moments(jax.tree.map(lambda *f: jnp.stack(f), *moments))
+    gt = jnp.stack(maps.gt_cameras)  # (V, B, 4, 4)
+    rot_err = geometry.safe_norm((rot - gt[..., :3, :3]).reshape(*rot.shape[:2], 9))  # (V, B)
+    return list(jnp.where(jnp.stack(enough), rot_err + geometry.safe_norm(trans - gt[..., :3, 3]), 0.0))
 
 
 def confidence_weighted_loss(
@@ -243,18 +258,19 @@ def multiview_loss(
         raise ValueError(f"alpha must be > 0, got {alpha}")
     if not pose_weight >= 0:
         raise ValueError(f"pose_weight must be >= 0, got {pose_weight}")
-    valid, global_maps, local_maps = normalised_pointmaps(gts, preds)
+    maps = normalised_pointmaps(gts, preds)
+    valid = maps.valid
     details = {}
     conf_losses = []
-    for kind, maps, conf_key in (("global", global_maps, "conf"), ("local", local_maps, "conf_local")):
-        for i, dist in enumerate(_distances(maps)):
+    for kind, pairs, conf_key in (("global", maps.global_maps, "conf"), ("local", maps.local_maps, "conf_local")):
+        for i, dist in enumerate(_distances(pairs)):
             details[f"pts3d_loss_{kind}/{i:02d}"] = _masked_mean(dist, valid[i])
             conf_loss = confidence_weighted_loss(dist, preds[i][conf_key], valid[i], alpha)
             details[f"conf_loss_{kind}/{i:02d}"] = conf_loss
             conf_losses.append(conf_loss)
     loss = jnp.mean(jnp.stack(conf_losses))
     if pose_weight > 0:
-        pose = [jnp.mean(err) for err in _pose_errors(valid, global_maps, local_maps)]
+        pose = [jnp.mean(err) for err in _pose_errors(maps)]
         details |= {f"pose_loss/{i:02d}": err for i, err in enumerate(pose)}
         loss = loss + pose_weight * jnp.mean(jnp.stack(pose))
     return loss, details
