@@ -229,6 +229,29 @@ def test_views_of_different_sizes(views):
                                float(alone["conf_loss_local/00"]), rtol=1e-6)
 
 
+def test_interleaved_sizes_keep_each_views_terms(views):
+    """Views of two sizes interleaved (A, B, A) are stacked by size inside the criterion: every view's terms must
+    come back to that view: swapping views 1 and 2 swaps their details and leaves the loss as it is, and each view's
+    local terms are those of the view alone."""
+    gts, preds = views
+    crop = (slice(None), slice(0, 32), slice(0, 40))
+    gts[1] = {k: v[crop] if k != "camera_pose" else v for k, v in gts[1].items()}
+    preds[1] = {k: v[crop] for k, v in preds[1].items()}
+    loss_fn = jax.jit(losses.multiview_loss, static_argnames=("alpha", "pose_weight"))
+    loss, details = loss_fn(gts, preds, pose_weight=0.5)
+    swapped_loss, swapped = loss_fn([gts[i] for i in (0, 2, 1)], [preds[i] for i in (0, 2, 1)], pose_weight=0.5)
+    np.testing.assert_allclose(float(swapped_loss), float(loss), rtol=1e-6)
+    assert details.keys() == swapped.keys()
+    for key, value in details.items():
+        index = int(key[-2:])
+        np.testing.assert_allclose(float(swapped[key[:-2] + f"{(0, 2, 1)[index]:02d}"]), float(value), rtol=1e-5,
+                                   err_msg=key)
+    for i in range(3):  # a view's local terms are its own: computable from it alone
+        _, alone = loss_fn(gts[i:i + 1], preds[i:i + 1], pose_weight=0.5)
+        np.testing.assert_allclose(float(details[f"conf_loss_local/{i:02d}"]), float(alone["conf_loss_local/00"]),
+                                   rtol=1e-5)
+
+
 def test_l21_distance_closed_form():
     a = jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     b = jnp.array([[4.0, 6.0, 3.0], [0.0, 0.0, 0.0]])
