@@ -9,7 +9,7 @@ the predictions is compiled alone (no model) and timed: the HLO instructions of 
 stacks the views of one image size, so they grow slowly with V), the compile seconds and the median seconds of
 --repeats calls after one warm-up, on random targets and predictions (timing does not depend on them).
 --step adds the whole training step of configs/train_builtin.py (its model from random weights, its optimizer,
-bfloat16 compute) on random landscape views of the same buckets: trace, compile and median step seconds over
+bfloat16 compute) on random landscape views of the same buckets: trace and compile seconds, median step ms over
 --repeats steps after one, the state carried from step to step as in training. A step's first compilation in a
 process also pays one-off start-up (kernel autotuning), so compare rows from the same position in a run.
 """
