@@ -69,6 +69,12 @@ def _normalise(stacks: Sequence[jax.Array], valid: Sequence[jax.Array]) -> tuple
     return [pts / factor[:, None, None, None] for pts in stacks], factor
 
 
+def _normalise_each_view(stack: jax.Array, valid: jax.Array) -> jax.Array:
+    """`_normalise` with one factor per view and sample of a (G, B, H, W, 3) stack: each taken as a sample."""
+    (out,), _ = _normalise([stack.reshape((1, -1) + stack.shape[2:])], [valid.reshape((1, -1) + valid.shape[2:])])
+    return out.reshape(stack.shape)
+
+
 def normalize_pointmaps(
     pts_list: Sequence[jax.Array], valid_list: Sequence[jax.Array]
 ) -> list[jax.Array]:
@@ -170,10 +176,7 @@ def normalised_groups(gts: Sequence[View], preds: Sequence[View]) -> list[Group]
         if with_local:
             gt_local = _masked_points(geometry.apply_transform(geometry.inverse_rigid(cam_to_world), world), v)
             pr_local = _masked_points(stack(preds, "pts3d_local", idx), v)
-            # one factor per view and sample: every view of every sample normalised as a sample of its own
-            flat = lambda x: x.reshape((1, -1) + x.shape[2:])  # noqa: E731  (1, G * B, ...)
-            local.append(tuple(_normalise([flat(x)], [flat(v)])[0][0].reshape(x.shape)
-                               for x in (pr_local, gt_local)))
+            local.append((_normalise_each_view(pr_local, v), _normalise_each_view(gt_local, v)))
     gt_global, gt_factor = _normalise(gt_global, valid)
     pr_global, _ = _normalise(pr_global, valid)
     return [Group(idx, v, stack(preds, "conf", idx), (pr, gt),
