@@ -25,6 +25,7 @@ a NaN at a valid pixel is left out of the normalisation factor (like `nanmean`) 
 that view's distance, its confidence loss and the total loss NaN.
 """
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -225,9 +226,8 @@ def _pose_errors(groups: Sequence[Group]) -> list[jax.Array]:
     gt = jnp.concatenate([g.gt_cameras.reshape(-1, 4, 4) for g in groups])  # (N, 4, 4)
     errors = geometry.safe_norm((rot - gt[:, :3, :3]).reshape(-1, 9)) + geometry.safe_norm(trans - gt[:, :3, 3])
     errors = jnp.where(jnp.concatenate(enough), errors, 0.0)  # (N,)
-    sizes = [g.valid.shape[0] * g.valid.shape[1] for g in groups]
-    splits = [sum(sizes[:k + 1]) for k in range(len(sizes) - 1)]
-    return [e.reshape(g.valid.shape[:2]) for e, g in zip(jnp.split(errors, splits), groups)]
+    ends = list(itertools.accumulate(g.valid.shape[0] * g.valid.shape[1] for g in groups))
+    return [e.reshape(g.valid.shape[:2]) for e, g in zip(jnp.split(errors, ends[:-1]), groups)]
 
 
 def confidence_weighted_loss(
